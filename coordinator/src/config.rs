@@ -1,0 +1,49 @@
+//! The coordinator's tunables, with the defaults the `arbiter serve` flags use.
+
+use std::time::Duration;
+
+/// Limits and timings of one coordinator.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Transaction timeout when a client gives none.
+    pub default_timeout: Duration,
+    /// The longest transaction timeout a client may ask for.
+    pub max_timeout: Duration,
+    /// Per-call deadline to participants when a branch gives none.
+    pub default_call_timeout: Duration,
+    /// The longest per-call deadline a branch may ask for.
+    pub max_call_timeout: Duration,
+    /// Largest branch payload accepted.
+    pub max_payload_bytes: usize,
+    /// Most branches one transaction may have.
+    pub max_branches: usize,
+    /// First retry delay of a failed participant call; doubles per failure.
+    pub retry_base: Duration,
+    /// Cap of the retry delay.
+    pub retry_max: Duration,
+    /// How long `Commit`/`Execute` with `wait` hold the call when the caller
+    /// sets no deadline of its own.
+    pub max_wait: Duration,
+    /// How long finished transactions stay readable before they are collected.
+    pub retention: Duration,
+    /// How often the collector looks for finished transactions past retention.
+    pub collect_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(24 * 3600),
+            default_call_timeout: Duration::from_secs(5),
+            max_call_timeout: Duration::from_secs(600),
+            max_payload_bytes: 64 * 1024,
+            max_branches: 64,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            max_wait: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            collect_interval: Duration::from_secs(60),
+        }
+    }
+}

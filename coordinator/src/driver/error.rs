@@ -1,0 +1,42 @@
+//! Errors of the driver, per request. [`DriverError::Unavailable`] also covers
+//! the fatal case (the log cannot be written); the server maps each variant to
+//! one gRPC status in `server::status`.
+
+use crate::engine::EngineError;
+use crate::store::StoreError;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("transaction {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<EngineError> for DriverError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::WrongState { .. } => DriverError::FailedPrecondition(e.to_string()),
+            EngineError::BranchConflict { .. } => DriverError::AlreadyExists(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for DriverError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => {
+                DriverError::Unavailable("the coordinator is shutting down".into())
+            }
+            other => DriverError::Unavailable(format!("transaction log unavailable: {other}")),
+        }
+    }
+}

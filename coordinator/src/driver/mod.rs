@@ -1,0 +1,413 @@
+//! The runtime driver: what the gRPC layer calls. It validates requests, runs
+//! them through the engine (see `runtime`), waits for durability and outcomes,
+//! and resumes unfinished transactions after a restart.
+
+mod backoff;
+mod error;
+pub mod ids;
+mod participants;
+mod runtime;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use error::DriverError;
+pub use runtime::Published;
+pub use validate::BranchSpec;
+
+use crate::config::Config;
+use crate::engine::{Branch, Event, Mode, Txn, TxnState};
+use crate::store::{LogWriter, TxnLog, WriterStats};
+use runtime::{Inner, Slot};
+
+/// The outcome a client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub txn_id: String,
+    pub state: TxnState,
+    pub reason: String,
+}
+
+/// How long a `Commit`-like call holds the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Until the decision is durable.
+    Decided,
+    /// Until the transaction is committed or aborted.
+    Final,
+}
+
+/// A live transaction, or the stored record of a finished one.
+enum Found {
+    Live(Arc<Slot>),
+    Stored(Txn),
+}
+
+#[derive(Clone)]
+pub struct Driver {
+    inner: Arc<Inner>,
+}
+
+impl Driver {
+    /// A driver over `log`; starts the group-commit writer thread.
+    pub fn new(config: Config, log: Arc<dyn TxnLog>) -> Result<Driver, DriverError> {
+        let writer = LogWriter::start(log.clone())?;
+        Ok(Driver {
+            inner: Arc::new(Inner::new(config, log, writer)),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Resumes every unfinished transaction of the log: undecided ones are
+    /// aborted, decided ones get phase 2 again. Returns how many there were.
+    pub fn recover(&self) -> Result<usize, DriverError> {
+        let txns = self.inner.log.unfinished()?;
+        let count = txns.len();
+        for txn in txns {
+            let id = txn.id.clone();
+            let slot = match self.inner.insert(Slot::new(txn), &id) {
+                Ok(slot) | Err(slot) => slot,
+            };
+            let steps = self.inner.apply(&slot, Event::Recovered)?;
+            self.inner.perform_detached(slot, steps);
+        }
+        Ok(count)
+    }
+
+    pub async fn begin(
+        &self,
+        mode: Mode,
+        timeout_ms: u64,
+        txn_id: Option<String>,
+    ) -> Result<String, DriverError> {
+        self.start(mode, timeout_ms, txn_id, Vec::new())
+            .await
+            .map(|(id, _)| id)
+    }
+
+    /// Creates a transaction (with `branches` already in it, for `Execute`)
+    /// and makes it durable. Returns the id and the live slot, or none when a
+    /// transaction with this id already existed (an idempotent repeat).
+    async fn start(
+        &self,
+        mode: Mode,
+        timeout_ms: u64,
+        txn_id: Option<String>,
+        branches: Vec<BranchSpec>,
+    ) -> Result<(String, Option<Arc<Slot>>), DriverError> {
+        let config = &self.inner.config;
+        let timeout_ms = validate::timeout(
+            "timeout_ms",
+            timeout_ms,
+            config.default_timeout,
+            config.max_timeout,
+        )?;
+        if branches.len() > config.max_branches {
+            return Err(DriverError::InvalidArgument(format!(
+                "{} branches; the limit is {}",
+                branches.len(),
+                config.max_branches
+            )));
+        }
+        let id = match txn_id {
+            Some(id) => {
+                validate::id("txn_id", &id)?;
+                if let Some(found) = self.find_opt(&id)? {
+                    return self
+                        .repeated_begin(found, mode, &branches)
+                        .map(|()| (id, None));
+                }
+                id
+            }
+            None => ids::new_txn_id(),
+        };
+        let mut txn = Txn::new(id.clone(), mode, timeout_ms, ids::now_ms());
+        for (n, mut spec) in branches.into_iter().enumerate() {
+            validate::branch(config, &mut spec)
+                .map_err(|e| DriverError::InvalidArgument(format!("branch {}: {e}", n + 1)))?;
+            txn.branches.push(Branch::new(
+                (n + 1).to_string(),
+                spec.participant,
+                spec.resource,
+                spec.payload,
+                spec.call_timeout_ms,
+            ));
+        }
+        let deadline_ms = txn.deadline_ms();
+        let slot = Slot::new(txn);
+        let durable = {
+            // Hold the lock while the slot becomes visible and its first record
+            // is queued, so no later record of it can reach the log first.
+            let txn = slot.lock();
+            if let Err(existing) = self.inner.insert(slot.clone(), &id) {
+                drop(txn);
+                return self
+                    .repeated_begin(Found::Live(existing), mode, &[])
+                    .map(|()| (id, None));
+            }
+            self.inner.persist(&txn)?
+        };
+        self.inner.arm_timer(&slot, deadline_ms);
+        let result = durable
+            .await
+            .unwrap_or(Err(crate::store::StoreError::Closed));
+        result.map_err(DriverError::from)?;
+        Ok((id, Some(slot)))
+    }
+
+    fn repeated_begin(
+        &self,
+        found: Found,
+        mode: Mode,
+        branches: &[BranchSpec],
+    ) -> Result<(), DriverError> {
+        let existing = match found {
+            Found::Live(slot) => slot.lock().clone(),
+            Found::Stored(txn) => txn,
+        };
+        let same_branches = branches.is_empty()
+            || (existing.branches.len() == branches.len()
+                && existing.branches.iter().zip(branches).all(|(b, s)| {
+                    b.participant == s.participant
+                        && b.resource == s.resource
+                        && b.payload == s.payload
+                }));
+        if existing.mode != mode || !same_branches {
+            return Err(DriverError::AlreadyExists(format!(
+                "transaction {} already exists with a different {}",
+                existing.id,
+                if existing.mode != mode {
+                    "mode"
+                } else {
+                    "set of branches"
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds a branch; answers once the registration is durable.
+    pub async fn register(
+        &self,
+        txn_id: &str,
+        mut spec: BranchSpec,
+        branch_id: Option<String>,
+    ) -> Result<String, DriverError> {
+        validate::branch(&self.inner.config, &mut spec)?;
+        if let Some(id) = &branch_id {
+            validate::id("branch_id", id)?;
+        }
+        let slot = self.live_or_final(txn_id, "RegisterBranch")?;
+        let max_branches = self.inner.config.max_branches;
+        let (steps, id) = self.inner.apply_with(&slot, |txn| {
+            let id = branch_id.unwrap_or_else(|| txn.next_branch_id());
+            if txn.branch_index(&id).is_none() && txn.branches.len() >= max_branches {
+                return Err(DriverError::InvalidArgument(format!(
+                    "transaction {txn_id} already has {max_branches} branches, the limit"
+                )));
+            }
+            let branch = Branch::new(
+                id.clone(),
+                spec.participant,
+                spec.resource,
+                spec.payload,
+                spec.call_timeout_ms,
+            );
+            Ok((Event::Register(branch), id))
+        })?;
+        self.inner.perform(&slot, steps).await?;
+        Ok(id)
+    }
+
+    /// Runs phase 1, the decision and phase 2; answers per `wait`, or with the
+    /// current state at `deadline`.
+    pub async fn commit(
+        &self,
+        txn_id: &str,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, DriverError> {
+        let slot = match self.find(txn_id)? {
+            Found::Live(slot) => slot,
+            Found::Stored(txn) => return Ok(outcome(&txn.id, txn.state, txn.reason)),
+        };
+        self.commit_slot(txn_id, slot, wait, deadline).await
+    }
+
+    async fn commit_slot(
+        &self,
+        txn_id: &str,
+        slot: Arc<Slot>,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, DriverError> {
+        let steps = self.inner.apply(&slot, Event::Commit)?;
+        self.inner.perform_detached(slot.clone(), steps);
+        self.wait(txn_id, &slot, wait, deadline).await
+    }
+
+    /// Aborts an undecided transaction; answers once the abort is durable.
+    pub async fn rollback(
+        &self,
+        txn_id: &str,
+        reason: String,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, DriverError> {
+        let slot = match self.find(txn_id)? {
+            Found::Live(slot) => slot,
+            Found::Stored(txn) if txn.state == TxnState::Aborted => {
+                return Ok(outcome(&txn.id, txn.state, txn.reason));
+            }
+            Found::Stored(txn) => {
+                return Err(DriverError::FailedPrecondition(format!(
+                    "transaction {} is {}, Rollback needs it undecided",
+                    txn.id,
+                    txn.state.name()
+                )));
+            }
+        };
+        let steps = self.inner.apply(&slot, Event::Rollback { reason })?;
+        self.inner.perform_detached(slot.clone(), steps);
+        self.wait(txn_id, &slot, Wait::Decided, deadline).await
+    }
+
+    /// Begin + RegisterBranch* + Commit. Returns the outcome and the branch ids.
+    pub async fn execute(
+        &self,
+        mode: Mode,
+        timeout_ms: u64,
+        txn_id: Option<String>,
+        branches: Vec<BranchSpec>,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Result<(Outcome, Vec<String>), DriverError> {
+        if branches.is_empty() {
+            return Err(DriverError::InvalidArgument(
+                "Execute needs at least one branch".into(),
+            ));
+        }
+        let (id, slot) = self.start(mode, timeout_ms, txn_id, branches).await?;
+        let outcome = match slot {
+            Some(slot) => self.commit_slot(&id, slot, wait, deadline).await?,
+            None => self.commit(&id, wait, deadline).await?, // an idempotent repeat
+        };
+        let branch_ids = self.get(&id)?.branches.into_iter().map(|b| b.id).collect();
+        Ok((outcome, branch_ids))
+    }
+
+    /// The whole transaction as it is now.
+    pub fn get(&self, txn_id: &str) -> Result<Txn, DriverError> {
+        match self.find(txn_id)? {
+            Found::Live(slot) => Ok(slot.lock().clone()),
+            Found::Stored(txn) => Ok(txn),
+        }
+    }
+
+    /// Transactions held in memory (unfinished, or finishing).
+    pub fn live_count(&self) -> usize {
+        self.inner.live_count()
+    }
+
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.inner.writer.stats()
+    }
+
+    /// Deletes finished transactions past the retention time; returns how many.
+    pub fn collect_finished(&self) -> Result<usize, DriverError> {
+        let retention = self.inner.config.retention.as_millis() as u64;
+        let before = ids::now_ms().saturating_sub(retention);
+        let mut total = 0;
+        loop {
+            let n = self.inner.log.collect_finished(before, 1_000)?;
+            total += n;
+            if n < 1_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Resolves to the reason once the log has failed and the coordinator must stop.
+    pub async fn fatal(&self) -> String {
+        let mut fatal = self.inner.fatal.subscribe();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "driver dropped".to_string(),
+        }
+    }
+
+    /// Answers waiting clients now; new work still runs.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Writes everything queued and stops the log writer. Unfinished
+    /// transactions stay in the log for recovery.
+    pub fn close(&self) {
+        self.inner.stopping.send_replace(true);
+        self.inner.writer.close();
+    }
+
+    fn find_opt(&self, txn_id: &str) -> Result<Option<Found>, DriverError> {
+        if let Some(slot) = self.inner.live(txn_id) {
+            return Ok(Some(Found::Live(slot)));
+        }
+        Ok(self.inner.log.get(txn_id)?.map(Found::Stored))
+    }
+
+    fn find(&self, txn_id: &str) -> Result<Found, DriverError> {
+        validate::id("txn_id", txn_id)?;
+        self.find_opt(txn_id)?
+            .ok_or_else(|| DriverError::NotFound(txn_id.to_string()))
+    }
+
+    /// The live slot, or FAILED_PRECONDITION for a finished transaction.
+    fn live_or_final(&self, txn_id: &str, op: &str) -> Result<Arc<Slot>, DriverError> {
+        match self.find(txn_id)? {
+            Found::Live(slot) => Ok(slot),
+            Found::Stored(txn) => Err(DriverError::FailedPrecondition(format!(
+                "transaction {} is {}, {op} needs it to be ACTIVE",
+                txn.id,
+                txn.state.name()
+            ))),
+        }
+    }
+
+    async fn wait(
+        &self,
+        txn_id: &str,
+        slot: &Slot,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, DriverError> {
+        let max = Instant::now() + self.inner.config.max_wait;
+        let deadline = deadline.map_or(max, |d| d.min(max));
+        let done = match wait {
+            Wait::Decided => TxnState::is_decided,
+            Wait::Final => TxnState::is_final,
+        };
+        let published = self.inner.wait_for(slot, done, deadline).await;
+        if let Some(reason) = self.inner.fatal.borrow().clone() {
+            return Err(DriverError::Unavailable(format!(
+                "transaction log failed: {reason}"
+            )));
+        }
+        Ok(outcome(txn_id, published.state, published.reason))
+    }
+}
+
+fn outcome(txn_id: &str, state: TxnState, reason: String) -> Outcome {
+    Outcome {
+        txn_id: txn_id.to_string(),
+        state,
+        reason,
+    }
+}
+
+/// How long before a caller's deadline to answer, so the answer arrives in time.
+pub fn answer_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(Duration::from_millis(100))
+}

@@ -1,0 +1,368 @@
+//! The runtime core: live transactions in memory, feeding events to the engine
+//! and carrying out the actions it returns.
+//!
+//! Each live transaction has a [`Slot`]: the [`Txn`] behind a mutex, and a watch
+//! channel through which waiting clients learn its state. [`Inner::apply`] runs
+//! one engine step under the slot's lock and, *still under the lock*, queues any
+//! record to persist, so records reach the log in the order the engine made
+//! them. [`Inner::perform`] then runs the resulting steps in order: it waits for
+//! a flushed record before anything after it (write-ahead), starts participant
+//! calls as tasks, and schedules retries.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::config::Config;
+use crate::driver::participants::{CallSpec, Participants};
+use crate::driver::{DriverError, backoff, ids};
+use crate::engine::{self, Action, CallKind, Durability, Event, Txn, TxnState};
+use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog};
+
+const SHARDS: usize = 64;
+
+/// The state waiting clients see. Only published once what led to it is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub state: TxnState,
+    pub reason: String,
+}
+
+/// One live (unfinished, or just finished) transaction.
+pub struct Slot {
+    txn: Mutex<Txn>,
+    published: watch::Sender<Published>,
+    /// The task that fires `TimedOut`; stopped when the transaction is final.
+    timer: Mutex<Option<AbortHandle>>,
+}
+
+impl Slot {
+    pub fn new(txn: Txn) -> Arc<Slot> {
+        let published = Published {
+            state: txn.state,
+            reason: txn.reason.clone(),
+        };
+        Arc::new(Slot {
+            txn: Mutex::new(txn),
+            published: watch::Sender::new(published),
+            timer: Mutex::new(None),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Txn> {
+        self.txn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, next: Published) {
+        // States only move forward; a late publish of an older step is dropped.
+        self.published.send_if_modified(|current| {
+            if next.state.rank() > current.state.rank() {
+                *current = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// An action turned into something the runtime can run outside the lock.
+enum Step {
+    Durable(Durable),
+    Lazy(Durable),
+    Publish(Published),
+    Call(CallSpec),
+    Retry {
+        branch: usize,
+        call: CallKind,
+        delay: Duration,
+    },
+    Forget,
+}
+
+/// The steps of one engine step, to be run by [`Inner::perform`].
+pub struct Steps(Vec<Step>);
+
+pub struct Inner {
+    pub config: Config,
+    pub log: Arc<dyn TxnLog>,
+    pub writer: LogWriter,
+    participants: Participants,
+    shards: Vec<Mutex<HashMap<String, Arc<Slot>>>>,
+    hasher: RandomState,
+    /// Set when the log failed: the coordinator must stop.
+    pub fatal: watch::Sender<Option<String>>,
+    /// Set when the coordinator is stopping: waiting clients are answered now.
+    pub stopping: watch::Sender<bool>,
+}
+
+impl Inner {
+    pub fn new(config: Config, log: Arc<dyn TxnLog>, writer: LogWriter) -> Inner {
+        Inner {
+            config,
+            log,
+            writer,
+            participants: Participants::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            fatal: watch::Sender::new(None),
+            stopping: watch::Sender::new(false),
+        }
+    }
+
+    fn shard(&self, txn_id: &str) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        let i = (self.hasher.hash_one(txn_id) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn live(&self, txn_id: &str) -> Option<Arc<Slot>> {
+        self.shard(txn_id).get(txn_id).cloned()
+    }
+
+    /// Adds a slot unless one with the same id is live; returns the live one.
+    pub fn insert(&self, slot: Arc<Slot>, txn_id: &str) -> Result<Arc<Slot>, Arc<Slot>> {
+        let mut shard = self.shard(txn_id);
+        if let Some(existing) = shard.get(txn_id) {
+            return Err(existing.clone());
+        }
+        shard.insert(txn_id.to_string(), slot.clone());
+        Ok(slot)
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    /// Queues the slot's transaction as it is now; the caller holds its lock.
+    pub fn persist(&self, txn: &Txn) -> Result<Durable, DriverError> {
+        let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;
+        Ok(self.writer.submit(record))
+    }
+
+    /// Runs one engine step on the event `make_event` builds from the current
+    /// transaction, and turns the actions into steps.
+    pub fn apply_with<T>(
+        &self,
+        slot: &Slot,
+        make_event: impl FnOnce(&Txn) -> Result<(Event, T), DriverError>,
+    ) -> Result<(Steps, T), DriverError> {
+        let mut txn = slot.lock();
+        let (event, extra) = make_event(&txn)?;
+        let actions = engine::step(&mut txn, event, ids::now_ms())?;
+        let mut steps = Vec::with_capacity(actions.len());
+        for action in actions {
+            steps.push(match action {
+                Action::Persist(Durability::Flush) => Step::Durable(self.persist(&txn)?),
+                Action::Persist(Durability::Lazy) => Step::Lazy(self.persist(&txn)?),
+                Action::Publish => Step::Publish(Published {
+                    state: txn.state,
+                    reason: txn.reason.clone(),
+                }),
+                Action::Call {
+                    branch,
+                    call,
+                    attempt,
+                } => {
+                    let b = &txn.branches[branch];
+                    Step::Call(CallSpec {
+                        txn_id: txn.id.clone(),
+                        mode: txn.mode,
+                        branch,
+                        branch_id: b.id.clone(),
+                        participant: b.participant.clone(),
+                        resource: b.resource.clone(),
+                        payload: b.payload.clone(),
+                        timeout: Duration::from_millis(b.call_timeout_ms),
+                        call,
+                        attempt,
+                    })
+                }
+                Action::RetryLater {
+                    branch,
+                    call,
+                    failures,
+                } => Step::Retry {
+                    branch,
+                    call,
+                    delay: backoff::delay(self.config.retry_base, self.config.retry_max, failures),
+                },
+                Action::Forget => Step::Forget,
+            });
+        }
+        Ok((Steps(steps), extra))
+    }
+
+    pub fn apply(&self, slot: &Slot, event: Event) -> Result<Steps, DriverError> {
+        self.apply_with(slot, |_| Ok((event, ())))
+            .map(|(steps, ())| steps)
+    }
+
+    /// Carries out steps in order. Returns an error only when a record that the
+    /// next steps depend on could not be made durable.
+    pub async fn perform(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        steps: Steps,
+    ) -> Result<(), DriverError> {
+        let mut lazy = None;
+        for step in steps.0 {
+            match step {
+                Step::Durable(durable) => self.wait_durable(durable).await?,
+                Step::Lazy(durable) => lazy = Some(durable),
+                Step::Publish(published) => slot.publish(published),
+                Step::Call(spec) => self.spawn_call(slot.clone(), spec),
+                Step::Retry {
+                    branch,
+                    call,
+                    delay,
+                } => self.spawn_retry(slot.clone(), branch, call, delay),
+                Step::Forget => {
+                    if let Some(durable) = lazy.take() {
+                        self.wait_durable(durable).await?;
+                    }
+                    self.forget(slot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs steps in a task of their own, so they finish even if the client
+    /// that caused them goes away.
+    pub fn perform_detached(self: &Arc<Self>, slot: Arc<Slot>, steps: Steps) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let _ = inner.perform(&slot, steps).await;
+        });
+    }
+
+    async fn wait_durable(&self, durable: Durable) -> Result<(), DriverError> {
+        let result = durable.await.unwrap_or(Err(StoreError::Closed));
+        if let Err(e) = &result {
+            self.store_failed(e);
+        }
+        result.map_err(DriverError::from)
+    }
+
+    fn store_failed(&self, error: &StoreError) {
+        if *error == StoreError::Closed && *self.stopping.borrow() {
+            return; // expected while shutting down
+        }
+        self.fatal.send_if_modified(|fatal| {
+            if fatal.is_none() {
+                *fatal = Some(error.to_string());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn spawn_call(self: &Arc<Self>, slot: Arc<Slot>, spec: CallSpec) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let event = match spec.call {
+                CallKind::Prepare => Event::Voted {
+                    branch: spec.branch,
+                    result: inner.participants.prepare(&spec).await,
+                },
+                CallKind::Commit | CallKind::Rollback => {
+                    match inner.participants.finish(&spec).await {
+                        Ok(()) => Event::Acked {
+                            branch: spec.branch,
+                        },
+                        Err(error) => {
+                            tracing::debug!(txn = %spec.txn_id, branch = %spec.branch_id, %error, "phase-2 call failed; will retry");
+                            Event::Phase2Failed {
+                                branch: spec.branch,
+                                error,
+                            }
+                        }
+                    }
+                }
+            };
+            inner.step_and_perform(&slot, event).await;
+        });
+    }
+
+    fn spawn_retry(
+        self: &Arc<Self>,
+        slot: Arc<Slot>,
+        branch: usize,
+        call: CallKind,
+        delay: Duration,
+    ) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            inner
+                .step_and_perform(&slot, Event::RetryDue { branch, call })
+                .await;
+        });
+    }
+
+    /// Arms the transaction timeout of a new transaction.
+    pub fn arm_timer(self: &Arc<Self>, slot: &Arc<Slot>, deadline_ms: u64) {
+        let inner = self.clone();
+        let timer_slot = slot.clone();
+        let wait = Duration::from_millis(deadline_ms.saturating_sub(ids::now_ms()));
+        let handle = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            inner.step_and_perform(&timer_slot, Event::TimedOut).await;
+        });
+        *slot.timer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.abort_handle());
+    }
+
+    pub async fn step_and_perform(self: &Arc<Self>, slot: &Arc<Slot>, event: Event) {
+        match self.apply(slot, event) {
+            Ok(steps) => {
+                let _ = self.perform(slot, steps).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "internal event refused"),
+        }
+    }
+
+    fn forget(&self, slot: &Arc<Slot>) {
+        let id = slot.lock().id.clone();
+        let mut shard = self.shard(&id);
+        if shard.get(&id).is_some_and(|live| Arc::ptr_eq(live, slot)) {
+            shard.remove(&id);
+        }
+        drop(shard);
+        if let Some(timer) = slot.timer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            timer.abort();
+        }
+    }
+
+    /// Waits until `done(state)` holds, the deadline passes, or the coordinator
+    /// stops; returns the state published at that moment.
+    pub async fn wait_for(
+        &self,
+        slot: &Slot,
+        done: impl Fn(TxnState) -> bool,
+        deadline: Instant,
+    ) -> Published {
+        let mut published = slot.published.subscribe();
+        let mut stopping = self.stopping.subscribe();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            if done(published.borrow_and_update().state) {
+                break;
+            }
+            tokio::select! {
+                changed = published.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stopping.wait_for(|s| *s) => break,
+            }
+        }
+        let now = published.borrow().clone();
+        now
+    }
+}

@@ -1,0 +1,466 @@
+//! The transaction state machine. Pure: no async, no storage, no network.
+//!
+//! The driver feeds it one [`Event`] at a time together with the current time;
+//! [`step`] changes the [`Txn`] in place and returns the [`Action`]s the driver
+//! must carry out, **in order**. A `Persist` must be durable before the actions
+//! after it run: that is how the write-ahead rule is kept (the decision is on
+//! disk before any participant hears commit and before any client hears the
+//! outcome).
+//!
+//! ```text
+//!            Commit                all YES / READ_ONLY
+//!  ACTIVE ───────────▶ PREPARING ─────────────────────▶ COMMITTING ──all acks──▶ COMMITTED
+//!    │                     │
+//!    │ Rollback, timeout   │ a NO vote, Rollback, phase-1 deadline
+//!    ▼                     ▼
+//!  ABORTING ◀──────────────┘ ──────────────────────────────────────all acks──▶ ABORTED
+//! ```
+//!
+//! After a restart every unfinished transaction gets [`Event::Recovered`]:
+//! undecided ones (ACTIVE, PREPARING) are aborted (presumed abort), decided ones
+//! have phase 2 sent again to every branch that has not acknowledged it.
+
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use types::{Branch, BranchState, CallKind, Mode, Txn, TxnState, VoteResult};
+
+/// Something that happened to a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A client registers a branch (ACTIVE only).
+    Register(Branch),
+    /// A client asks to commit: phase 1 starts.
+    Commit,
+    /// A client asks to roll back an undecided transaction.
+    Rollback { reason: String },
+    /// The transaction timeout (also the phase-1 deadline) has passed.
+    TimedOut,
+    /// A phase-1 call returned.
+    Voted { branch: usize, result: VoteResult },
+    /// A phase-2 call returned OK.
+    Acked { branch: usize },
+    /// A phase-2 call failed; it will be retried.
+    Phase2Failed { branch: usize, error: String },
+    /// The backoff of an earlier failed call is over.
+    RetryDue { branch: usize, call: CallKind },
+    /// The coordinator restarted and found this transaction unfinished in the log.
+    Recovered,
+}
+
+/// How soon a `Persist` must reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed and fdatasync'ed before the next action runs.
+    Flush,
+    /// Written in the next group commit; nothing waits for it. Only for records
+    /// that recovery can rebuild (the final state after a durable decision).
+    Lazy,
+}
+
+/// What the driver must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write the transaction as it is now to the log.
+    Persist(Durability),
+    /// Tell waiting clients the state as it is now.
+    Publish,
+    /// Call one branch. `attempt` counts calls of this phase to this branch.
+    Call {
+        branch: usize,
+        call: CallKind,
+        attempt: u32,
+    },
+    /// Call failed: feed `RetryDue` back after a backoff for the `failures` so far.
+    RetryLater {
+        branch: usize,
+        call: CallKind,
+        failures: u32,
+    },
+    /// The transaction is final: drop it from memory once its record is written.
+    Forget,
+}
+
+/// A request the transaction cannot take in its current state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("transaction {txn} is {state}, {op} needs it to be {expected}")]
+    WrongState {
+        txn: String,
+        state: &'static str,
+        op: &'static str,
+        expected: &'static str,
+    },
+    #[error("branch {branch} of transaction {txn} is already registered with different content")]
+    BranchConflict { txn: String, branch: String },
+}
+
+/// Applies one event at `now_ms` (milliseconds since the Unix epoch).
+pub fn step(txn: &mut Txn, event: Event, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    let state_before = txn.state;
+    let actions = match event {
+        Event::Register(branch) => register(txn, branch)?,
+        Event::Commit => commit(txn, now_ms),
+        Event::Rollback { reason } => rollback(txn, reason, now_ms)?,
+        Event::TimedOut => timed_out(txn, now_ms),
+        Event::Voted { branch, result } => voted(txn, branch, result, now_ms),
+        Event::Acked { branch } => acked(txn, branch, now_ms),
+        Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error),
+        Event::RetryDue { branch, call } => retry_due(txn, branch, call),
+        Event::Recovered => recovered(txn, now_ms),
+    };
+    if txn.state != state_before || !actions.is_empty() {
+        txn.updated_at_ms = now_ms;
+    }
+    Ok(actions)
+}
+
+fn wrong_state(txn: &Txn, op: &'static str, expected: &'static str) -> EngineError {
+    EngineError::WrongState {
+        txn: txn.id.clone(),
+        state: txn.state.name(),
+        op,
+        expected,
+    }
+}
+
+fn register(txn: &mut Txn, branch: Branch) -> Result<Vec<Action>, EngineError> {
+    if txn.state != TxnState::Active {
+        return Err(wrong_state(txn, "RegisterBranch", "ACTIVE"));
+    }
+    if let Some(existing) = txn.branches.iter().find(|b| b.id == branch.id) {
+        if !existing.same_spec(&branch) {
+            return Err(EngineError::BranchConflict {
+                txn: txn.id.clone(),
+                branch: branch.id,
+            });
+        }
+        // A retried registration: answer once the first one is surely durable.
+        return Ok(vec![Action::Persist(Durability::Flush)]);
+    }
+    txn.branches.push(branch);
+    Ok(vec![Action::Persist(Durability::Flush)])
+}
+
+fn commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
+    if txn.state != TxnState::Active {
+        // Already committing, aborting or final: the caller waits for the outcome.
+        return Vec::new();
+    }
+    if now_ms >= txn.deadline_ms() {
+        let reason = format!("timed out after {} ms before commit", txn.timeout_ms);
+        return abort(txn, reason, now_ms);
+    }
+    txn.state = TxnState::Preparing;
+    if txn.branches.is_empty() {
+        return decide_commit(txn, now_ms);
+    }
+    let mut actions = vec![Action::Publish];
+    for i in 0..txn.branches.len() {
+        txn.branches[i].prepare_sent = true;
+        actions.push(call(txn, i, CallKind::Prepare));
+    }
+    actions
+}
+
+fn rollback(txn: &mut Txn, reason: String, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    match txn.state {
+        TxnState::Active | TxnState::Preparing => {
+            let reason = if reason.is_empty() {
+                "rolled back by the client".to_string()
+            } else {
+                format!("rolled back by the client: {reason}")
+            };
+            Ok(abort(txn, reason, now_ms))
+        }
+        TxnState::Aborting | TxnState::Aborted => Ok(Vec::new()),
+        TxnState::Committing | TxnState::Committed => Err(wrong_state(
+            txn,
+            "Rollback",
+            "undecided (ACTIVE or PREPARING)",
+        )),
+    }
+}
+
+fn timed_out(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
+    match txn.state {
+        TxnState::Active => {
+            let reason = format!("timed out after {} ms while ACTIVE", txn.timeout_ms);
+            abort(txn, reason, now_ms)
+        }
+        TxnState::Preparing => {
+            let waiting: Vec<&str> = txn
+                .branches
+                .iter()
+                .filter(|b| b.state == BranchState::Registered)
+                .map(|b| b.id.as_str())
+                .collect();
+            let reason = format!(
+                "phase 1 did not finish within the {} ms timeout; no vote from branch(es) {}",
+                txn.timeout_ms,
+                waiting.join(", ")
+            );
+            abort(txn, reason, now_ms)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action> {
+    let Some(branch) = txn.branches.get_mut(i) else {
+        return Vec::new();
+    };
+    if !branch.in_flight || branch.state != BranchState::Registered {
+        return Vec::new(); // stale answer
+    }
+    branch.in_flight = false;
+    match &result {
+        VoteResult::Yes => branch.state = BranchState::Prepared,
+        VoteResult::ReadOnly => branch.state = BranchState::ReadOnly,
+        VoteResult::No(reason) => {
+            branch.state = BranchState::Rejected;
+            branch.last_error = Some(format!("voted NO: {reason}"));
+        }
+        VoteResult::Transient(error) => branch.last_error = Some(error.clone()),
+    }
+    match txn.state {
+        TxnState::Preparing => match result {
+            VoteResult::Yes | VoteResult::ReadOnly => {
+                let all_voted = txn
+                    .branches
+                    .iter()
+                    .all(|b| matches!(b.state, BranchState::Prepared | BranchState::ReadOnly));
+                if all_voted {
+                    decide_commit(txn, now_ms)
+                } else {
+                    Vec::new()
+                }
+            }
+            VoteResult::No(reason) => {
+                let reason = format!("{} voted NO: {reason}", describe(txn, i));
+                abort(txn, reason, now_ms)
+            }
+            VoteResult::Transient(error) => {
+                if now_ms >= txn.deadline_ms() {
+                    let reason = format!(
+                        "{} did not answer {} before the phase-1 deadline: {error}",
+                        describe(txn, i),
+                        CallKind::Prepare.rpc_name(txn.mode)
+                    );
+                    abort(txn, reason, now_ms)
+                } else {
+                    vec![retry_later(txn, i, CallKind::Prepare)]
+                }
+            }
+        },
+        // The abort was decided while this prepare was out: roll it back now
+        // that it has answered, so the rollback cannot overtake it.
+        TxnState::Aborting => {
+            if needs_rollback(&txn.branches[i]) {
+                txn.branches[i].phase_attempts = 0;
+                vec![call(txn, i, CallKind::Rollback)]
+            } else {
+                maybe_finish(txn, now_ms)
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
+    let Some(branch) = txn.branches.get_mut(i) else {
+        return Vec::new();
+    };
+    if !branch.in_flight {
+        return Vec::new();
+    }
+    branch.in_flight = false;
+    match txn.state {
+        TxnState::Committing => branch.state = BranchState::Committed,
+        TxnState::Aborting => branch.state = BranchState::RolledBack,
+        _ => return Vec::new(),
+    }
+    maybe_finish(txn, now_ms)
+}
+
+fn phase2_failed(txn: &mut Txn, i: usize, error: String) -> Vec<Action> {
+    let Some(branch) = txn.branches.get_mut(i) else {
+        return Vec::new();
+    };
+    if !branch.in_flight {
+        return Vec::new();
+    }
+    branch.in_flight = false;
+    branch.last_error = Some(error);
+    match txn.state {
+        TxnState::Committing => vec![retry_later(txn, i, CallKind::Commit)],
+        TxnState::Aborting => vec![retry_later(txn, i, CallKind::Rollback)],
+        _ => Vec::new(),
+    }
+}
+
+fn retry_due(txn: &mut Txn, i: usize, kind: CallKind) -> Vec<Action> {
+    let Some(branch) = txn.branches.get(i) else {
+        return Vec::new();
+    };
+    let still_needed = !branch.in_flight
+        && match kind {
+            CallKind::Prepare => {
+                txn.state == TxnState::Preparing && branch.state == BranchState::Registered
+            }
+            CallKind::Commit => {
+                txn.state == TxnState::Committing && branch.state == BranchState::Prepared
+            }
+            CallKind::Rollback => txn.state == TxnState::Aborting && needs_rollback(branch),
+        };
+    if still_needed {
+        vec![call(txn, i, kind)]
+    } else {
+        Vec::new()
+    }
+}
+
+fn recovered(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
+    for branch in &mut txn.branches {
+        branch.in_flight = false;
+    }
+    match txn.state {
+        TxnState::Active | TxnState::Preparing => {
+            // PREPARING is never written, so an ACTIVE record may have had its
+            // prepares sent: assume every branch may be prepared.
+            for branch in &mut txn.branches {
+                branch.prepare_sent = true;
+            }
+            abort(
+                txn,
+                "coordinator restarted before the commit decision (presumed abort)".to_string(),
+                now_ms,
+            )
+        }
+        TxnState::Committing => {
+            let mut actions = phase2_calls(txn, CallKind::Commit);
+            if actions.is_empty() {
+                actions = maybe_finish(txn, now_ms);
+            }
+            actions
+        }
+        TxnState::Aborting => {
+            let mut actions = phase2_calls(txn, CallKind::Rollback);
+            if actions.is_empty() {
+                actions = maybe_finish(txn, now_ms);
+            }
+            actions
+        }
+        TxnState::Committed | TxnState::Aborted => Vec::new(),
+    }
+}
+
+/// Every vote is YES or READ_ONLY: make the commit decision durable, then
+/// send phase 2 to the prepared branches.
+fn decide_commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
+    txn.state = TxnState::Committing;
+    txn.decided_at_ms = Some(now_ms);
+    let calls = phase2_calls(txn, CallKind::Commit);
+    if calls.is_empty() {
+        return finish(txn, now_ms, Durability::Flush);
+    }
+    let mut actions = vec![Action::Persist(Durability::Flush), Action::Publish];
+    actions.extend(calls);
+    actions
+}
+
+/// Decide abort: durable first, then roll back every branch whose prepare may
+/// have run (branches with a prepare still out are rolled back when it answers).
+fn abort(txn: &mut Txn, reason: String, now_ms: u64) -> Vec<Action> {
+    txn.state = TxnState::Aborting;
+    txn.reason = reason;
+    txn.decided_at_ms = Some(now_ms);
+    let calls = phase2_calls(txn, CallKind::Rollback);
+    if calls.is_empty() && !txn.branches.iter().any(|b| b.in_flight) {
+        return finish(txn, now_ms, Durability::Flush);
+    }
+    let mut actions = vec![Action::Persist(Durability::Flush), Action::Publish];
+    actions.extend(calls);
+    actions
+}
+
+/// Phase-2 calls to every branch that needs one and has no call outstanding.
+fn phase2_calls(txn: &mut Txn, kind: CallKind) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for i in 0..txn.branches.len() {
+        let branch = &txn.branches[i];
+        let needed = match kind {
+            CallKind::Commit => branch.state == BranchState::Prepared,
+            CallKind::Rollback => needs_rollback(branch),
+            CallKind::Prepare => false,
+        };
+        if needed && !branch.in_flight {
+            txn.branches[i].phase_attempts = 0;
+            actions.push(call(txn, i, kind));
+        }
+    }
+    actions
+}
+
+fn maybe_finish(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
+    let done = match txn.state {
+        TxnState::Committing => txn
+            .branches
+            .iter()
+            .all(|b| matches!(b.state, BranchState::Committed | BranchState::ReadOnly)),
+        TxnState::Aborting => txn
+            .branches
+            .iter()
+            .all(|b| !b.in_flight && !needs_rollback(b)),
+        _ => false,
+    };
+    if done {
+        finish(txn, now_ms, Durability::Lazy)
+    } else {
+        Vec::new()
+    }
+}
+
+fn finish(txn: &mut Txn, now_ms: u64, durability: Durability) -> Vec<Action> {
+    txn.state = match txn.state {
+        TxnState::Committing => TxnState::Committed,
+        _ => TxnState::Aborted,
+    };
+    txn.finished_at_ms = Some(now_ms);
+    vec![Action::Persist(durability), Action::Publish, Action::Forget]
+}
+
+fn needs_rollback(branch: &Branch) -> bool {
+    branch.prepare_sent
+        && !matches!(
+            branch.state,
+            BranchState::ReadOnly | BranchState::RolledBack | BranchState::Committed
+        )
+}
+
+fn call(txn: &mut Txn, i: usize, kind: CallKind) -> Action {
+    let branch = &mut txn.branches[i];
+    branch.in_flight = true;
+    branch.attempts += 1;
+    branch.phase_attempts += 1;
+    Action::Call {
+        branch: i,
+        call: kind,
+        attempt: branch.phase_attempts,
+    }
+}
+
+fn retry_later(txn: &Txn, i: usize, kind: CallKind) -> Action {
+    Action::RetryLater {
+        branch: i,
+        call: kind,
+        failures: txn.branches[i].phase_attempts,
+    }
+}
+
+fn describe(txn: &Txn, i: usize) -> String {
+    let b = &txn.branches[i];
+    format!("branch {} ({} at {})", b.id, b.resource, b.participant)
+}

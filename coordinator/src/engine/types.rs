@@ -1,0 +1,211 @@
+//! The transaction and branch records the engine works on. Plain data with serde
+//! derives; the on-disk encoding of these types is owned by `store::keys`.
+
+use serde::{Deserialize, Serialize};
+
+/// How the coordinator talks to a transaction's participants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Prepare, then commit or rollback.
+    TwoPhase,
+    /// Try, then confirm or cancel.
+    Tcc,
+}
+
+/// Where a transaction is in its life. See the diagram in `engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnState {
+    Active,
+    Preparing,
+    Committing,
+    Aborting,
+    Committed,
+    Aborted,
+}
+
+impl TxnState {
+    /// Committed or aborted: nothing is left to do.
+    pub fn is_final(self) -> bool {
+        matches!(self, TxnState::Committed | TxnState::Aborted)
+    }
+
+    /// The outcome is fixed (and, once published, durable).
+    pub fn is_decided(self) -> bool {
+        self.rank() >= 2
+    }
+
+    /// Position in the life cycle; never decreases for one transaction.
+    pub fn rank(self) -> u8 {
+        match self {
+            TxnState::Active => 0,
+            TxnState::Preparing => 1,
+            TxnState::Committing | TxnState::Aborting => 2,
+            TxnState::Committed | TxnState::Aborted => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnState::Active => "ACTIVE",
+            TxnState::Preparing => "PREPARING",
+            TxnState::Committing => "COMMITTING",
+            TxnState::Aborting => "ABORTING",
+            TxnState::Committed => "COMMITTED",
+            TxnState::Aborted => "ABORTED",
+        }
+    }
+}
+
+/// Where one branch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BranchState {
+    Registered,
+    Prepared,
+    ReadOnly,
+    Rejected,
+    Committed,
+    RolledBack,
+}
+
+/// One participant call site of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub id: String,
+    /// Endpoint URI of the participant, already validated.
+    pub participant: String,
+    /// Name the participant routes on.
+    pub resource: String,
+    pub payload: Vec<u8>,
+    pub call_timeout_ms: u64,
+    pub state: BranchState,
+    /// Calls made to this branch so far, all phases.
+    pub attempts: u32,
+    /// Calls made in the current phase; sent to the participant as `attempt`.
+    pub phase_attempts: u32,
+    pub last_error: Option<String>,
+    /// Phase 1 may have run at the participant, so an abort must roll it back.
+    pub prepare_sent: bool,
+    /// A call to this branch is outstanding; its answer is still to come.
+    /// Never persisted: after a restart nothing is in flight.
+    #[serde(skip)]
+    pub in_flight: bool,
+}
+
+impl Branch {
+    pub fn new(
+        id: String,
+        participant: String,
+        resource: String,
+        payload: Vec<u8>,
+        call_timeout_ms: u64,
+    ) -> Self {
+        Branch {
+            id,
+            participant,
+            resource,
+            payload,
+            call_timeout_ms,
+            state: BranchState::Registered,
+            attempts: 0,
+            phase_attempts: 0,
+            last_error: None,
+            prepare_sent: false,
+            in_flight: false,
+        }
+    }
+
+    /// Same registration (used to make client-chosen branch ids idempotent).
+    pub fn same_spec(&self, other: &Branch) -> bool {
+        self.participant == other.participant
+            && self.resource == other.resource
+            && self.payload == other.payload
+            && self.call_timeout_ms == other.call_timeout_ms
+    }
+}
+
+/// A whole transaction, as kept in memory and in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub id: String,
+    pub mode: Mode,
+    pub state: TxnState,
+    /// Why it ended as it did; empty while nothing noteworthy happened.
+    pub reason: String,
+    pub timeout_ms: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub decided_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub branches: Vec<Branch>,
+}
+
+impl Txn {
+    pub fn new(id: String, mode: Mode, timeout_ms: u64, now_ms: u64) -> Self {
+        Txn {
+            id,
+            mode,
+            state: TxnState::Active,
+            reason: String::new(),
+            timeout_ms,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            decided_at_ms: None,
+            finished_at_ms: None,
+            branches: Vec::new(),
+        }
+    }
+
+    /// When an ACTIVE transaction times out; also the phase-1 deadline.
+    pub fn deadline_ms(&self) -> u64 {
+        self.created_at_ms.saturating_add(self.timeout_ms)
+    }
+
+    pub fn branch_index(&self, branch_id: &str) -> Option<usize> {
+        self.branches.iter().position(|b| b.id == branch_id)
+    }
+
+    /// The id the next server-assigned branch gets: one past the count, skipping
+    /// ids a client already chose.
+    pub fn next_branch_id(&self) -> String {
+        let mut n = self.branches.len() + 1;
+        loop {
+            let id = n.to_string();
+            if self.branch_index(&id).is_none() {
+                return id;
+            }
+            n += 1;
+        }
+    }
+}
+
+/// What a participant said to a phase-1 call, as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoteResult {
+    Yes,
+    ReadOnly,
+    /// A definitive NO: a NO vote, or ABORTED / FAILED_PRECONDITION / INVALID_ARGUMENT.
+    No(String),
+    /// Unreachable, too slow, or another error: retried until the phase-1 deadline.
+    Transient(String),
+}
+
+/// Which participant call; the mode picks the RPC (prepare = try, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    Prepare,
+    Commit,
+    Rollback,
+}
+
+impl CallKind {
+    pub fn rpc_name(self, mode: Mode) -> &'static str {
+        match (mode, self) {
+            (Mode::TwoPhase, CallKind::Prepare) => "prepare",
+            (Mode::TwoPhase, CallKind::Commit) => "commit",
+            (Mode::TwoPhase, CallKind::Rollback) => "rollback",
+            (Mode::Tcc, CallKind::Prepare) => "try",
+            (Mode::Tcc, CallKind::Commit) => "confirm",
+            (Mode::Tcc, CallKind::Rollback) => "cancel",
+        }
+    }
+}

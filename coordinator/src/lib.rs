@@ -1,0 +1,22 @@
+//! Arbiter, a distributed-transaction coordinator.
+//!
+//! The crate is split by concern:
+//! - [`engine`]: the pure transaction state machine (no I/O);
+//! - [`driver`]: runs the engine's actions: the log, participant calls, timers;
+//! - [`store`]: the [`store::TxnLog`] trait, sled and in-memory logs, group commit;
+//! - [`server`]: the thin tonic services;
+//! - [`cli`]: the `arbiter` command line;
+//! - [`config`]: tunables and their defaults.
+//!
+//! [`server::run`] starts a whole coordinator on a listener; tests and the
+//! binary both use it.
+
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod engine;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,20 @@
+//! The `arbiter` binary: parse, set up tracing, dispatch. Everything else is in
+//! the library.
+
+use clap::Parser;
+
+use arbiter::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cli::init_tracing(cli.log_format);
+    match cli::dispatch(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("arbiter: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Conversions between the `arbiter.v1` messages and the engine's types, and
+//! reading the caller's deadline.
+
+use std::time::{Duration, Instant};
+
+use arbiter_proto::v1 as pb;
+use tonic::Status;
+
+use crate::driver::{BranchSpec, answer_margin};
+use crate::engine::{Branch, BranchState, Mode, Txn, TxnState};
+
+pub fn mode_from_pb(mode: i32) -> Result<Mode, Status> {
+    match pb::Mode::try_from(mode) {
+        Ok(pb::Mode::TwoPhase) => Ok(Mode::TwoPhase),
+        Ok(pb::Mode::Tcc) => Ok(Mode::Tcc),
+        Ok(pb::Mode::Unspecified) => Err(Status::invalid_argument(
+            "mode is not set; use MODE_TWO_PHASE or MODE_TCC",
+        )),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown mode {mode}; use MODE_TWO_PHASE or MODE_TCC"
+        ))),
+    }
+}
+
+pub fn mode_to_pb(mode: Mode) -> pb::Mode {
+    match mode {
+        Mode::TwoPhase => pb::Mode::TwoPhase,
+        Mode::Tcc => pb::Mode::Tcc,
+    }
+}
+
+pub fn state_to_pb(state: TxnState) -> pb::TxnState {
+    match state {
+        TxnState::Active => pb::TxnState::Active,
+        TxnState::Preparing => pb::TxnState::Preparing,
+        TxnState::Committing => pb::TxnState::Committing,
+        TxnState::Aborting => pb::TxnState::Aborting,
+        TxnState::Committed => pb::TxnState::Committed,
+        TxnState::Aborted => pb::TxnState::Aborted,
+    }
+}
+
+pub fn branch_state_to_pb(state: BranchState) -> pb::BranchState {
+    match state {
+        BranchState::Registered => pb::BranchState::Registered,
+        BranchState::Prepared => pb::BranchState::Prepared,
+        BranchState::ReadOnly => pb::BranchState::ReadOnly,
+        BranchState::Rejected => pb::BranchState::Rejected,
+        BranchState::Committed => pb::BranchState::Committed,
+        BranchState::RolledBack => pb::BranchState::RolledBack,
+    }
+}
+
+pub fn branch_spec(spec: pb::BranchSpec) -> BranchSpec {
+    BranchSpec {
+        participant: spec.participant,
+        resource: spec.resource,
+        payload: spec.payload,
+        call_timeout_ms: spec.call_timeout_ms,
+    }
+}
+
+fn branch_to_pb(b: &Branch) -> pb::Branch {
+    pb::Branch {
+        branch_id: b.id.clone(),
+        participant: b.participant.clone(),
+        resource: b.resource.clone(),
+        state: branch_state_to_pb(b.state) as i32,
+        attempts: b.attempts,
+        last_error: b.last_error.clone().unwrap_or_default(),
+        call_timeout_ms: b.call_timeout_ms,
+        payload_size: b.payload.len() as u32,
+    }
+}
+
+pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {
+    pb::Transaction {
+        txn_id: txn.id.clone(),
+        mode: mode_to_pb(txn.mode) as i32,
+        state: state_to_pb(txn.state) as i32,
+        reason: txn.reason.clone(),
+        timeout_ms: txn.timeout_ms,
+        created_at_ms: txn.created_at_ms,
+        updated_at_ms: txn.updated_at_ms,
+        decided_at_ms: txn.decided_at_ms.unwrap_or(0),
+        finished_at_ms: txn.finished_at_ms.unwrap_or(0),
+        branches: txn.branches.iter().map(branch_to_pb).collect(),
+    }
+}
+
+/// `Some(id)` for a client-chosen id, `None` for an empty field.
+pub fn optional(id: String) -> Option<String> {
+    if id.is_empty() { None } else { Some(id) }
+}
+
+/// When to answer a waiting call: a little before the caller's `grpc-timeout`.
+pub fn answer_by<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let header = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(header)?;
+    Some(Instant::now() + timeout.saturating_sub(answer_margin(timeout)))
+}
+
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit.
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("10"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+
+    #[test]
+    fn unset_and_unknown_modes_are_invalid() {
+        assert_eq!(mode_from_pb(1).ok(), Some(Mode::TwoPhase));
+        assert_eq!(mode_from_pb(2).ok(), Some(Mode::Tcc));
+        assert_eq!(
+            mode_from_pb(0).err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert_eq!(
+            mode_from_pb(7).err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+    }
+}

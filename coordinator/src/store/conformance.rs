@@ -1,0 +1,229 @@
+//! The behaviour every [`TxnLog`] must have. Each backend's tests call
+//! [`run_all`] with a factory for fresh, empty logs; a backend that can be
+//! reopened also passes [`reopen_keeps_everything`].
+
+use crate::engine::{Branch, BranchState, Mode, Txn, TxnState};
+use crate::store::{Record, TxnLog};
+
+/// A transaction with two branches, in `state`.
+pub fn sample_txn(id: &str, state: TxnState, finished_at_ms: Option<u64>) -> Txn {
+    let mut txn = Txn::new(id.to_string(), Mode::TwoPhase, 10_000, 1_000);
+    txn.state = state;
+    txn.finished_at_ms = finished_at_ms;
+    for n in 1..=2 {
+        let mut branch = Branch::new(
+            n.to_string(),
+            format!("http://127.0.0.1:{}", 9000 + n),
+            "account.debit".to_string(),
+            vec![n as u8; 3],
+            2_000,
+        );
+        branch.state = BranchState::Prepared;
+        txn.branches.push(branch);
+    }
+    txn
+}
+
+pub fn record(txn: &Txn) -> Record {
+    match Record::of(txn) {
+        Ok(record) => record,
+        Err(e) => panic!("sample transaction does not encode: {e}"),
+    }
+}
+
+fn ids(mut txns: Vec<Txn>) -> Vec<String> {
+    let mut ids: Vec<String> = txns.drain(..).map(|t| t.id).collect();
+    ids.sort();
+    ids
+}
+
+/// Runs every check against fresh logs made by `fresh`.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn TxnLog>) {
+    written_records_read_back(fresh().as_ref());
+    later_record_replaces_earlier_in_one_batch(fresh().as_ref());
+    unfinished_lists_exactly_the_unfinished(fresh().as_ref());
+    collection_takes_only_old_finished(fresh().as_ref());
+    unknown_id_is_none(fresh().as_ref());
+}
+
+pub fn written_records_read_back(log: &dyn TxnLog) {
+    let txn = sample_txn("a", TxnState::Active, None);
+    log.write(&[record(&txn)]).expect_ok("write");
+    assert_eq!(log.get("a").expect_ok("get"), Some(txn));
+}
+
+pub fn later_record_replaces_earlier_in_one_batch(log: &dyn TxnLog) {
+    let first = sample_txn("a", TxnState::Active, None);
+    let mut second = first.clone();
+    second.state = TxnState::Committing;
+    second.decided_at_ms = Some(2_000);
+    log.write(&[record(&first), record(&second)])
+        .expect_ok("write");
+    assert_eq!(log.get("a").expect_ok("get"), Some(second));
+}
+
+pub fn unfinished_lists_exactly_the_unfinished(log: &dyn TxnLog) {
+    log.write(&[
+        record(&sample_txn("open", TxnState::Active, None)),
+        record(&sample_txn("deciding", TxnState::Committing, None)),
+        record(&sample_txn("done", TxnState::Committing, None)),
+    ])
+    .expect_ok("write");
+    log.write(&[record(&sample_txn(
+        "done",
+        TxnState::Committed,
+        Some(5_000),
+    ))])
+    .expect_ok("write");
+    assert_eq!(
+        ids(log.unfinished().expect_ok("unfinished")),
+        vec!["deciding".to_string(), "open".to_string()]
+    );
+    assert_eq!(
+        log.get("done").expect_ok("get").map(|t| t.state),
+        Some(TxnState::Committed)
+    );
+}
+
+pub fn collection_takes_only_old_finished(log: &dyn TxnLog) {
+    log.write(&[
+        record(&sample_txn("old1", TxnState::Committed, Some(100))),
+        record(&sample_txn("old2", TxnState::Aborted, Some(200))),
+        record(&sample_txn("new", TxnState::Committed, Some(900))),
+        record(&sample_txn("open", TxnState::Aborting, None)),
+    ])
+    .expect_ok("write");
+    assert_eq!(log.collect_finished(500, 1).expect_ok("collect"), 1);
+    assert_eq!(log.get("old1").expect_ok("get"), None, "oldest goes first");
+    assert!(log.get("old2").expect_ok("get").is_some());
+    assert_eq!(log.collect_finished(500, 100).expect_ok("collect"), 1);
+    assert_eq!(log.get("old2").expect_ok("get"), None);
+    assert!(log.get("new").expect_ok("get").is_some());
+    assert!(log.get("open").expect_ok("get").is_some());
+    assert_eq!(log.collect_finished(u64::MAX, 100).expect_ok("collect"), 1);
+    assert!(
+        log.get("open").expect_ok("get").is_some(),
+        "unfinished is never collected"
+    );
+    assert_eq!(ids(log.unfinished().expect_ok("unfinished")), vec!["open"]);
+}
+
+pub fn unknown_id_is_none(log: &dyn TxnLog) {
+    assert_eq!(log.get("nope").expect_ok("get"), None);
+    assert!(log.unfinished().expect_ok("unfinished").is_empty());
+    assert_eq!(log.collect_finished(u64::MAX, 10).expect_ok("collect"), 0);
+}
+
+/// For durable backends: what was written is all there after reopening.
+pub fn reopen_keeps_everything(first: Box<dyn TxnLog>, reopen: &dyn Fn() -> Box<dyn TxnLog>) {
+    let open = sample_txn("open", TxnState::Committing, None);
+    let done = sample_txn("done", TxnState::Committed, Some(5));
+    first
+        .write(&[record(&open), record(&done)])
+        .expect_ok("write");
+    drop(first);
+    let log = reopen();
+    assert_eq!(log.get("open").expect_ok("get"), Some(open));
+    assert_eq!(log.get("done").expect_ok("get"), Some(done));
+    assert_eq!(ids(log.unfinished().expect_ok("unfinished")), vec!["open"]);
+}
+
+/// `expect` that names the operation, for results in the suite.
+trait ExpectOk<T> {
+    fn expect_ok(self, op: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> ExpectOk<T> for Result<T, E> {
+    fn expect_ok(self, op: &str) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => panic!("{op} failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LogWriter, MemoryLog, SledLog};
+    use std::sync::Arc;
+
+    #[test]
+    fn memory_log_conforms() {
+        run_all(&|| Box::new(MemoryLog::new()));
+    }
+
+    #[test]
+    fn sled_log_conforms() {
+        let dirs = std::cell::RefCell::new(Vec::new());
+        run_all(&|| {
+            let dir = tempfile::tempdir().expect_ok("tempdir");
+            let log = SledLog::open(&dir.path().join("log")).expect_ok("open");
+            dirs.borrow_mut().push(dir);
+            Box::new(log)
+        });
+    }
+
+    #[test]
+    fn sled_log_keeps_everything_across_reopen() {
+        let dir = tempfile::tempdir().expect_ok("tempdir");
+        let path = dir.path().join("log");
+        let first = SledLog::open(&path).expect_ok("open");
+        reopen_keeps_everything(Box::new(first), &|| {
+            Box::new(SledLog::open(&path).expect_ok("reopen"))
+        });
+    }
+
+    #[test]
+    fn sled_log_refuses_foreign_and_damaged_directories() {
+        let dir = tempfile::tempdir().expect_ok("tempdir");
+        std::fs::write(dir.path().join("notes.txt"), "hello").expect_ok("write");
+        let err = SledLog::open(dir.path()).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("holds no Arbiter log")));
+
+        let path = dir.path().join("log");
+        drop(SledLog::open(&path).expect_ok("open"));
+        std::fs::remove_file(path.join("db")).expect_ok("remove db");
+        let err = SledLog::open(&path).err().map(|e| e.to_string());
+        assert!(
+            err.is_some_and(|e| e.contains("damaged")),
+            "damaged log refused"
+        );
+    }
+
+    #[test]
+    fn writer_completes_callers_once_durable_and_batches() {
+        let dir = tempfile::tempdir().expect_ok("tempdir");
+        let log: Arc<dyn TxnLog> = Arc::new(SledLog::open(dir.path()).expect_ok("open"));
+        let writer = LogWriter::start(log.clone()).expect_ok("start");
+        let pending: Vec<_> = (0..200)
+            .map(|i| {
+                writer.submit(record(&sample_txn(
+                    &format!("t{i:03}"),
+                    TxnState::Active,
+                    None,
+                )))
+            })
+            .collect();
+        for durable in pending {
+            durable
+                .blocking_recv()
+                .expect_ok("writer answered")
+                .expect_ok("durable");
+        }
+        assert_eq!(log.unfinished().expect_ok("unfinished").len(), 200);
+        let stats = writer.stats();
+        let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            stats.records.load(std::sync::atomic::Ordering::Relaxed),
+            200
+        );
+        assert!((1..=200).contains(&batches));
+        writer.close();
+        let late = writer.submit(record(&sample_txn("late", TxnState::Active, None)));
+        assert_eq!(
+            late.blocking_recv().expect_ok("answered"),
+            Err(crate::store::StoreError::Closed)
+        );
+    }
+}

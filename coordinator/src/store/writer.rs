@@ -1,0 +1,137 @@
+//! The group-commit writer: one thread owns every write to the log.
+//!
+//! Callers [`LogWriter::submit`] a record and get a receiver that completes once
+//! the record is durable. The thread takes everything queued at that moment (up
+//! to [`MAX_BATCH`]), writes it as one batch with one flush + fdatasync, then
+//! completes every caller of the batch. While it syncs, new records queue up
+//! and go into the next batch, so concurrent transactions share flushes.
+//!
+//! After a failed write the writer is poisoned: every later record fails with
+//! the same error, because what sled holds is no longer known to be durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::store::{Record, StoreError, TxnLog};
+
+/// The most records written in one group commit.
+pub const MAX_BATCH: usize = 4096;
+
+/// Completes when the record is durable, or with the error that stopped it.
+pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
+
+enum Msg {
+    Write(Record, oneshot::Sender<Result<(), StoreError>>),
+    Close,
+}
+
+/// Counters of the writer, for metrics and the benchmark.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+}
+
+pub struct LogWriter {
+    tx: mpsc::Sender<Msg>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<WriterStats>,
+}
+
+impl LogWriter {
+    pub fn start(log: Arc<dyn TxnLog>) -> Result<LogWriter, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("arbiter-log-writer".into())
+            .spawn(move || run(log, rx, &thread_stats))
+            .map_err(StoreError::io("starting the log writer thread"))?;
+        Ok(LogWriter {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+            stats,
+        })
+    }
+
+    /// Queues one record. Records are written in submission order.
+    pub fn submit(&self, record: Record) -> Durable {
+        let (done, durable) = oneshot::channel();
+        if let Err(mpsc::SendError(Msg::Write(_, done))) = self.tx.send(Msg::Write(record, done)) {
+            let _ = done.send(Err(StoreError::Closed));
+        }
+        durable
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Writes everything queued so far, then stops the thread and waits for it.
+    /// Records submitted afterwards fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
+    let mut poisoned: Option<StoreError> = None;
+    let mut records = Vec::with_capacity(64);
+    let mut waiters = Vec::with_capacity(64);
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let mut closing = false;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(record, done) => {
+                    records.push(record);
+                    waiters.push(done);
+                }
+                Msg::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            if records.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !records.is_empty() {
+            let result = match &poisoned {
+                Some(err) => Err(err.clone()),
+                None => log.write(&records),
+            };
+            if let Err(err) = &result {
+                if poisoned.is_none() {
+                    tracing::error!(error = %err, "transaction log write failed; nothing more will be acknowledged");
+                }
+                poisoned = Some(err.clone());
+            } else {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .records
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            records.clear();
+            for done in waiters.drain(..) {
+                let _ = done.send(result.clone());
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
