@@ -1,0 +1,300 @@
+//! The initiator client: start transactions, add branches, commit, and read
+//! outcomes from a coordinator.
+
+use std::time::Duration;
+
+use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use pb::{BranchState, Mode, Transaction, TxnState};
+
+/// Errors of the initiator client, by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("wrong state: {0}")]
+    FailedPrecondition(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("coordinator error: {0}")]
+    Other(Status),
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        let m = s.message().to_string();
+        match s.code() {
+            Code::NotFound => ClientError::NotFound(m),
+            Code::InvalidArgument => ClientError::InvalidArgument(m),
+            Code::FailedPrecondition => ClientError::FailedPrecondition(m),
+            Code::AlreadyExists => ClientError::AlreadyExists(m),
+            Code::Unavailable => ClientError::Unavailable(m),
+            Code::DeadlineExceeded => ClientError::DeadlineExceeded(m),
+            _ => ClientError::Other(s),
+        }
+    }
+}
+
+/// One branch: a call to `resource` at the participant endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Branch {
+    pub participant: String,
+    pub resource: String,
+    pub payload: Vec<u8>,
+    /// `None` for the coordinator's default.
+    pub call_timeout: Option<Duration>,
+}
+
+impl Branch {
+    pub fn new(participant: impl Into<String>, resource: impl Into<String>) -> Self {
+        Branch {
+            participant: participant.into(),
+            resource: resource.into(),
+            payload: Vec::new(),
+            call_timeout: None,
+        }
+    }
+
+    pub fn payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    fn to_pb(&self) -> pb::BranchSpec {
+        pb::BranchSpec {
+            participant: self.participant.clone(),
+            resource: self.resource.clone(),
+            payload: self.payload.clone(),
+            call_timeout_ms: self.call_timeout.map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+}
+
+/// A whole transaction for [`Client::execute`].
+#[derive(Clone, Debug)]
+pub struct Execute {
+    mode: Mode,
+    timeout: Option<Duration>,
+    txn_id: Option<String>,
+    branches: Vec<Branch>,
+    wait: bool,
+}
+
+impl Execute {
+    pub fn two_phase() -> Self {
+        Self::new(Mode::TwoPhase)
+    }
+
+    pub fn tcc() -> Self {
+        Self::new(Mode::Tcc)
+    }
+
+    fn new(mode: Mode) -> Self {
+        Execute {
+            mode,
+            timeout: None,
+            txn_id: None,
+            branches: Vec::new(),
+            wait: true,
+        }
+    }
+
+    pub fn branch(mut self, branch: Branch) -> Self {
+        self.branches.push(branch);
+        self
+    }
+
+    /// Transaction timeout (also the phase-1 deadline).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// A client-chosen id: repeating the same `Execute` is then safe.
+    pub fn txn_id(mut self, id: impl Into<String>) -> Self {
+        self.txn_id = Some(id.into());
+        self
+    }
+
+    /// `true` (the default): answer when final; `false`: when the decision is durable.
+    pub fn wait(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+}
+
+/// What `commit` / `execute` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub txn_id: String,
+    pub state: TxnState,
+    /// Why, e.g. which branch voted NO.
+    pub reason: String,
+    /// For `execute`: the branch ids, in the order the branches were given.
+    pub branch_ids: Vec<String>,
+}
+
+impl Outcome {
+    pub fn is_committed(&self) -> bool {
+        self.state == TxnState::Committed
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.state == TxnState::Aborted
+    }
+}
+
+/// A connection to a coordinator. Cheap to clone; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: CoordinatorClient<Channel>,
+}
+
+fn ms(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Client {
+    /// Connects to a coordinator at `endpoint`, e.g. `http://127.0.0.1:7089`.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client, ClientError> {
+        let channel = Endpoint::from_shared(endpoint.into())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Client {
+            inner: CoordinatorClient::new(channel),
+        })
+    }
+
+    /// The generated gRPC client, for calls this wrapper does not cover.
+    pub fn raw(&self) -> CoordinatorClient<Channel> {
+        self.inner.clone()
+    }
+
+    /// Starts a transaction; returns its id.
+    pub async fn begin(&self, mode: Mode, timeout: Option<Duration>) -> Result<String, ClientError> {
+        self.begin_with_id(mode, timeout, "").await
+    }
+
+    /// Starts a transaction with a client-chosen id (idempotent for the same id and mode).
+    pub async fn begin_with_id(
+        &self,
+        mode: Mode,
+        timeout: Option<Duration>,
+        txn_id: &str,
+    ) -> Result<String, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .begin(pb::BeginRequest {
+                mode: mode as i32,
+                timeout_ms: ms(timeout),
+                txn_id: txn_id.to_string(),
+            })
+            .await?;
+        Ok(response.into_inner().txn_id)
+    }
+
+    /// Adds a branch; durable once this returns. Returns the branch id.
+    pub async fn register_branch(&self, txn_id: &str, branch: &Branch) -> Result<String, ClientError> {
+        let spec = branch.to_pb();
+        let response = self
+            .inner
+            .clone()
+            .register_branch(pb::RegisterBranchRequest {
+                txn_id: txn_id.to_string(),
+                participant: spec.participant,
+                resource: spec.resource,
+                payload: spec.payload,
+                call_timeout_ms: spec.call_timeout_ms,
+                branch_id: String::new(),
+            })
+            .await?;
+        Ok(response.into_inner().branch_id)
+    }
+
+    /// Commits: with `wait`, answers when final; otherwise once decided.
+    pub async fn commit(&self, txn_id: &str, wait: bool) -> Result<Outcome, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .commit(pb::CommitRequest {
+                txn_id: txn_id.to_string(),
+                wait,
+            })
+            .await?
+            .into_inner();
+        Ok(Outcome {
+            state: response.state(),
+            txn_id: response.txn_id,
+            reason: response.reason,
+            branch_ids: Vec::new(),
+        })
+    }
+
+    /// Aborts an undecided transaction; returns the state after the abort is durable.
+    pub async fn rollback(&self, txn_id: &str, reason: &str) -> Result<TxnState, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .rollback(pb::RollbackRequest {
+                txn_id: txn_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?;
+        Ok(response.into_inner().state())
+    }
+
+    /// Begin + register every branch + commit, in one call.
+    pub async fn execute(&self, txn: Execute) -> Result<Outcome, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .execute(pb::ExecuteRequest {
+                mode: txn.mode as i32,
+                timeout_ms: ms(txn.timeout),
+                branches: txn.branches.iter().map(Branch::to_pb).collect(),
+                wait: txn.wait,
+                txn_id: txn.txn_id.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok(Outcome {
+            state: response.state(),
+            txn_id: response.txn_id,
+            reason: response.reason,
+            branch_ids: response.branch_ids,
+        })
+    }
+
+    /// The whole transaction with its branches.
+    pub async fn get_transaction(&self, txn_id: &str) -> Result<Transaction, ClientError> {
+        let response = self
+            .inner
+            .clone()
+            .get_transaction(pb::GetTransactionRequest {
+                txn_id: txn_id.to_string(),
+            })
+            .await?;
+        response
+            .into_inner()
+            .transaction
+            .ok_or_else(|| ClientError::Other(Status::internal("coordinator sent no transaction")))
+    }
+}

@@ -1,0 +1,188 @@
+//! The traits a participant service implements, and what its handlers return.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tonic::Status;
+
+/// What a handler learns about the call besides the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    pub txn_id: String,
+    pub branch_id: String,
+    /// The resource name the branch was registered with.
+    pub resource: String,
+    /// 1 for the first call of this phase to this branch, 2 for the first retry, ...
+    pub attempt: u32,
+}
+
+/// A participant's answer to prepare / try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vote {
+    /// Ready to commit; the work is held until commit or rollback.
+    Yes,
+    /// Will not commit (the transaction aborts); the reason is shown to the initiator.
+    No(String),
+    /// Changed nothing: no commit or rollback will follow for this branch.
+    ReadOnly,
+}
+
+/// Errors a handler returns. The SDK turns them into the gRPC status that makes
+/// the coordinator do the right thing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParticipantError {
+    /// A definitive refusal (`FAILED_PRECONDITION`): from prepare/try it aborts
+    /// the transaction like a NO vote.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The payload makes no sense (`INVALID_ARGUMENT`); definitive in phase 1.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Try again later (`UNAVAILABLE`): phase 1 is retried until its deadline,
+    /// phase 2 until it succeeds.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Something broke (`INTERNAL`); retried like `Unavailable`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<ParticipantError> for Status {
+    fn from(e: ParticipantError) -> Status {
+        match e {
+            ParticipantError::Rejected(m) => Status::failed_precondition(m),
+            ParticipantError::Invalid(m) => Status::invalid_argument(m),
+            ParticipantError::Unavailable(m) => Status::unavailable(m),
+            ParticipantError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// A two-phase-commit participant. Each call may arrive more than once, and
+/// rollback may arrive without (or before) prepare: implementations must be
+/// idempotent.
+pub trait TwoPhaseHandler: Send + Sync + 'static {
+    /// Do the work and hold it, then vote.
+    fn prepare(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send;
+    /// Make the prepared work permanent.
+    fn commit(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+    /// Undo the prepared work (or do nothing if there is none).
+    fn rollback(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+/// A try-confirm-cancel participant. Same delivery rules as [`TwoPhaseHandler`].
+pub trait TccHandler: Send + Sync + 'static {
+    /// Reserve the resources (`Try`; named `try_` because `try` is a keyword).
+    fn try_(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send;
+    /// Use the reservation.
+    fn confirm(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+    /// Release the reservation (or do nothing if there is none).
+    fn cancel(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+impl<T: TwoPhaseHandler> TwoPhaseHandler for Arc<T> {
+    fn prepare(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
+        T::prepare(self, ctx, payload)
+    }
+    fn commit(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+        T::commit(self, ctx, payload)
+    }
+    fn rollback(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+        T::rollback(self, ctx, payload)
+    }
+}
+
+impl<T: TccHandler> TccHandler for Arc<T> {
+    fn try_(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
+        T::try_(self, ctx, payload)
+    }
+    fn confirm(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+        T::confirm(self, ctx, payload)
+    }
+    fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+        T::cancel(self, ctx, payload)
+    }
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which call of a phase; the mode picks the trait method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase2 {
+    Commit,
+    Rollback,
+}
+
+/// Object-safe form of both traits, so handlers of different types can share a
+/// routing table.
+pub(crate) trait DynHandler: Send + Sync {
+    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>>;
+    fn finish<'a>(
+        &'a self,
+        phase: Phase2,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), ParticipantError>>;
+}
+
+pub(crate) struct TwoPhase<H>(pub H);
+pub(crate) struct Tcc<H>(pub H);
+
+impl<H: TwoPhaseHandler> DynHandler for TwoPhase<H> {
+    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
+        Box::pin(self.0.prepare(ctx, payload))
+    }
+    fn finish<'a>(
+        &'a self,
+        phase: Phase2,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), ParticipantError>> {
+        match phase {
+            Phase2::Commit => Box::pin(self.0.commit(ctx, payload)),
+            Phase2::Rollback => Box::pin(self.0.rollback(ctx, payload)),
+        }
+    }
+}
+
+impl<H: TccHandler> DynHandler for Tcc<H> {
+    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
+        Box::pin(self.0.try_(ctx, payload))
+    }
+    fn finish<'a>(
+        &'a self,
+        phase: Phase2,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), ParticipantError>> {
+        match phase {
+            Phase2::Commit => Box::pin(self.0.confirm(ctx, payload)),
+            Phase2::Rollback => Box::pin(self.0.cancel(ctx, payload)),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The participant gRPC server: routes `TwoPhaseParticipant` and
+//! `TccParticipant` calls to handlers by resource name.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::tcc_participant_server::{TccParticipant, TccParticipantServer};
+use arbiter_proto::v1::two_phase_participant_server::{TwoPhaseParticipant, TwoPhaseParticipantServer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::handler::{CallContext, DynHandler, Phase2, Tcc, TccHandler, TwoPhase, TwoPhaseHandler, Vote};
+
+type Routes = Arc<HashMap<String, Arc<dyn DynHandler>>>;
+
+/// Handlers by resource name, for one participant process.
+///
+/// ```no_run
+/// # use arbiter_sdk::*;
+/// # struct Accounts;
+/// # impl TwoPhaseHandler for Accounts {
+/// #   async fn prepare(&self, _: &CallContext, _: &[u8]) -> Result<Vote, ParticipantError> { Ok(Vote::Yes) }
+/// #   async fn commit(&self, _: &CallContext, _: &[u8]) -> Result<(), ParticipantError> { Ok(()) }
+/// #   async fn rollback(&self, _: &CallContext, _: &[u8]) -> Result<(), ParticipantError> { Ok(()) }
+/// # }
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let running = ParticipantServer::new()
+///     .two_phase("account.debit", Accounts)
+///     .serve("127.0.0.1:0".parse()?)
+///     .await?;
+/// println!("register branches with participant = {}", running.endpoint());
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct ParticipantServer {
+    two_phase: HashMap<String, Arc<dyn DynHandler>>,
+    tcc: HashMap<String, Arc<dyn DynHandler>>,
+}
+
+impl ParticipantServer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves 2PC calls for `resource` with `handler`.
+    pub fn two_phase(mut self, resource: impl Into<String>, handler: impl TwoPhaseHandler) -> Self {
+        self.two_phase
+            .insert(resource.into(), Arc::new(TwoPhase(handler)));
+        self
+    }
+
+    /// Serves TCC calls for `resource` with `handler`.
+    pub fn tcc(mut self, resource: impl Into<String>, handler: impl TccHandler) -> Self {
+        self.tcc.insert(resource.into(), Arc::new(Tcc(handler)));
+        self
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves in the background.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<RunningParticipant> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve_with_listener(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningParticipant {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve_with_listener(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let two_phase = Dispatch {
+            routes: Arc::new(self.two_phase),
+            kind: "2PC",
+        };
+        let tcc = Dispatch {
+            routes: Arc::new(self.tcc),
+            kind: "TCC",
+        };
+        Server::builder()
+            .add_service(TwoPhaseParticipantServer::new(two_phase))
+            .add_service(TccParticipantServer::new(tcc))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+            .await
+    }
+}
+
+/// A participant server running in the background.
+pub struct RunningParticipant {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningParticipant {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URI to register branches with, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting calls, lets calls in progress finish, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningParticipant {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Dispatch {
+    routes: Routes,
+    kind: &'static str,
+}
+
+impl Dispatch {
+    fn route(&self, call: &pb::BranchCall) -> Result<(Arc<dyn DynHandler>, CallContext), Status> {
+        let handler = self.routes.get(&call.resource).cloned().ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "this participant has no {} handler for resource {:?}",
+                self.kind, call.resource
+            ))
+        })?;
+        let ctx = CallContext {
+            txn_id: call.txn_id.clone(),
+            branch_id: call.branch_id.clone(),
+            resource: call.resource.clone(),
+            attempt: call.attempt,
+        };
+        Ok((handler, ctx))
+    }
+
+    async fn vote(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Vote>, Status> {
+        let call = request.into_inner();
+        let (handler, ctx) = self.route(&call)?;
+        let vote = handler.vote(&ctx, &call.payload).await?;
+        let (kind, reason) = match vote {
+            Vote::Yes => (pb::VoteKind::VoteYes, String::new()),
+            Vote::No(reason) => (pb::VoteKind::VoteNo, reason),
+            Vote::ReadOnly => (pb::VoteKind::VoteReadOnly, String::new()),
+        };
+        Ok(Response::new(pb::Vote {
+            vote: kind as i32,
+            reason,
+        }))
+    }
+
+    async fn finish(&self, phase: Phase2, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        let call = request.into_inner();
+        let (handler, ctx) = self.route(&call)?;
+        handler.finish(phase, &ctx, &call.payload).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl TwoPhaseParticipant for Dispatch {
+    async fn prepare(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Vote>, Status> {
+        self.vote(request).await
+    }
+    async fn commit(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        self.finish(Phase2::Commit, request).await
+    }
+    async fn rollback(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        self.finish(Phase2::Rollback, request).await
+    }
+}
+
+#[tonic::async_trait]
+impl TccParticipant for Dispatch {
+    async fn r#try(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Vote>, Status> {
+        self.vote(request).await
+    }
+    async fn confirm(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        self.finish(Phase2::Commit, request).await
+    }
+    async fn cancel(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        self.finish(Phase2::Rollback, request).await
+    }
+}
