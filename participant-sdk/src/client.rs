@@ -188,7 +188,11 @@ impl Client {
     }
 
     /// Starts a transaction; returns its id.
-    pub async fn begin(&self, mode: Mode, timeout: Option<Duration>) -> Result<String, ClientError> {
+    pub async fn begin(
+        &self,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<String, ClientError> {
         self.begin_with_id(mode, timeout, "").await
     }
 
@@ -212,7 +216,11 @@ impl Client {
     }
 
     /// Adds a branch; durable once this returns. Returns the branch id.
-    pub async fn register_branch(&self, txn_id: &str, branch: &Branch) -> Result<String, ClientError> {
+    pub async fn register_branch(
+        &self,
+        txn_id: &str,
+        branch: &Branch,
+    ) -> Result<String, ClientError> {
         let spec = branch.to_pb();
         let response = self
             .inner

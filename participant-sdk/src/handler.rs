@@ -106,25 +106,49 @@ pub trait TccHandler: Send + Sync + 'static {
 }
 
 impl<T: TwoPhaseHandler> TwoPhaseHandler for Arc<T> {
-    fn prepare(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
+    fn prepare(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
         T::prepare(self, ctx, payload)
     }
-    fn commit(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+    fn commit(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::commit(self, ctx, payload)
     }
-    fn rollback(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+    fn rollback(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::rollback(self, ctx, payload)
     }
 }
 
 impl<T: TccHandler> TccHandler for Arc<T> {
-    fn try_(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
+    fn try_(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vote, ParticipantError>> + Send {
         T::try_(self, ctx, payload)
     }
-    fn confirm(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+    fn confirm(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::confirm(self, ctx, payload)
     }
-    fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+    fn cancel(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::cancel(self, ctx, payload)
     }
 }
@@ -141,7 +165,11 @@ pub(crate) enum Phase2 {
 /// Object-safe form of both traits, so handlers of different types can share a
 /// routing table.
 pub(crate) trait DynHandler: Send + Sync {
-    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>>;
+    fn vote<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vote, ParticipantError>>;
     fn finish<'a>(
         &'a self,
         phase: Phase2,
@@ -154,7 +182,11 @@ pub(crate) struct TwoPhase<H>(pub H);
 pub(crate) struct Tcc<H>(pub H);
 
 impl<H: TwoPhaseHandler> DynHandler for TwoPhase<H> {
-    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
+    fn vote<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
         Box::pin(self.0.prepare(ctx, payload))
     }
     fn finish<'a>(
@@ -171,7 +203,11 @@ impl<H: TwoPhaseHandler> DynHandler for TwoPhase<H> {
 }
 
 impl<H: TccHandler> DynHandler for Tcc<H> {
-    fn vote<'a>(&'a self, ctx: &'a CallContext, payload: &'a [u8]) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
+    fn vote<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
         Box::pin(self.0.try_(ctx, payload))
     }
     fn finish<'a>(

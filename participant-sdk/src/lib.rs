@@ -99,7 +99,9 @@ mod client;
 mod handler;
 mod server;
 
-pub use client::{Branch, BranchState, Client, ClientError, Execute, Mode, Outcome, Transaction, TxnState};
+pub use client::{
+    Branch, BranchState, Client, ClientError, Execute, Mode, Outcome, Transaction, TxnState,
+};
 pub use handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::tcc_participant_server::{TccParticipant, TccParticipantServer};
-use arbiter_proto::v1::two_phase_participant_server::{TwoPhaseParticipant, TwoPhaseParticipantServer};
+use arbiter_proto::v1::two_phase_participant_server::{
+    TwoPhaseParticipant, TwoPhaseParticipantServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -16,7 +18,9 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::handler::{CallContext, DynHandler, Phase2, Tcc, TccHandler, TwoPhase, TwoPhaseHandler, Vote};
+use crate::handler::{
+    CallContext, DynHandler, Phase2, Tcc, TccHandler, TwoPhase, TwoPhaseHandler, Vote,
+};
 
 type Routes = Arc<HashMap<String, Arc<dyn DynHandler>>>;
 
@@ -94,7 +98,10 @@ impl ParticipantServer {
         Server::builder()
             .add_service(TwoPhaseParticipantServer::new(two_phase))
             .add_service(TccParticipantServer::new(tcc))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }
@@ -168,7 +175,11 @@ impl Dispatch {
         }))
     }
 
-    async fn finish(&self, phase: Phase2, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+    async fn finish(
+        &self,
+        phase: Phase2,
+        request: Request<pb::BranchCall>,
+    ) -> Result<Response<pb::Ack>, Status> {
         let call = request.into_inner();
         let (handler, ctx) = self.route(&call)?;
         handler.finish(phase, &ctx, &call.payload).await?;
@@ -178,13 +189,19 @@ impl Dispatch {
 
 #[tonic::async_trait]
 impl TwoPhaseParticipant for Dispatch {
-    async fn prepare(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Vote>, Status> {
+    async fn prepare(
+        &self,
+        request: Request<pb::BranchCall>,
+    ) -> Result<Response<pb::Vote>, Status> {
         self.vote(request).await
     }
     async fn commit(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
         self.finish(Phase2::Commit, request).await
     }
-    async fn rollback(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+    async fn rollback(
+        &self,
+        request: Request<pb::BranchCall>,
+    ) -> Result<Response<pb::Ack>, Status> {
         self.finish(Phase2::Rollback, request).await
     }
 }

@@ -198,8 +198,9 @@ fn timed_out(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
                 .map(|b| b.id.as_str())
                 .collect();
             let reason = format!(
-                "phase 1 did not finish within the {} ms timeout; no vote from branch(es) {}",
+                "phase 1 did not finish within the {} ms timeout; no vote from branch{} {}",
                 txn.timeout_ms,
+                if waiting.len() == 1 { "" } else { "es" },
                 waiting.join(", ")
             );
             abort(txn, reason, now_ms)

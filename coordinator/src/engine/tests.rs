@@ -361,7 +361,7 @@ fn timeouts_abort_undecided_transactions_only() {
         actions,
         vec![Persist(Durability::Flush), Publish, call(0, R, 1)]
     );
-    assert!(waiting.reason.contains("no vote from branch(es) 2"));
+    assert!(waiting.reason.contains("no vote from branch 2"));
 
     let mut deciding = preparing(1);
     vote(&mut deciding, 0, VoteResult::Yes);

@@ -1,0 +1,171 @@
+//! The `arbiter` binary as a child process: start it on a data dir, stop it with
+//! SIGTERM or SIGKILL, start it again on the same dir.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use arbiter_sdk::Client;
+
+/// Path of the `arbiter` binary of this build, built first if needed.
+pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn locate() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("ARBITER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot find the target directory")?;
+    let bin = profile_dir.join("arbiter");
+    let release = profile_dir.ends_with("release");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "-q", "-p", "arbiter", "--bin", "arbiter"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .context("running cargo build for the arbiter binary")?;
+    if !status.success() || !bin.is_file() {
+        bail!("could not build {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An `arbiter serve` child process on a fixed port and data dir, which can
+/// be stopped and started again.
+pub struct ArbiterProcess {
+    child: Option<Child>,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl ArbiterProcess {
+    /// Starts `arbiter serve` on `data_dir` with `args` and waits until it answers.
+    pub async fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<ArbiterProcess> {
+        let port = free_port()?;
+        let mut process = ArbiterProcess {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        process.restart().await?;
+        Ok(process)
+    }
+
+    /// Starts the process again (same port, data dir and arguments).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("arbiter is still running");
+        }
+        let child = Command::new(arbiter_bin()?)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting arbiter")?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    fn child(&mut self) -> anyhow::Result<&mut Child> {
+        self.child.as_mut().context("arbiter is not running")
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + crate::PATIENCE;
+        loop {
+            if let Some(status) = self.child()?.try_wait()? {
+                self.child = None;
+                bail!("arbiter exited during start-up with {status}");
+            }
+            if Client::connect(self.endpoint.clone()).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("arbiter did not answer on {} in time", self.endpoint);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.endpoint.clone()).await?)
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub async fn terminate(&mut self) -> anyhow::Result<bool> {
+        let pid = self.child()?.id();
+        signal(pid, libc::SIGTERM)?;
+        self.wait_exit().await
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let pid = self.child()?.id();
+        signal(pid, libc::SIGKILL)?;
+        self.wait_exit().await.map(|_| ())
+    }
+
+    async fn wait_exit(&mut self) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + crate::PATIENCE;
+        loop {
+            if let Some(status) = self.child()?.try_wait()? {
+                self.child = None;
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                bail!("arbiter did not exit in time");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ArbiterProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) with a pid we spawned and own; no memory is involved.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if rc != 0 {
+        bail!(
+            "kill({pid}, {sig}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! A participant for tests that records every call and behaves as its payload
+//! says, so one participant serves every scenario.
+//!
+//! Payloads (UTF-8):
+//! - `yes` (or empty): vote YES; `read-only`: vote READ_ONLY;
+//! - `no:<reason>`: vote NO; `reject:<reason>`: answer FAILED_PRECONDITION;
+//! - `unavailable`: phase 1 answers UNAVAILABLE every time;
+//! - `slow:<ms>`: wait that long in phase 1, then vote YES.
+//!
+//! Phase 2 fails with UNAVAILABLE while [`Recorder::fail_phase2`] is on.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arbiter_sdk::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+
+/// One call as the participant saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub call: &'static str,
+    pub txn_id: String,
+    pub branch_id: String,
+    pub resource: String,
+    pub attempt: u32,
+}
+
+#[derive(Default)]
+pub struct Recorder {
+    seen: Mutex<Vec<Seen>>,
+    fail_phase2: AtomicBool,
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The calls of one transaction, in order, as `"prepare"`, `"commit"`, ...
+    pub fn calls(&self, txn_id: &str) -> Vec<&'static str> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.txn_id == txn_id)
+            .map(|s| s.call)
+            .collect()
+    }
+
+    /// The calls of one branch of one transaction.
+    pub fn branch_calls(&self, txn_id: &str, branch_id: &str) -> Vec<&'static str> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.txn_id == txn_id && s.branch_id == branch_id)
+            .map(|s| s.call)
+            .collect()
+    }
+
+    pub fn set_fail_phase2(&self, fail: bool) {
+        self.fail_phase2.store(fail, Ordering::SeqCst);
+    }
+
+    fn record(&self, call: &'static str, ctx: &CallContext) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Seen {
+                call,
+                txn_id: ctx.txn_id.clone(),
+                branch_id: ctx.branch_id.clone(),
+                resource: ctx.resource.clone(),
+                attempt: ctx.attempt,
+            });
+    }
+
+    async fn vote(
+        &self,
+        call: &'static str,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<Vote, ParticipantError> {
+        self.record(call, ctx);
+        let payload = String::from_utf8_lossy(payload);
+        let (verb, arg) = payload.split_once(':').unwrap_or((&payload, ""));
+        match verb {
+            "" | "yes" => Ok(Vote::Yes),
+            "read-only" => Ok(Vote::ReadOnly),
+            "no" => Ok(Vote::No(arg.to_string())),
+            "reject" => Err(ParticipantError::Rejected(arg.to_string())),
+            "unavailable" => Err(ParticipantError::Unavailable(
+                "test participant is unavailable".into(),
+            )),
+            "slow" => {
+                let ms = arg.parse().unwrap_or(1_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Vote::Yes)
+            }
+            other => Err(ParticipantError::Invalid(format!(
+                "unknown test payload {other:?}"
+            ))),
+        }
+    }
+
+    fn finish(&self, call: &'static str, ctx: &CallContext) -> Result<(), ParticipantError> {
+        self.record(call, ctx);
+        if self.fail_phase2.load(Ordering::SeqCst) {
+            return Err(ParticipantError::Unavailable(format!(
+                "{call} refused by the test"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl TwoPhaseHandler for Recorder {
+    async fn prepare(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
+        self.vote("prepare", ctx, payload).await
+    }
+    async fn commit(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish("commit", ctx)
+    }
+    async fn rollback(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish("rollback", ctx)
+    }
+}
+
+impl TccHandler for Recorder {
+    async fn try_(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
+        self.vote("try", ctx, payload).await
+    }
+    async fn confirm(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish("confirm", ctx)
+    }
+    async fn cancel(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish("cancel", ctx)
+    }
+}
