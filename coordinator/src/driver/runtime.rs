@@ -362,7 +362,6 @@ impl Inner {
                 _ = stopping.wait_for(|s| *s) => break,
             }
         }
-        let now = published.borrow().clone();
-        now
+        published.borrow().clone()
     }
 }

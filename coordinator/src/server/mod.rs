@@ -64,8 +64,10 @@ pub async fn run(
     let collect_interval = config.collect_interval;
     let driver = Driver::new(config, log)?;
     let recovered = driver.recover()?;
-    let addr = listener.local_addr().ok();
-    tracing::info!(?addr, ?storage, recovered, "arbiter coordinator serving");
+    let listen = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    tracing::info!(%listen, ?storage, recovered, "arbiter coordinator serving");
 
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
     let service = CoordinatorServer::new(CoordinatorService {
