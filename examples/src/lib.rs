@@ -100,10 +100,10 @@ impl Bank {
     fn settle(&self, ctx: &CallContext) {
         let key = (ctx.txn_id.clone(), ctx.branch_id.clone());
         let mut books = self.lock();
-        if let Some((account, delta)) = books.reserved.remove(&key) {
-            if delta > 0 {
-                *books.balances.entry(account).or_default() += delta;
-            }
+        if let Some((account, delta)) = books.reserved.remove(&key)
+            && delta > 0
+        {
+            *books.balances.entry(account).or_default() += delta;
         }
         books.finished.insert(key);
     }
@@ -111,10 +111,10 @@ impl Bank {
     fn release(&self, ctx: &CallContext) {
         let key = (ctx.txn_id.clone(), ctx.branch_id.clone());
         let mut books = self.lock();
-        if let Some((account, delta)) = books.reserved.remove(&key) {
-            if delta < 0 {
-                *books.balances.entry(account).or_default() -= delta;
-            }
+        if let Some((account, delta)) = books.reserved.remove(&key)
+            && delta < 0
+        {
+            *books.balances.entry(account).or_default() -= delta;
         }
         books.finished.insert(key);
     }
