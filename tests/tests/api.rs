@@ -283,3 +283,34 @@ async fn client_branch_ids_make_registration_retries_safe() -> anyhow::Result<()
     assert_eq!(client.get_transaction(&txn_id).await?.branches.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn finished_transactions_are_collected_after_retention_and_unfinished_never()
+-> anyhow::Result<()> {
+    let coordinator = TestCoordinator::start_with(|c| {
+        c.retention = Duration::ZERO;
+        c.collect_interval = Duration::from_millis(50);
+    })
+    .await?;
+    let client = &coordinator.client;
+    let (a, _rec) = recorder_participant().await?;
+    let done = client
+        .execute(Execute::two_phase().branch(Branch::new(a.endpoint(), "r1")))
+        .await?;
+    assert!(done.is_committed());
+    let open = client
+        .begin(Mode::TwoPhase, Some(Duration::from_secs(3_600)))
+        .await?;
+    eventually("the finished transaction is collected", || async {
+        let gone = client.get_transaction(&done.txn_id).await.err();
+        (gone.as_ref().map(code_of) == Some(Code::NotFound)).then_some(())
+    })
+    .await;
+    let still = client.get_transaction(&open).await?;
+    assert_eq!(
+        still.state(),
+        TxnState::Active,
+        "an unfinished transaction is never collected"
+    );
+    Ok(())
+}

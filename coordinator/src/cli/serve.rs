@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// How long finished transactions stay readable, in seconds.
     #[arg(long, env = "ARBITER_RETENTION_SECS", default_value_t = 86_400)]
     pub retention_secs: u64,
+    /// How often finished transactions past retention are collected, in seconds.
+    #[arg(long, env = "ARBITER_COLLECT_INTERVAL_SECS", default_value_t = 60)]
+    pub collect_interval_secs: u64,
 }
 
 impl ServeArgs {
@@ -62,6 +65,7 @@ impl ServeArgs {
             retry_max: Duration::from_millis(self.retry_max_ms),
             max_wait: Duration::from_millis(self.max_wait_ms),
             retention: Duration::from_secs(self.retention_secs),
+            collect_interval: Duration::from_secs(self.collect_interval_secs.max(1)),
             ..Config::default()
         }
     }
