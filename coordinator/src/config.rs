@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::engine::Policy;
+
 /// Limits and timings of one coordinator.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -21,6 +23,15 @@ pub struct Config {
     pub retry_base: Duration,
     /// Cap of the retry delay.
     pub retry_max: Duration,
+    /// Growth of the retry delay per failure.
+    pub retry_multiplier: f64,
+    /// A transaction whose phase 2 failed this many times in a row on one
+    /// branch is flagged stuck (and still retried).
+    pub stuck_after_attempts: u32,
+    /// ... or whose phase 2 has been failing for this long.
+    pub stuck_after: Duration,
+    /// Transactions resumed at once after a restart.
+    pub recovery_concurrency: usize,
     /// How long `Commit`/`Execute` with `wait` hold the call when the caller
     /// sets no deadline of its own.
     pub max_wait: Duration,
@@ -41,9 +52,23 @@ impl Default for Config {
             max_branches: 64,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
+            retry_multiplier: 2.0,
+            stuck_after_attempts: 10,
+            stuck_after: Duration::from_secs(300),
+            recovery_concurrency: 256,
             max_wait: Duration::from_secs(60),
             retention: Duration::from_secs(24 * 3600),
             collect_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// The engine's view of these settings.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            stuck_after_attempts: self.stuck_after_attempts.max(1),
+            stuck_after_ms: self.stuck_after.as_millis() as u64,
         }
     }
 }

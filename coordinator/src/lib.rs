@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod failpoints;
 pub mod server;
 pub mod store;
 

@@ -8,6 +8,8 @@ use arbiter::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     cli::init_tracing(cli.log_format);
     match cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

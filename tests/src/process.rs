@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use arbiter_sdk::Client;
 
-/// Path of the `arbiter` binary of this build, built first if needed.
+/// Path of the `arbiter` binary of this build (with failpoints compiled in,
+/// inert unless `FAILPOINTS` is set), built first if needed.
 pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
@@ -31,7 +32,16 @@ fn locate() -> anyhow::Result<PathBuf> {
     let bin = profile_dir.join("arbiter");
     let release = profile_dir.ends_with("release");
     let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-q", "-p", "arbiter", "--bin", "arbiter"]);
+    build.args([
+        "build",
+        "-q",
+        "-p",
+        "arbiter",
+        "--bin",
+        "arbiter",
+        "--features",
+        "failpoints",
+    ]);
     if release {
         build.arg("--release");
     }
@@ -57,6 +67,8 @@ pub struct ArbiterProcess {
     pub data_dir: PathBuf,
     port: u16,
     args: Vec<String>,
+    /// `FAILPOINTS` for the next start; `None` runs without failpoints.
+    failpoints: Option<String>,
 }
 
 impl ArbiterProcess {
@@ -69,9 +81,68 @@ impl ArbiterProcess {
             data_dir: data_dir.to_path_buf(),
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
+            failpoints: None,
         };
         process.restart().await?;
         Ok(process)
+    }
+
+    /// Like [`ArbiterProcess::start`], with `FAILPOINTS` set (e.g. `"after-decision-persisted=return"`).
+    pub async fn start_with_failpoints(
+        data_dir: &Path,
+        args: &[&str],
+        failpoints: &str,
+    ) -> anyhow::Result<ArbiterProcess> {
+        let port = free_port()?;
+        let mut process = ArbiterProcess {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            failpoints: Some(failpoints.to_string()),
+        };
+        process.restart().await?;
+        Ok(process)
+    }
+
+    /// Failpoints for the next [`ArbiterProcess::restart`].
+    pub fn set_failpoints(&mut self, failpoints: Option<&str>) {
+        self.failpoints = failpoints.map(str::to_string);
+    }
+
+    /// Whether the process is still running (reaping it if it exited).
+    pub fn is_running(&mut self) -> anyhow::Result<bool> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(false);
+        };
+        if child.try_wait()?.is_some() {
+            self.child = None;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Waits up to `within` for the process to exit by itself; returns how it
+    /// exited, or `None` if it is still running.
+    pub async fn exited_within(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                bail!("arbiter is not running");
+            };
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts the process again (same port, data dir and arguments).
@@ -79,7 +150,12 @@ impl ArbiterProcess {
         if self.child.is_some() {
             bail!("arbiter is still running");
         }
-        let child = Command::new(arbiter_bin()?)
+        let mut command = Command::new(arbiter_bin()?);
+        match &self.failpoints {
+            Some(failpoints) => command.env("FAILPOINTS", failpoints),
+            None => command.env_remove("FAILPOINTS"),
+        };
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))

@@ -1,5 +1,6 @@
 //! The `arbiter` command line: one file per subcommand, one dispatch `match`.
 
+pub mod duration;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::cli::duration;
 use crate::config::Config;
 use crate::server::{self, Storage};
 
@@ -42,6 +43,18 @@ pub struct ServeArgs {
     /// Cap of the retry delay, in ms.
     #[arg(long, env = "ARBITER_RETRY_MAX_MS", default_value_t = 30_000)]
     pub retry_max_ms: u64,
+    /// Growth of the retry delay per failure (delays are drawn with full jitter).
+    #[arg(long, env = "ARBITER_RETRY_MULTIPLIER", default_value_t = 2.0)]
+    pub retry_multiplier: f64,
+    /// Flag a transaction stuck once its phase 2 has failed for this long (e.g. 5m).
+    #[arg(long, env = "ARBITER_STUCK_AFTER", default_value = "5m", value_parser = duration::parse)]
+    pub stuck_after: Duration,
+    /// ... or this many times in a row on one branch, whichever comes first.
+    #[arg(long, env = "ARBITER_STUCK_AFTER_ATTEMPTS", default_value_t = 10)]
+    pub stuck_after_attempts: u32,
+    /// Unfinished transactions resumed at once after a restart.
+    #[arg(long, env = "ARBITER_RECOVERY_CONCURRENCY", default_value_t = 256)]
+    pub recovery_concurrency: usize,
     /// Longest a Commit/Execute with wait holds the call without a client deadline, in ms.
     #[arg(long, env = "ARBITER_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,
@@ -63,6 +76,10 @@ impl ServeArgs {
             max_branches: self.max_branches,
             retry_base: Duration::from_millis(self.retry_base_ms),
             retry_max: Duration::from_millis(self.retry_max_ms),
+            retry_multiplier: self.retry_multiplier,
+            stuck_after: self.stuck_after,
+            stuck_after_attempts: self.stuck_after_attempts,
+            recovery_concurrency: self.recovery_concurrency.max(1),
             max_wait: Duration::from_millis(self.max_wait_ms),
             retention: Duration::from_secs(self.retention_secs),
             collect_interval: Duration::from_secs(self.collect_interval_secs.max(1)),

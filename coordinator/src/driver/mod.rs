@@ -38,6 +38,21 @@ pub enum Wait {
     Final,
 }
 
+/// Unfinished transactions loaded at start-up, waiting to be resumed.
+pub struct Recovery {
+    slots: Vec<Arc<Slot>>,
+}
+
+impl Recovery {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 /// A live transaction, or the stored record of a finished one.
 enum Found {
     Live(Arc<Slot>),
@@ -62,20 +77,62 @@ impl Driver {
         &self.inner.config
     }
 
-    /// Resumes every unfinished transaction of the log: undecided ones are
-    /// aborted, decided ones get phase 2 again. Returns how many there were.
-    pub fn recover(&self) -> Result<usize, DriverError> {
+    /// Loads every unfinished transaction of the log into memory, so that each
+    /// is live before requests are served. [`Driver::resume`] then finishes them.
+    pub fn load_unfinished(&self) -> Result<Recovery, DriverError> {
         let txns = self.inner.log.unfinished()?;
-        let count = txns.len();
+        let mut slots = Vec::with_capacity(txns.len());
         for txn in txns {
             let id = txn.id.clone();
-            let slot = match self.inner.insert(Slot::new(txn), &id) {
-                Ok(slot) | Err(slot) => slot,
-            };
-            let steps = self.inner.apply(&slot, Event::Recovered)?;
-            self.inner.perform_detached(slot, steps);
+            match self.inner.insert(Slot::new(txn), &id) {
+                Ok(slot) | Err(slot) => slots.push(slot),
+            }
         }
-        Ok(count)
+        Ok(Recovery { slots })
+    }
+
+    /// Resumes loaded transactions, at most `recovery_concurrency` at once:
+    /// undecided ones are aborted (presumed abort), decided ones get phase 2
+    /// again. A transaction holds its place until it is final or its first
+    /// round of calls has had time to answer; slow ones go on retrying on
+    /// their own. Returns how many were resumed.
+    pub async fn resume(&self, recovery: Recovery) -> usize {
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.inner.config.recovery_concurrency.max(1),
+        ));
+        let count = recovery.slots.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for slot in recovery.slots {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let inner = self.inner.clone();
+            tasks.spawn(async move {
+                let longest_call = slot
+                    .lock()
+                    .branches
+                    .iter()
+                    .map(|b| b.call_timeout_ms)
+                    .max()
+                    .unwrap_or(0);
+                match inner.apply(&slot, Event::Recovered) {
+                    Ok(steps) => {
+                        if inner.perform(&slot, steps).await.is_ok() {
+                            let settle =
+                                Duration::from_millis(longest_call) + Duration::from_secs(1);
+                            inner
+                                .wait_for(&slot, TxnState::is_final, Instant::now() + settle)
+                                .await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not resume a transaction"),
+                }
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        count
     }
 
     pub async fn begin(
@@ -156,6 +213,7 @@ impl Driver {
             .await
             .unwrap_or(Err(crate::store::StoreError::Closed));
         result.map_err(DriverError::from)?;
+        crate::crash_point!("after-begin-persisted");
         Ok((id, Some(slot)))
     }
 
@@ -220,6 +278,7 @@ impl Driver {
             Ok((Event::Register(branch), id))
         })?;
         self.inner.perform(&slot, steps).await?;
+        crate::crash_point!("after-branch-persisted");
         Ok(id)
     }
 

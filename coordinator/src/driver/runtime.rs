@@ -72,7 +72,8 @@ impl Slot {
 
 /// An action turned into something the runtime can run outside the lock.
 enum Step {
-    Durable(Durable),
+    /// Wait for this record, written when the transaction was in this state.
+    Durable(Durable, TxnState),
     Lazy(Durable),
     Publish(Published),
     Call(CallSpec),
@@ -89,6 +90,7 @@ pub struct Steps(Vec<Step>);
 
 pub struct Inner {
     pub config: Config,
+    policy: engine::Policy,
     pub log: Arc<dyn TxnLog>,
     pub writer: LogWriter,
     participants: Participants,
@@ -103,6 +105,7 @@ pub struct Inner {
 impl Inner {
     pub fn new(config: Config, log: Arc<dyn TxnLog>, writer: LogWriter) -> Inner {
         Inner {
+            policy: config.policy(),
             config,
             log,
             writer,
@@ -155,12 +158,44 @@ impl Inner {
     ) -> Result<(Steps, T), DriverError> {
         let mut txn = slot.lock();
         let (event, extra) = make_event(&txn)?;
-        let actions = engine::step(&mut txn, event, ids::now_ms())?;
+        let was_stuck = txn.stuck_since_ms.is_some();
+        let actions = engine::step(&mut txn, event, ids::now_ms(), &self.policy)?;
+        if !was_stuck && txn.stuck_since_ms.is_some() {
+            let errors: Vec<String> = txn
+                .branches
+                .iter()
+                .filter_map(|b| {
+                    b.last_error
+                        .as_ref()
+                        .map(|e| format!("branch {}: {e}", b.id))
+                })
+                .collect();
+            tracing::warn!(txn = %txn.id, state = txn.state.name(), errors = ?errors,
+                "transaction is stuck: phase 2 keeps failing; still retrying");
+        }
         let mut steps = Vec::with_capacity(actions.len());
         for action in actions {
             steps.push(match action {
-                Action::Persist(Durability::Flush) => Step::Durable(self.persist(&txn)?),
-                Action::Persist(Durability::Lazy) => Step::Lazy(self.persist(&txn)?),
+                Action::Persist(Durability::Flush) => {
+                    match txn.state {
+                        TxnState::Committing | TxnState::Committed => {
+                            crate::crash_point!("before-decision-persisted")
+                        }
+                        TxnState::Aborting | TxnState::Aborted => {
+                            crate::crash_point!("before-abort-persisted")
+                        }
+                        _ => {}
+                    }
+                    Step::Durable(self.persist(&txn)?, txn.state)
+                }
+                Action::Persist(Durability::Lazy) => {
+                    match txn.state {
+                        TxnState::Committed => crate::crash_point!("before-committed-persisted"),
+                        TxnState::Aborted => crate::crash_point!("before-aborted-persisted"),
+                        _ => {}
+                    }
+                    Step::Lazy(self.persist(&txn)?)
+                }
                 Action::Publish => Step::Publish(Published {
                     state: txn.state,
                     reason: txn.reason.clone(),
@@ -191,7 +226,12 @@ impl Inner {
                 } => Step::Retry {
                     branch,
                     call,
-                    delay: backoff::delay(self.config.retry_base, self.config.retry_max, failures),
+                    delay: backoff::delay(
+                        self.config.retry_base,
+                        self.config.retry_max,
+                        self.config.retry_multiplier,
+                        failures,
+                    ),
                 },
                 Action::Forget => Step::Forget,
             });
@@ -214,10 +254,26 @@ impl Inner {
         let mut lazy = None;
         for step in steps.0 {
             match step {
-                Step::Durable(durable) => self.wait_durable(durable).await?,
+                Step::Durable(durable, state) => {
+                    self.wait_durable(durable).await?;
+                    match state {
+                        TxnState::Committing | TxnState::Committed => {
+                            crate::crash_point!("after-decision-persisted")
+                        }
+                        TxnState::Aborting | TxnState::Aborted => {
+                            crate::crash_point!("after-abort-persisted")
+                        }
+                        _ => {}
+                    }
+                }
                 Step::Lazy(durable) => lazy = Some(durable),
                 Step::Publish(published) => slot.publish(published),
-                Step::Call(spec) => self.spawn_call(slot.clone(), spec),
+                Step::Call(spec) => {
+                    if spec.call == CallKind::Prepare && spec.attempt == 1 {
+                        crate::crash_point!("before-phase1-sent");
+                    }
+                    self.spawn_call(slot.clone(), spec)
+                }
                 Step::Retry {
                     branch,
                     call,
@@ -269,15 +325,31 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             let event = match spec.call {
-                CallKind::Prepare => Event::Voted {
-                    branch: spec.branch,
-                    result: inner.participants.prepare(&spec).await,
-                },
+                CallKind::Prepare => {
+                    let result = inner.participants.prepare(&spec).await;
+                    if spec.branch == 0 && spec.attempt == 1 {
+                        crate::crash_point!("after-some-phase1-sent");
+                    }
+                    Event::Voted {
+                        branch: spec.branch,
+                        result,
+                    }
+                }
                 CallKind::Commit | CallKind::Rollback => {
                     match inner.participants.finish(&spec).await {
-                        Ok(()) => Event::Acked {
-                            branch: spec.branch,
-                        },
+                        Ok(()) => {
+                            if spec.branch == 0 {
+                                match spec.call {
+                                    CallKind::Commit => {
+                                        crate::crash_point!("after-some-phase2-sent")
+                                    }
+                                    _ => crate::crash_point!("after-some-rollbacks-sent"),
+                                }
+                            }
+                            Event::Acked {
+                                branch: spec.branch,
+                            }
+                        }
                         Err(error) => {
                             tracing::debug!(txn = %spec.txn_id, branch = %spec.branch_id, %error, "phase-2 call failed; will retry");
                             Event::Phase2Failed {

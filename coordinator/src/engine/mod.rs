@@ -97,8 +97,30 @@ pub enum EngineError {
     BranchConflict { txn: String, branch: String },
 }
 
+/// When a transaction whose phase 2 keeps failing counts as stuck: after this
+/// many failed calls to one branch in a row, or after failing for this long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub stuck_after_attempts: u32,
+    pub stuck_after_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            stuck_after_attempts: 10,
+            stuck_after_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
 /// Applies one event at `now_ms` (milliseconds since the Unix epoch).
-pub fn step(txn: &mut Txn, event: Event, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+pub fn step(
+    txn: &mut Txn,
+    event: Event,
+    now_ms: u64,
+    policy: &Policy,
+) -> Result<Vec<Action>, EngineError> {
     let state_before = txn.state;
     let actions = match event {
         Event::Register(branch) => register(txn, branch)?,
@@ -107,7 +129,7 @@ pub fn step(txn: &mut Txn, event: Event, now_ms: u64) -> Result<Vec<Action>, Eng
         Event::TimedOut => timed_out(txn, now_ms),
         Event::Voted { branch, result } => voted(txn, branch, result, now_ms),
         Event::Acked { branch } => acked(txn, branch, now_ms),
-        Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error),
+        Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error, now_ms, policy),
         Event::RetryDue { branch, call } => retry_due(txn, branch, call),
         Event::Recovered => recovered(txn, now_ms),
     };
@@ -224,7 +246,13 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action
             branch.state = BranchState::Rejected;
             branch.last_error = Some(format!("voted NO: {reason}"));
         }
-        VoteResult::Transient(error) => branch.last_error = Some(error.clone()),
+        VoteResult::Transient(error) => {
+            branch.last_error = Some(error.clone());
+            branch.failing_since_ms.get_or_insert(now_ms);
+        }
+    }
+    if !matches!(result, VoteResult::Transient(_)) {
+        branch.failing_since_ms = None;
     }
     match txn.state {
         TxnState::Preparing => match result {
@@ -278,6 +306,7 @@ fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
         return Vec::new();
     }
     branch.in_flight = false;
+    branch.failing_since_ms = None;
     match txn.state {
         TxnState::Committing => branch.state = BranchState::Committed,
         TxnState::Aborting => branch.state = BranchState::RolledBack,
@@ -286,7 +315,13 @@ fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
     maybe_finish(txn, now_ms)
 }
 
-fn phase2_failed(txn: &mut Txn, i: usize, error: String) -> Vec<Action> {
+fn phase2_failed(
+    txn: &mut Txn,
+    i: usize,
+    error: String,
+    now_ms: u64,
+    policy: &Policy,
+) -> Vec<Action> {
     let Some(branch) = txn.branches.get_mut(i) else {
         return Vec::new();
     };
@@ -295,6 +330,12 @@ fn phase2_failed(txn: &mut Txn, i: usize, error: String) -> Vec<Action> {
     }
     branch.in_flight = false;
     branch.last_error = Some(error);
+    let since = *branch.failing_since_ms.get_or_insert(now_ms);
+    let stuck = branch.phase_attempts >= policy.stuck_after_attempts
+        || now_ms.saturating_sub(since) >= policy.stuck_after_ms;
+    if stuck && txn.stuck_since_ms.is_none() {
+        txn.stuck_since_ms = Some(now_ms);
+    }
     match txn.state {
         TxnState::Committing => vec![retry_later(txn, i, CallKind::Commit)],
         TxnState::Aborting => vec![retry_later(txn, i, CallKind::Rollback)],
@@ -399,6 +440,7 @@ fn phase2_calls(txn: &mut Txn, kind: CallKind) -> Vec<Action> {
         };
         if needed && !branch.in_flight {
             txn.branches[i].phase_attempts = 0;
+            txn.branches[i].failing_since_ms = None;
             actions.push(call(txn, i, kind));
         }
     }
@@ -430,6 +472,7 @@ fn finish(txn: &mut Txn, now_ms: u64, durability: Durability) -> Vec<Action> {
         _ => TxnState::Aborted,
     };
     txn.finished_at_ms = Some(now_ms);
+    txn.stuck_since_ms = None;
     vec![Action::Persist(durability), Action::Publish, Action::Forget]
 }
 

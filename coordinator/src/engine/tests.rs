@@ -26,7 +26,7 @@ fn txn_with(mode: Mode, n: usize) -> Txn {
 }
 
 fn must_step(txn: &mut Txn, event: Event) -> Vec<Action> {
-    match step(txn, event, NOW + 1) {
+    match step(txn, event, NOW + 1, &Policy::default()) {
         Ok(actions) => actions,
         Err(e) => panic!("step refused: {e}"),
     }
@@ -73,7 +73,7 @@ fn repeated_registration_is_idempotent_and_conflicts_are_refused() {
     let mut other = branch("1");
     other.payload = vec![9];
     assert!(matches!(
-        step(&mut txn, Event::Register(other), NOW),
+        step(&mut txn, Event::Register(other), NOW, &Policy::default()),
         Err(EngineError::BranchConflict { .. })
     ));
     assert_eq!(txn.branches.len(), 1);
@@ -85,7 +85,12 @@ fn register_outside_active_is_a_wrong_state_error_and_changes_nothing() {
         let mut txn = txn_with(Mode::Tcc, 1);
         txn.state = state;
         let before = txn.clone();
-        let err = step(&mut txn, Event::Register(branch("2")), NOW);
+        let err = step(
+            &mut txn,
+            Event::Register(branch("2")),
+            NOW,
+            &Policy::default(),
+        );
         assert!(matches!(
             err,
             Err(EngineError::WrongState {
@@ -121,7 +126,7 @@ fn commit_without_branches_commits_at_once() {
 #[test]
 fn commit_past_the_deadline_aborts_without_calls() {
     let mut txn = txn_with(Mode::TwoPhase, 2);
-    let actions = step(&mut txn, Event::Commit, NOW + 10_000).ok();
+    let actions = step(&mut txn, Event::Commit, NOW + 10_000, &Policy::default()).ok();
     assert_eq!(
         actions,
         Some(vec![Persist(Durability::Flush), Publish, Forget])
@@ -246,6 +251,7 @@ fn transient_prepare_errors_retry_until_the_deadline_then_abort() {
             result: VoteResult::Transient("unavailable".into()),
         },
         NOW + 20_000,
+        &Policy::default(),
     )
     .ok();
     assert_eq!(
@@ -327,7 +333,8 @@ fn rollback_of_decided_commit_is_refused_and_of_abort_is_idempotent() {
             Event::Rollback {
                 reason: String::new()
             },
-            NOW
+            NOW,
+            &Policy::default()
         ),
         Err(EngineError::WrongState { op: "Rollback", .. })
     ));
@@ -456,4 +463,67 @@ fn tcc_uses_the_same_machine_with_try_confirm_cancel_names() {
             call(1, R, 1)
         ]
     );
+}
+
+#[test]
+fn phase_two_failing_past_the_threshold_flags_the_transaction_stuck_but_keeps_retrying() {
+    let policy = Policy {
+        stuck_after_attempts: 3,
+        stuck_after_ms: 60_000,
+    };
+    let mut txn = preparing(1);
+    vote(&mut txn, 0, VoteResult::Yes);
+    for n in 1..=3u32 {
+        let failed = step(
+            &mut txn,
+            Event::Phase2Failed {
+                branch: 0,
+                error: "down".into(),
+            },
+            NOW + u64::from(n),
+            &policy,
+        );
+        assert_eq!(
+            failed.ok(),
+            Some(vec![RetryLater {
+                branch: 0,
+                call: C,
+                failures: n
+            }])
+        );
+        assert_eq!(
+            txn.stuck_since_ms.is_some(),
+            n == 3,
+            "stuck only from the 3rd failure"
+        );
+        must_step(&mut txn, Event::RetryDue { branch: 0, call: C });
+    }
+    assert_eq!(txn.branches[0].failing_since_ms, Some(NOW + 1));
+    must_step(&mut txn, Event::Acked { branch: 0 });
+    assert_eq!(txn.state, TxnState::Committed);
+    assert_eq!(
+        txn.stuck_since_ms, None,
+        "a finished transaction is not stuck"
+    );
+
+    // Failing for long enough also counts, whatever the number of attempts.
+    let mut slow = preparing(1);
+    vote(&mut slow, 0, VoteResult::Yes);
+    let fail = |txn: &mut Txn, at: u64| {
+        step(
+            txn,
+            Event::Phase2Failed {
+                branch: 0,
+                error: "x".into(),
+            },
+            at,
+            &policy,
+        )
+        .ok();
+        must_step(txn, Event::RetryDue { branch: 0, call: C });
+    };
+    fail(&mut slow, NOW);
+    assert_eq!(slow.stuck_since_ms, None);
+    fail(&mut slow, NOW + 60_000);
+    assert_eq!(slow.stuck_since_ms, Some(NOW + 60_000));
 }

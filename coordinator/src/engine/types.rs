@@ -85,6 +85,9 @@ pub struct Branch {
     pub last_error: Option<String>,
     /// Phase 1 may have run at the participant, so an abort must roll it back.
     pub prepare_sent: bool,
+    /// When the current phase's calls to this branch started failing; `None`
+    /// while they succeed.
+    pub failing_since_ms: Option<u64>,
     /// A call to this branch is outstanding; its answer is still to come.
     /// Never persisted: after a restart nothing is in flight.
     #[serde(skip)]
@@ -110,6 +113,7 @@ impl Branch {
             phase_attempts: 0,
             last_error: None,
             prepare_sent: false,
+            failing_since_ms: None,
             in_flight: false,
         }
     }
@@ -136,6 +140,9 @@ pub struct Txn {
     pub updated_at_ms: u64,
     pub decided_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// Since when phase 2 has been failing past the stuck threshold; `None`
+    /// when not stuck. Stuck transactions are still retried.
+    pub stuck_since_ms: Option<u64>,
     pub branches: Vec<Branch>,
 }
 
@@ -151,6 +158,7 @@ impl Txn {
             updated_at_ms: now_ms,
             decided_at_ms: None,
             finished_at_ms: None,
+            stuck_since_ms: None,
             branches: Vec::new(),
         }
     }

@@ -70,6 +70,7 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
         last_error: b.last_error.clone().unwrap_or_default(),
         call_timeout_ms: b.call_timeout_ms,
         payload_size: b.payload.len() as u32,
+        failing_since_ms: b.failing_since_ms.unwrap_or(0),
     }
 }
 
@@ -85,6 +86,8 @@ pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {
         decided_at_ms: txn.decided_at_ms.unwrap_or(0),
         finished_at_ms: txn.finished_at_ms.unwrap_or(0),
         branches: txn.branches.iter().map(branch_to_pb).collect(),
+        stuck: txn.stuck_since_ms.is_some(),
+        stuck_since_ms: txn.stuck_since_ms.unwrap_or(0),
     }
 }
 

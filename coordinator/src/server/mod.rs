@@ -63,12 +63,23 @@ pub async fn run(
     let max_message = config.max_payload_bytes * config.max_branches + (1 << 20);
     let collect_interval = config.collect_interval;
     let driver = Driver::new(config, log)?;
-    let recovered = driver.recover()?;
+    let recovery = driver.load_unfinished()?;
+    let recovered = recovery.len();
     let listen = listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%listen, ?storage, recovered, "arbiter coordinator serving");
 
+    let resumer = {
+        let driver = driver.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let resumed = driver.resume(recovery).await;
+            if resumed > 0 {
+                tracing::info!(resumed, elapsed = ?started.elapsed(), "recovery: every unfinished transaction resumed");
+            }
+        })
+    };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
     let service = CoordinatorServer::new(CoordinatorService {
         driver: driver.clone(),
@@ -95,6 +106,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await;
     collector.abort();
+    resumer.abort();
     let closing = driver.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     served?;

@@ -1,0 +1,36 @@
+//! Named crash points, compiled in only with the `failpoints` feature.
+//!
+//! `arbiter serve` reads them from the `FAILPOINTS` variable
+//! (`FAILPOINTS="after-decision-persisted=return"`): a point set to `return`
+//! aborts the process right there, as a power cut would. Each name says the
+//! step it interrupts:
+//!
+//! | point | where |
+//! |---|---|
+//! | `after-begin-persisted` | the new transaction is durable, Begin/Execute not yet answered |
+//! | `after-branch-persisted` | a registration is durable, RegisterBranch not yet answered |
+//! | `before-phase1-sent` | Commit accepted, no prepare/try sent |
+//! | `after-some-phase1-sent` | the first branch answered prepare/try, others may not have |
+//! | `before-decision-persisted` | every vote is YES, the commit decision is not yet durable |
+//! | `after-decision-persisted` | the commit decision is durable, no commit/confirm sent |
+//! | `after-some-phase2-sent` | the first branch acknowledged commit/confirm, others may not have |
+//! | `before-committed-persisted` | every branch acknowledged, COMMITTED not yet written |
+//! | `before-abort-persisted` | the transaction must abort, the decision is not yet durable |
+//! | `after-abort-persisted` | the abort decision is durable, no rollback/cancel sent |
+//! | `after-some-rollbacks-sent` | the first branch acknowledged rollback/cancel, others may not have |
+//! | `before-aborted-persisted` | every branch acknowledged, ABORTED not yet written |
+
+/// Aborts the process if the named point is set (only with `failpoints`).
+#[macro_export]
+macro_rules! crash_point {
+    ($name:expr) => {{
+        #[cfg(feature = "failpoints")]
+        {
+            let name: &str = $name;
+            if fail::eval(name, |_| ()).is_some() {
+                eprintln!("arbiter: failpoint {name} hit, aborting the process");
+                std::process::abort();
+            }
+        }
+    }};
+}
