@@ -24,8 +24,10 @@ struct Books {
     balances: HashMap<String, i64>,
     /// Phase 1 done, phase 2 not yet: (account, delta).
     reserved: HashMap<Key, (String, i64)>,
-    /// Branches whose phase 2 ran (commit/confirm or rollback/cancel).
-    finished: HashSet<Key>,
+    /// Branches committed/confirmed.
+    settled: HashSet<Key>,
+    /// Branches rolled back/cancelled (with or without a reservation).
+    released: HashSet<Key>,
 }
 
 /// One bank: named accounts with balances.
@@ -71,12 +73,28 @@ impl Bank {
         self.lock().reserved.len()
     }
 
+    /// Sum of all balances.
+    pub fn total(&self) -> i64 {
+        self.lock().balances.values().sum()
+    }
+
+    /// How this bank's branches of `txn_id` ended: (settled, released).
+    pub fn outcome(&self, txn_id: &str) -> (usize, usize) {
+        let books = self.lock();
+        let count = |set: &HashSet<Key>| set.iter().filter(|(t, _)| t == txn_id).count();
+        (count(&books.settled), count(&books.released))
+    }
+
     fn reserve(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
         let (account, delta) = parse(payload)?;
         let key = (ctx.txn_id.clone(), ctx.branch_id.clone());
         let mut books = self.lock();
-        if books.finished.contains(&key) {
+        if books.released.contains(&key) {
+            // The rollback/cancel overtook this prepare/try: refuse it.
             return Ok(Vote::No("this branch was already rolled back".into()));
+        }
+        if books.settled.contains(&key) {
+            return Ok(Vote::Yes);
         }
         if books.reserved.contains_key(&key) {
             return Ok(Vote::Yes);
@@ -105,7 +123,7 @@ impl Bank {
         {
             *books.balances.entry(account).or_default() += delta;
         }
-        books.finished.insert(key);
+        books.settled.insert(key);
     }
 
     fn release(&self, ctx: &CallContext) {
@@ -116,7 +134,7 @@ impl Bank {
         {
             *books.balances.entry(account).or_default() -= delta;
         }
-        books.finished.insert(key);
+        books.released.insert(key);
     }
 }
 
@@ -158,6 +176,17 @@ pub struct AccountRef {
     pub name: String,
 }
 
+/// The transaction that moves `amount` from one account to another.
+pub fn transfer_txn(tcc: bool, from: &AccountRef, to: &AccountRef, amount: i64) -> Execute {
+    let txn = if tcc {
+        Execute::tcc()
+    } else {
+        Execute::two_phase()
+    };
+    txn.branch(Branch::new(&from.endpoint, RESOURCE).payload(format!("{} {}", from.name, -amount)))
+        .branch(Branch::new(&to.endpoint, RESOURCE).payload(format!("{} {}", to.name, amount)))
+}
+
 /// Moves `amount` from one account to another in one distributed transaction.
 pub async fn transfer(
     client: &Client,
@@ -166,17 +195,5 @@ pub async fn transfer(
     to: &AccountRef,
     amount: i64,
 ) -> Result<Outcome, ClientError> {
-    let txn = if tcc {
-        Execute::tcc()
-    } else {
-        Execute::two_phase()
-    };
-    client
-        .execute(
-            txn.branch(
-                Branch::new(&from.endpoint, RESOURCE).payload(format!("{} {}", from.name, -amount)),
-            )
-            .branch(Branch::new(&to.endpoint, RESOURCE).payload(format!("{} {}", to.name, amount))),
-        )
-        .await
+    client.execute(transfer_txn(tcc, from, to, amount)).await
 }

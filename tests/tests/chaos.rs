@@ -1,0 +1,164 @@
+//! Kill -9 chaos: a bank of three account services and many concurrent
+//! transfers (2PC and TCC mixed) while the coordinator is SIGKILLed at random
+//! moments and restarted. Afterwards, with faults healed: every transaction is
+//! final, the total of all balances is unchanged, no transfer is half applied,
+//! and no reservation is left behind.
+//!
+//! `ARBITER_CHAOS_KILLS` sets the number of kills (default 10; try 100 for a
+//! long run).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbiter_examples::{AccountRef, Bank, RESOURCE, transfer_txn};
+use arbiter_sdk::{Client, ClientError, ParticipantServer, TxnState};
+use arbiter_tests::{ArbiterProcess, eventually};
+
+const WORKERS: usize = 8;
+const START_BALANCE: i64 = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
+    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir()?;
+    let args = [
+        "--retry-base-ms",
+        "20",
+        "--retry-max-ms",
+        "300",
+        "--call-timeout-ms",
+        "2000",
+    ];
+    let mut arbiter = ArbiterProcess::start(dir.path(), &args).await?;
+
+    let mut banks = Vec::new();
+    let mut services = Vec::new();
+    let mut accounts = Vec::new();
+    for b in 0..3 {
+        let names = [format!("acct{b}a"), format!("acct{b}b")];
+        let bank = Arc::new(Bank::with_accounts(&[
+            (&names[0], START_BALANCE),
+            (&names[1], START_BALANCE),
+        ]));
+        let service = ParticipantServer::new()
+            .two_phase(RESOURCE, bank.clone())
+            .tcc(RESOURCE, bank.clone())
+            .serve("127.0.0.1:0".parse()?)
+            .await?;
+        for name in names {
+            accounts.push(AccountRef {
+                endpoint: service.endpoint(),
+                name,
+            });
+        }
+        banks.push(bank);
+        services.push(service);
+    }
+    let initial_total: i64 = banks.iter().map(|b| b.total()).sum();
+
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = arbiter.client().await?;
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (client, ids, stop, accounts) =
+            (client.clone(), ids.clone(), stop.clone(), accounts.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                let from = fastrand::usize(..accounts.len());
+                let to = (from + 1 + fastrand::usize(..accounts.len() - 1)) % accounts.len();
+                let id = format!("w{w}-{seq}");
+                ids.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id.clone());
+                let txn = transfer_txn(
+                    fastrand::bool(),
+                    &accounts[from],
+                    &accounts[to],
+                    fastrand::i64(1..=300),
+                )
+                .txn_id(id)
+                .timeout(Duration::from_secs(5));
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(15), client.execute(txn)).await;
+                if !matches!(answered, Ok(Ok(_))) {
+                    tokio::time::sleep(Duration::from_millis(20)).await; // the coordinator is down
+                }
+            }
+        }));
+    }
+
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(150..600))).await;
+        arbiter.kill().await?;
+        arbiter.restart().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await?;
+    }
+
+    // Faults healed: every transfer the workers tried must end final, or
+    // never have begun.
+    let client = arbiter.client().await?;
+    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (mut committed, mut aborted, mut never_began) = (0, 0, 0);
+    for id in &ids {
+        let state = final_state(&client, id).await;
+        let (settled, released): (usize, usize) = banks
+            .iter()
+            .map(|b| b.outcome(id))
+            .fold((0, 0), |acc, o| (acc.0 + o.0, acc.1 + o.1));
+        match state {
+            Some(TxnState::Committed) => {
+                committed += 1;
+                assert_eq!((settled, released), (2, 0), "{id} committed on both sides");
+            }
+            Some(_) => {
+                aborted += 1;
+                assert_eq!(settled, 0, "{id} aborted but a side was committed");
+            }
+            None => {
+                never_began += 1;
+                assert_eq!(
+                    settled + released,
+                    0,
+                    "{id} never began but a participant heard of it"
+                );
+            }
+        }
+    }
+    let total: i64 = banks.iter().map(|b| b.total()).sum();
+    let pending: usize = banks.iter().map(|b| b.pending()).sum();
+    println!(
+        "chaos: {} transfers, {kills} kills, {committed} committed, {aborted} aborted, {never_began} never began; total {total} (was {initial_total}), {pending} reservations left",
+        ids.len()
+    );
+    assert_eq!(total, initial_total, "money was created or destroyed");
+    assert_eq!(pending, 0, "reservations were left behind");
+    assert!(committed > 0, "some transfers went through");
+    drop(services);
+    Ok(())
+}
+
+/// The final state of `id` once it has one; `None` if it never began.
+async fn final_state(client: &Client, id: &str) -> Option<TxnState> {
+    eventually(&format!("{id} is final"), || async {
+        match client.get_transaction(id).await {
+            Ok(txn) if matches!(txn.state(), TxnState::Committed | TxnState::Aborted) => {
+                Some(Some(txn.state()))
+            }
+            Ok(_) => None,
+            Err(ClientError::NotFound(_)) => Some(None),
+            Err(_) => None,
+        }
+    })
+    .await
+}
