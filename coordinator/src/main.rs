@@ -15,7 +15,6 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("arbiter: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

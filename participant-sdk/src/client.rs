@@ -160,6 +160,20 @@ impl Outcome {
     }
 }
 
+/// What a participant holding a prepared branch should do, per the
+/// coordinator (see [`Client::resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The commit decision is durable: commit/confirm your branch.
+    Commit,
+    /// The transaction aborted, or the coordinator has never heard of it
+    /// (presumed abort): roll back/cancel your branch.
+    Abort,
+    /// Not decided yet (or the decision is not yet durable): keep holding and
+    /// ask again later; the coordinator will also call you.
+    Wait,
+}
+
 /// A connection to a coordinator. Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -289,6 +303,27 @@ impl Client {
             reason: response.reason,
             branch_ids: response.branch_ids,
         })
+    }
+
+    /// In-doubt resolution: what a participant holding a prepared branch of
+    /// `txn_id` should do, e.g. after it restarted and lost track.
+    ///
+    /// The contract (presumed abort): a transaction the coordinator does not
+    /// know, because it never became durable or because it finished longer
+    /// ago than the coordinator's retention, counts as aborted, since a
+    /// committed transaction is never collected before every branch has
+    /// acknowledged its commit. The coordinator keeps re-sending phase 2
+    /// anyway, so resolving is only needed to release resources sooner.
+    pub async fn resolve(&self, txn_id: &str) -> Result<Resolution, ClientError> {
+        match self.get_transaction(txn_id).await {
+            Ok(txn) => Ok(match txn.state() {
+                TxnState::Committing | TxnState::Committed => Resolution::Commit,
+                TxnState::Aborting | TxnState::Aborted => Resolution::Abort,
+                _ => Resolution::Wait,
+            }),
+            Err(ClientError::NotFound(_)) => Ok(Resolution::Abort),
+            Err(e) => Err(e),
+        }
     }
 
     /// The whole transaction with its branches.

@@ -10,6 +10,10 @@
 //! rollback/cancel can arrive before or instead of prepare/try. Handlers must be
 //! idempotent (key your bookkeeping by `txn_id` + `branch_id`).
 //!
+//! A participant unsure of a branch it prepared (say, after its own restart)
+//! can ask with [`Client::resolve`]: the coordinator answers commit, abort, or
+//! wait, and a transaction it does not know counts as aborted (presumed abort).
+//!
 //! # Example
 //!
 //! A complete program: a coordinator, one account service, and a transfer
@@ -100,7 +104,8 @@ mod handler;
 mod server;
 
 pub use client::{
-    Branch, BranchState, Client, ClientError, Execute, Mode, Outcome, Transaction, TxnState,
+    Branch, BranchState, Client, ClientError, Execute, Mode, Outcome, Resolution, Transaction,
+    TxnState,
 };
 pub use handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use process::ArbiterProcess;
-pub use recorder::{Recorder, Seen};
+pub use recorder::{Recorder, Seen, Spy};
 
 /// How long any "eventually" in a test may take before it counts as failed.
 pub const PATIENCE: Duration = Duration::from_secs(30);

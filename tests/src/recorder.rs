@@ -138,3 +138,49 @@ impl TccHandler for Recorder {
         self.finish("cancel", ctx)
     }
 }
+
+/// Wraps a real handler and records every call before passing it on, so a
+/// test can see what a participant received and what it did with it.
+pub struct Spy<H> {
+    pub inner: H,
+    pub recorder: Recorder,
+}
+
+impl<H> Spy<H> {
+    pub fn new(inner: H) -> Self {
+        Spy {
+            inner,
+            recorder: Recorder::new(),
+        }
+    }
+}
+
+impl<H: TwoPhaseHandler> TwoPhaseHandler for Spy<H> {
+    async fn prepare(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
+        self.recorder.record("prepare", ctx);
+        self.inner.prepare(ctx, payload).await
+    }
+    async fn commit(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        self.recorder.record("commit", ctx);
+        self.inner.commit(ctx, payload).await
+    }
+    async fn rollback(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        self.recorder.record("rollback", ctx);
+        self.inner.rollback(ctx, payload).await
+    }
+}
+
+impl<H: TccHandler> TccHandler for Spy<H> {
+    async fn try_(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
+        self.recorder.record("try", ctx);
+        self.inner.try_(ctx, payload).await
+    }
+    async fn confirm(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        self.recorder.record("confirm", ctx);
+        self.inner.confirm(ctx, payload).await
+    }
+    async fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        self.recorder.record("cancel", ctx);
+        self.inner.cancel(ctx, payload).await
+    }
+}

@@ -314,3 +314,27 @@ async fn finished_transactions_are_collected_after_retention_and_unfinished_neve
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn in_doubt_participants_can_resolve_an_outcome() -> anyhow::Result<()> {
+    use arbiter_sdk::Resolution;
+    let coordinator = TestCoordinator::start().await?;
+    let client = &coordinator.client;
+    let (a, _rec) = recorder_participant().await?;
+    let committed = client
+        .execute(Execute::two_phase().branch(Branch::new(a.endpoint(), "r1")))
+        .await?;
+    let aborted = client
+        .execute(Execute::two_phase().branch(Branch::new(a.endpoint(), "r1").payload("no:x")))
+        .await?;
+    let active = client.begin(Mode::TwoPhase, None).await?;
+    assert_eq!(client.resolve(&committed.txn_id).await?, Resolution::Commit);
+    assert_eq!(client.resolve(&aborted.txn_id).await?, Resolution::Abort);
+    assert_eq!(client.resolve(&active).await?, Resolution::Wait);
+    assert_eq!(
+        client.resolve("never-heard-of-it").await?,
+        Resolution::Abort,
+        "presumed abort"
+    );
+    Ok(())
+}

@@ -130,3 +130,65 @@ fn refuses_to_start_on_a_damaged_log() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn deadline_passing_while_the_coordinator_is_down_aborts_at_recovery() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut arbiter = ArbiterProcess::start(&dir.path().join("data"), &[]).await?;
+    let (a, rec) = recorder_participant().await?;
+    let client = arbiter.client().await?;
+    let txn_id = client
+        .begin(Mode::Tcc, Some(std::time::Duration::from_millis(300)))
+        .await?;
+    client
+        .register_branch(&txn_id, &Branch::new(a.endpoint(), "r1"))
+        .await?;
+    assert!(
+        arbiter.terminate().await?,
+        "graceful stop leaves the transaction for recovery"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await; // past its deadline, while down
+    arbiter.restart().await?;
+    let client = arbiter.client().await?;
+    let txn = eventually("aborted at recovery", || async {
+        let txn = client.get_transaction(&txn_id).await.ok()?;
+        (txn.state() == TxnState::Aborted).then_some(txn)
+    })
+    .await;
+    assert!(!txn.reason.is_empty());
+    assert!(!rec.calls(&txn_id).contains(&"confirm"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_a_log_sled_cannot_open_and_leaves_it_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut arbiter = ArbiterProcess::start(&data, &[]).await?;
+    let client = arbiter.client().await?;
+    let txn_id = client.begin(Mode::TwoPhase, None).await?;
+    assert!(arbiter.terminate().await?);
+    std::fs::write(
+        data.join("conf"),
+        b"\x00\x01garbage that is not a sled config",
+    )?;
+    let db_before = std::fs::read(data.join("db"))?;
+
+    let output = Command::new(arbiter_bin()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    assert!(
+        !output.status.success(),
+        "must not start on a log it cannot open"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot open the log"), "{stderr}");
+    assert_eq!(
+        std::fs::read(data.join("db"))?,
+        db_before,
+        "the log is left as it was"
+    );
+    assert!(!txn_id.is_empty());
+    Ok(())
+}

@@ -358,10 +358,12 @@ impl Driver {
         Ok((outcome, branch_ids))
     }
 
-    /// The whole transaction as it is now.
+    /// The whole transaction as it is now, showing no decision before it is
+    /// durable: a participant resolving an in-doubt branch from this answer
+    /// must never see a commit that a crash could still turn into an abort.
     pub fn get(&self, txn_id: &str) -> Result<Txn, DriverError> {
         match self.find(txn_id)? {
-            Found::Live(slot) => Ok(slot.lock().clone()),
+            Found::Live(slot) => Ok(slot.durable_view()),
             Found::Stored(txn) => Ok(txn),
         }
     }

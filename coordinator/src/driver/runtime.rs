@@ -57,6 +57,24 @@ impl Slot {
         self.txn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The transaction with its state as published: a decision whose record
+    /// is not yet durable is not shown.
+    pub fn durable_view(&self) -> Txn {
+        let mut txn = self.lock().clone();
+        let published = self.published.borrow();
+        if published.state.rank() < txn.state.rank() {
+            txn.state = published.state;
+            txn.reason = published.reason.clone();
+            if !txn.state.is_decided() {
+                txn.decided_at_ms = None;
+            }
+            if !txn.state.is_final() {
+                txn.finished_at_ms = None;
+            }
+        }
+        txn
+    }
+
     fn publish(&self, next: Published) {
         // States only move forward; a late publish of an older step is dropped.
         self.published.send_if_modified(|current| {
@@ -435,5 +453,47 @@ impl Inner {
             }
         }
         published.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Mode;
+
+    #[test]
+    fn readers_never_see_a_decision_before_it_is_published() {
+        let mut txn = Txn::new("t".into(), Mode::TwoPhase, 1_000, 5);
+        txn.state = TxnState::Preparing;
+        let slot = Slot::new(txn);
+        {
+            // The engine decided; the decision record is still being written.
+            let mut txn = slot.lock();
+            txn.state = TxnState::Committing;
+            txn.decided_at_ms = Some(9);
+        }
+        let view = slot.durable_view();
+        assert_eq!(
+            (view.state, view.decided_at_ms),
+            (TxnState::Preparing, None)
+        );
+
+        // Durable now: published, and visible.
+        slot.publish(Published {
+            state: TxnState::Committing,
+            reason: String::new(),
+        });
+        let view = slot.durable_view();
+        assert_eq!(
+            (view.state, view.decided_at_ms),
+            (TxnState::Committing, Some(9))
+        );
+
+        // A late publish of an older state never moves it back.
+        slot.publish(Published {
+            state: TxnState::Preparing,
+            reason: String::new(),
+        });
+        assert_eq!(slot.durable_view().state, TxnState::Committing);
     }
 }
