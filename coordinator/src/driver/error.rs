@@ -24,7 +24,11 @@ pub enum DriverError {
 impl From<EngineError> for DriverError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::WrongState { .. } => DriverError::FailedPrecondition(e.to_string()),
+            EngineError::WrongState { .. }
+            | EngineError::NotAllPrepared { .. }
+            | EngineError::BranchNotPending { .. } => {
+                DriverError::FailedPrecondition(e.to_string())
+            }
             EngineError::BranchConflict { .. } => DriverError::AlreadyExists(e.to_string()),
         }
     }

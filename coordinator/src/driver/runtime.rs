@@ -99,6 +99,7 @@ enum Step {
         branch: usize,
         call: CallKind,
         delay: Duration,
+        seq: u32,
     },
     Forget,
 }
@@ -241,16 +242,23 @@ impl Inner {
                     branch,
                     call,
                     failures,
-                } => Step::Retry {
-                    branch,
-                    call,
-                    delay: backoff::delay(
+                    seq,
+                } => {
+                    let delay = backoff::delay(
                         self.config.retry_base,
                         self.config.retry_max,
                         self.config.retry_multiplier,
                         failures,
-                    ),
-                },
+                    );
+                    txn.branches[branch].next_retry_at_ms =
+                        Some(ids::now_ms() + delay.as_millis() as u64);
+                    Step::Retry {
+                        branch,
+                        call,
+                        delay,
+                        seq,
+                    }
+                }
                 Action::Forget => Step::Forget,
             });
         }
@@ -296,7 +304,8 @@ impl Inner {
                     branch,
                     call,
                     delay,
-                } => self.spawn_retry(slot.clone(), branch, call, delay),
+                    seq,
+                } => self.spawn_retry(slot.clone(), branch, call, seq, delay),
                 Step::Forget => {
                     if let Some(durable) = lazy.take() {
                         self.wait_durable(durable).await?;
@@ -387,13 +396,14 @@ impl Inner {
         slot: Arc<Slot>,
         branch: usize,
         call: CallKind,
+        seq: u32,
         delay: Duration,
     ) {
         let inner = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             inner
-                .step_and_perform(&slot, Event::RetryDue { branch, call })
+                .step_and_perform(&slot, Event::RetryDue { branch, call, seq })
                 .await;
         });
     }

@@ -25,7 +25,9 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use types::{Branch, BranchState, CallKind, Mode, Txn, TxnState, VoteResult};
+pub use types::{
+    Attempt, Branch, BranchState, CallKind, MAX_HISTORY, Mode, Txn, TxnState, VoteResult,
+};
 
 /// Something that happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,8 +46,26 @@ pub enum Event {
     Acked { branch: usize },
     /// A phase-2 call failed; it will be retried.
     Phase2Failed { branch: usize, error: String },
-    /// The backoff of an earlier failed call is over.
-    RetryDue { branch: usize, call: CallKind },
+    /// The backoff of an earlier failed call is over. `seq` is the retry
+    /// generation it was scheduled with.
+    RetryDue {
+        branch: usize,
+        call: CallKind,
+        seq: u32,
+    },
+    /// An operator asks for every pending retry to run now, backoff reset.
+    RetryNow,
+    /// An operator aborts an undecided transaction.
+    ForceAbort { reason: String },
+    /// An operator commits an undecided transaction whose every branch is prepared.
+    ForceCommit { reason: String },
+    /// An operator marks one branch of a decided transaction as finished by
+    /// hand (a heuristic outcome), so the transaction can finish without it.
+    ResolveBranch {
+        branch: usize,
+        committed: bool,
+        note: String,
+    },
     /// The coordinator restarted and found this transaction unfinished in the log.
     Recovered,
 }
@@ -73,11 +93,13 @@ pub enum Action {
         call: CallKind,
         attempt: u32,
     },
-    /// Call failed: feed `RetryDue` back after a backoff for the `failures` so far.
+    /// Call failed: feed `RetryDue { seq }` back after a backoff for the
+    /// `failures` so far.
     RetryLater {
         branch: usize,
         call: CallKind,
         failures: u32,
+        seq: u32,
     },
     /// The transaction is final: drop it from memory once its record is written.
     Forget,
@@ -95,6 +117,16 @@ pub enum EngineError {
     },
     #[error("branch {branch} of transaction {txn} is already registered with different content")]
     BranchConflict { txn: String, branch: String },
+    #[error("transaction {txn} cannot be committed: branch(es) {branches} are not prepared")]
+    NotAllPrepared { txn: String, branches: String },
+    #[error(
+        "branch {branch} of transaction {txn} is {state}; only a branch still waiting for phase 2 can be resolved"
+    )]
+    BranchNotPending {
+        txn: String,
+        branch: String,
+        state: &'static str,
+    },
 }
 
 /// When a transaction whose phase 2 keeps failing counts as stuck: after this
@@ -130,8 +162,16 @@ pub fn step(
         Event::Voted { branch, result } => voted(txn, branch, result, now_ms),
         Event::Acked { branch } => acked(txn, branch, now_ms),
         Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error, now_ms, policy),
-        Event::RetryDue { branch, call } => retry_due(txn, branch, call),
+        Event::RetryDue { branch, call, seq } => retry_due(txn, branch, call, seq),
         Event::Recovered => recovered(txn, now_ms),
+        Event::RetryNow => retry_now(txn)?,
+        Event::ForceAbort { reason } => force_abort(txn, reason, now_ms)?,
+        Event::ForceCommit { reason } => force_commit(txn, reason, now_ms)?,
+        Event::ResolveBranch {
+            branch,
+            committed,
+            note,
+        } => resolve_branch(txn, branch, committed, note, now_ms)?,
     };
     if txn.state != state_before || !actions.is_empty() {
         txn.updated_at_ms = now_ms;
@@ -239,6 +279,13 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action
         return Vec::new(); // stale answer
     }
     branch.in_flight = false;
+    let (ok, what) = match &result {
+        VoteResult::Yes => (true, "voted YES".to_string()),
+        VoteResult::ReadOnly => (true, "voted READ_ONLY".to_string()),
+        VoteResult::No(reason) => (true, format!("voted NO: {reason}")),
+        VoteResult::Transient(error) => (false, error.clone()),
+    };
+    remember(branch, CallKind::Prepare, ok, what, now_ms);
     match &result {
         VoteResult::Yes => branch.state = BranchState::Prepared,
         VoteResult::ReadOnly => branch.state = BranchState::ReadOnly,
@@ -307,6 +354,12 @@ fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
     }
     branch.in_flight = false;
     branch.failing_since_ms = None;
+    let call = if txn.state == TxnState::Committing {
+        CallKind::Commit
+    } else {
+        CallKind::Rollback
+    };
+    remember(branch, call, true, "acknowledged".to_string(), now_ms);
     match txn.state {
         TxnState::Committing => branch.state = BranchState::Committed,
         TxnState::Aborting => branch.state = BranchState::RolledBack,
@@ -329,6 +382,12 @@ fn phase2_failed(
         return Vec::new();
     }
     branch.in_flight = false;
+    let call = if txn.state == TxnState::Committing {
+        CallKind::Commit
+    } else {
+        CallKind::Rollback
+    };
+    remember(branch, call, false, error.clone(), now_ms);
     branch.last_error = Some(error);
     let since = *branch.failing_since_ms.get_or_insert(now_ms);
     let stuck = branch.phase_attempts >= policy.stuck_after_attempts
@@ -343,11 +402,12 @@ fn phase2_failed(
     }
 }
 
-fn retry_due(txn: &mut Txn, i: usize, kind: CallKind) -> Vec<Action> {
+fn retry_due(txn: &mut Txn, i: usize, kind: CallKind, seq: u32) -> Vec<Action> {
     let Some(branch) = txn.branches.get(i) else {
         return Vec::new();
     };
     let still_needed = !branch.in_flight
+        && branch.retry_seq == seq
         && match kind {
             CallKind::Prepare => {
                 txn.state == TxnState::Preparing && branch.state == BranchState::Registered
@@ -487,6 +547,7 @@ fn needs_rollback(branch: &Branch) -> bool {
 fn call(txn: &mut Txn, i: usize, kind: CallKind) -> Action {
     let branch = &mut txn.branches[i];
     branch.in_flight = true;
+    branch.next_retry_at_ms = None;
     branch.attempts += 1;
     branch.phase_attempts += 1;
     Action::Call {
@@ -496,12 +557,147 @@ fn call(txn: &mut Txn, i: usize, kind: CallKind) -> Action {
     }
 }
 
-fn retry_later(txn: &Txn, i: usize, kind: CallKind) -> Action {
+fn retry_later(txn: &mut Txn, i: usize, kind: CallKind) -> Action {
+    let branch = &mut txn.branches[i];
+    branch.retry_seq = branch.retry_seq.wrapping_add(1);
     Action::RetryLater {
         branch: i,
         call: kind,
-        failures: txn.branches[i].phase_attempts,
+        failures: branch
+            .phase_attempts
+            .saturating_sub(branch.backoff_from)
+            .max(1),
+        seq: branch.retry_seq,
     }
+}
+
+fn remember(branch: &mut Branch, call: CallKind, ok: bool, result: String, now_ms: u64) {
+    if branch.history.len() >= MAX_HISTORY {
+        branch.history.remove(0);
+    }
+    branch.history.push(Attempt {
+        at_ms: now_ms,
+        call,
+        attempt: branch.phase_attempts,
+        ok,
+        result,
+    });
+}
+
+/// The call the current phase still owes branch `i`, if any.
+fn pending_call(txn: &Txn, i: usize) -> Option<CallKind> {
+    let branch = &txn.branches[i];
+    match txn.state {
+        TxnState::Preparing if branch.state == BranchState::Registered => Some(CallKind::Prepare),
+        TxnState::Committing if branch.state == BranchState::Prepared => Some(CallKind::Commit),
+        TxnState::Aborting if needs_rollback(branch) => Some(CallKind::Rollback),
+        _ => None,
+    }
+}
+
+fn retry_now(txn: &mut Txn) -> Result<Vec<Action>, EngineError> {
+    if txn.state.is_final() || txn.state == TxnState::Active {
+        return Err(wrong_state(
+            txn,
+            "RetryNow",
+            "PREPARING, COMMITTING or ABORTING (with calls to retry)",
+        ));
+    }
+    let mut actions = Vec::new();
+    for i in 0..txn.branches.len() {
+        if txn.branches[i].in_flight {
+            continue;
+        }
+        if let Some(kind) = pending_call(txn, i) {
+            let branch = &mut txn.branches[i];
+            branch.retry_seq = branch.retry_seq.wrapping_add(1); // the scheduled retry is stale now
+            branch.backoff_from = branch.phase_attempts;
+            actions.push(call(txn, i, kind));
+        }
+    }
+    Ok(actions)
+}
+
+fn force_abort(txn: &mut Txn, reason: String, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    match txn.state {
+        TxnState::Active | TxnState::Preparing => Ok(abort(
+            txn,
+            format!("aborted by an operator: {reason}"),
+            now_ms,
+        )),
+        _ => Err(wrong_state(
+            txn,
+            "ForceOutcome(abort)",
+            "undecided (ACTIVE or PREPARING)",
+        )),
+    }
+}
+
+fn force_commit(txn: &mut Txn, reason: String, now_ms: u64) -> Result<Vec<Action>, EngineError> {
+    if !matches!(txn.state, TxnState::Active | TxnState::Preparing) {
+        return Err(wrong_state(
+            txn,
+            "ForceOutcome(commit)",
+            "undecided (ACTIVE or PREPARING)",
+        ));
+    }
+    let unprepared: Vec<&str> = txn
+        .branches
+        .iter()
+        .filter(|b| !matches!(b.state, BranchState::Prepared | BranchState::ReadOnly))
+        .map(|b| b.id.as_str())
+        .collect();
+    if !unprepared.is_empty() {
+        return Err(EngineError::NotAllPrepared {
+            txn: txn.id.clone(),
+            branches: unprepared.join(", "),
+        });
+    }
+    txn.reason = format!("committed by an operator: {reason}");
+    Ok(decide_commit(txn, now_ms))
+}
+
+/// Marks branch `i` finished by hand. `i` must be a valid index.
+fn resolve_branch(
+    txn: &mut Txn,
+    i: usize,
+    committed: bool,
+    note: String,
+    now_ms: u64,
+) -> Result<Vec<Action>, EngineError> {
+    if !matches!(txn.state, TxnState::Committing | TxnState::Aborting) {
+        return Err(wrong_state(
+            txn,
+            "ResolveBranch",
+            "decided and unfinished (COMMITTING or ABORTING)",
+        ));
+    }
+    if i >= txn.branches.len() {
+        return Ok(Vec::new());
+    }
+    if pending_call(txn, i).is_none() {
+        return Err(EngineError::BranchNotPending {
+            txn: txn.id.clone(),
+            branch: txn.branches[i].id.clone(),
+            state: txn.branches[i].state.name(),
+        });
+    }
+    let branch = &mut txn.branches[i];
+    branch.state = if committed {
+        BranchState::Committed
+    } else {
+        BranchState::RolledBack
+    };
+    branch.heuristic = Some(note);
+    branch.in_flight = false; // an answer still on its way is ignored
+    branch.retry_seq = branch.retry_seq.wrapping_add(1);
+    branch.next_retry_at_ms = None;
+    let mut actions = maybe_finish(txn, now_ms);
+    if actions.is_empty() {
+        // Not finished yet: the resolution itself must survive a restart.
+        actions.push(Action::Persist(Durability::Flush));
+    }
+    Ok(actions)
 }
 
 fn describe(txn: &Txn, i: usize) -> String {

@@ -67,6 +67,19 @@ pub enum BranchState {
     RolledBack,
 }
 
+impl BranchState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BranchState::Registered => "REGISTERED",
+            BranchState::Prepared => "PREPARED",
+            BranchState::ReadOnly => "READ_ONLY",
+            BranchState::Rejected => "REJECTED",
+            BranchState::Committed => "COMMITTED",
+            BranchState::RolledBack => "ROLLED_BACK",
+        }
+    }
+}
+
 /// One participant call site of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Branch {
@@ -88,6 +101,19 @@ pub struct Branch {
     /// When the current phase's calls to this branch started failing; `None`
     /// while they succeed.
     pub failing_since_ms: Option<u64>,
+    /// The latest calls and what they returned, oldest first (at most
+    /// [`MAX_HISTORY`]).
+    pub history: Vec<Attempt>,
+    /// Generation of the scheduled retry; a retry of an older generation is
+    /// stale (an operator's RetryNow or a resolution replaced it).
+    pub retry_seq: u32,
+    /// `phase_attempts` when the backoff was last reset by an operator.
+    pub backoff_from: u32,
+    /// When the scheduled retry fires, if one is scheduled.
+    pub next_retry_at_ms: Option<u64>,
+    /// Set when an operator resolved this branch by hand (a heuristic
+    /// outcome): who said what, shown forever.
+    pub heuristic: Option<String>,
     /// A call to this branch is outstanding; its answer is still to come.
     /// Never persisted: after a restart nothing is in flight.
     #[serde(skip)]
@@ -114,6 +140,11 @@ impl Branch {
             last_error: None,
             prepare_sent: false,
             failing_since_ms: None,
+            history: Vec::new(),
+            retry_seq: 0,
+            backoff_from: 0,
+            next_retry_at_ms: None,
+            heuristic: None,
             in_flight: false,
         }
     }
@@ -197,8 +228,24 @@ pub enum VoteResult {
     Transient(String),
 }
 
+/// Calls remembered per branch.
+pub const MAX_HISTORY: usize = 16;
+
+/// One finished call to a branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When the answer (or the failure) came.
+    pub at_ms: u64,
+    pub call: CallKind,
+    /// Attempt number within the phase, as sent to the participant.
+    pub attempt: u32,
+    pub ok: bool,
+    /// What came back: a vote, "acknowledged", or the error.
+    pub result: String,
+}
+
 /// Which participant call; the mode picks the RPC (prepare = try, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallKind {
     Prepare,
     Commit,
