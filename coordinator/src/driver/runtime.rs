@@ -365,13 +365,11 @@ impl Inner {
                 CallKind::Commit | CallKind::Rollback => {
                     match inner.participants.finish(&spec).await {
                         Ok(()) => {
-                            if spec.branch == 0 {
-                                match spec.call {
-                                    CallKind::Commit => {
-                                        crate::crash_point!("after-some-phase2-sent")
-                                    }
-                                    _ => crate::crash_point!("after-some-rollbacks-sent"),
-                                }
+                            if spec.branch == 0 && spec.call == CallKind::Commit {
+                                crate::crash_point!("after-some-phase2-sent");
+                            }
+                            if spec.branch == 0 && spec.call == CallKind::Rollback {
+                                crate::crash_point!("after-some-rollbacks-sent");
                             }
                             Event::Acked {
                                 branch: spec.branch,
