@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "arbiter/v1/coordinator.proto",
         "arbiter/v1/participant.proto",
+        "arbiter/v1/admin.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

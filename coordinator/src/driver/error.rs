@@ -11,6 +11,8 @@ pub enum DriverError {
     InvalidArgument(String),
     #[error("transaction {0} not found")]
     NotFound(String),
+    #[error("transaction {txn} has no branch {branch}")]
+    BranchNotFound { txn: String, branch: String },
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]

@@ -2,6 +2,7 @@
 //! them through the engine (see `runtime`), waits for durability and outcomes,
 //! and resumes unfinished transactions after a restart.
 
+mod admin;
 mod backoff;
 mod error;
 pub mod ids;
@@ -12,6 +13,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use admin::{ListFilter, Page, Stats};
 pub use error::DriverError;
 pub use runtime::Published;
 pub use validate::BranchSpec;

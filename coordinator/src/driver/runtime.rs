@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::driver::participants::{CallSpec, Participants};
 use crate::driver::{DriverError, backoff, ids};
 use crate::engine::{self, Action, CallKind, Durability, Event, Txn, TxnState};
-use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog};
+use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write};
 
 const SHARDS: usize = 64;
 
@@ -119,6 +120,9 @@ pub struct Inner {
     pub fatal: watch::Sender<Option<String>>,
     /// Set when the coordinator is stopping: waiting clients are answered now.
     pub stopping: watch::Sender<bool>,
+    /// Transactions finished since start, by outcome.
+    pub committed: AtomicU64,
+    pub aborted: AtomicU64,
 }
 
 impl Inner {
@@ -133,6 +137,8 @@ impl Inner {
             hasher: RandomState::new(),
             fatal: watch::Sender::new(None),
             stopping: watch::Sender::new(false),
+            committed: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +161,20 @@ impl Inner {
         Ok(slot)
     }
 
+    /// Every live transaction, in no particular order.
+    pub fn live_slots(&self) -> Vec<Arc<Slot>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub fn live_count(&self) -> usize {
         self.shards
             .iter()
@@ -165,7 +185,7 @@ impl Inner {
     /// Queues the slot's transaction as it is now; the caller holds its lock.
     pub fn persist(&self, txn: &Txn) -> Result<Durable, DriverError> {
         let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;
-        Ok(self.writer.submit(record))
+        Ok(self.writer.submit(Write::Txn(record)))
     }
 
     /// Runs one engine step on the event `make_event` builds from the current
@@ -428,7 +448,14 @@ impl Inner {
     }
 
     fn forget(&self, slot: &Arc<Slot>) {
-        let id = slot.lock().id.clone();
+        let (id, state) = {
+            let txn = slot.lock();
+            (txn.id.clone(), txn.state)
+        };
+        match state {
+            TxnState::Committed => self.committed.fetch_add(1, Ordering::Relaxed),
+            _ => self.aborted.fetch_add(1, Ordering::Relaxed),
+        };
         let mut shard = self.shard(&id);
         if shard.get(&id).is_some_and(|live| Arc::ptr_eq(live, slot)) {
             shard.remove(&id);

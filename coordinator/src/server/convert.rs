@@ -29,6 +29,20 @@ pub fn mode_to_pb(mode: Mode) -> pb::Mode {
     }
 }
 
+pub fn state_from_pb(state: i32) -> Result<TxnState, Status> {
+    match pb::TxnState::try_from(state) {
+        Ok(pb::TxnState::Active) => Ok(TxnState::Active),
+        Ok(pb::TxnState::Preparing) => Ok(TxnState::Preparing),
+        Ok(pb::TxnState::Committing) => Ok(TxnState::Committing),
+        Ok(pb::TxnState::Aborting) => Ok(TxnState::Aborting),
+        Ok(pb::TxnState::Committed) => Ok(TxnState::Committed),
+        Ok(pb::TxnState::Aborted) => Ok(TxnState::Aborted),
+        _ => Err(Status::invalid_argument(format!(
+            "unknown transaction state {state}"
+        ))),
+    }
+}
+
 pub fn state_to_pb(state: TxnState) -> pb::TxnState {
     match state {
         TxnState::Active => pb::TxnState::Active,
@@ -71,6 +85,7 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
         call_timeout_ms: b.call_timeout_ms,
         payload_size: b.payload.len() as u32,
         failing_since_ms: b.failing_since_ms.unwrap_or(0),
+        heuristic: b.heuristic.clone().unwrap_or_default(),
     }
 }
 

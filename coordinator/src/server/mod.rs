@@ -2,6 +2,7 @@
 //! recover, serve, shut down. Services here are thin: decode, call the driver,
 //! map errors in one place (`status`).
 
+mod admin;
 mod convert;
 mod coordinator;
 mod status;
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arbiter_proto::v1::admin_server::AdminServer;
 use arbiter_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -20,6 +22,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::driver::{Driver, DriverError};
 use crate::store::{MemoryLog, SledLog, StoreError, TxnLog};
+use admin::AdminService;
 use coordinator::CoordinatorService;
 
 /// Where the transaction log lives.
@@ -103,6 +106,9 @@ pub async fn run(
     };
     let served = Server::builder()
         .add_service(service)
+        .add_service(AdminServer::new(AdminService {
+            driver: driver.clone(),
+        }))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await;
     collector.abort();

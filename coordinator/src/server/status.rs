@@ -6,13 +6,15 @@ use crate::driver::DriverError;
 
 impl From<DriverError> for Status {
     fn from(e: DriverError) -> Status {
-        match e {
-            DriverError::InvalidArgument(m) => Status::invalid_argument(m),
-            DriverError::NotFound(id) => Status::not_found(format!("transaction {id} not found")),
-            DriverError::FailedPrecondition(m) => Status::failed_precondition(m),
-            DriverError::AlreadyExists(m) => Status::already_exists(m),
-            DriverError::Unavailable(m) => Status::unavailable(m),
-            DriverError::Internal(m) => Status::internal(m),
+        match &e {
+            DriverError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            DriverError::NotFound(_) | DriverError::BranchNotFound { .. } => {
+                Status::not_found(e.to_string())
+            }
+            DriverError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            DriverError::AlreadyExists(m) => Status::already_exists(m.clone()),
+            DriverError::Unavailable(m) => Status::unavailable(m.clone()),
+            DriverError::Internal(m) => Status::internal(m.clone()),
         }
     }
 }

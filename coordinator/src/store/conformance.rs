@@ -3,7 +3,7 @@
 //! reopened also passes [`reopen_keeps_everything`].
 
 use crate::engine::{Branch, BranchState, Mode, Txn, TxnState};
-use crate::store::{Record, TxnLog};
+use crate::store::{AuditEntry, Record, TxnLog, Write};
 
 /// A transaction with two branches, in `state`.
 pub fn sample_txn(id: &str, state: TxnState, finished_at_ms: Option<u64>) -> Txn {
@@ -24,9 +24,9 @@ pub fn sample_txn(id: &str, state: TxnState, finished_at_ms: Option<u64>) -> Txn
     txn
 }
 
-pub fn record(txn: &Txn) -> Record {
+pub fn record(txn: &Txn) -> Write {
     match Record::of(txn) {
-        Ok(record) => record,
+        Ok(record) => Write::Txn(record),
         Err(e) => panic!("sample transaction does not encode: {e}"),
     }
 }
@@ -44,6 +44,60 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn TxnLog>) {
     unfinished_lists_exactly_the_unfinished(fresh().as_ref());
     collection_takes_only_old_finished(fresh().as_ref());
     unknown_id_is_none(fresh().as_ref());
+    scans_page_in_id_order_both_ways(fresh().as_ref());
+    audit_entries_come_back_newest_first(fresh().as_ref());
+}
+
+pub fn scans_page_in_id_order_both_ways(log: &dyn TxnLog) {
+    let batch: Vec<Write> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|id| record(&sample_txn(id, TxnState::Active, None)))
+        .collect();
+    log.write(&batch).expect_ok("write");
+    let page = |after: Option<&str>, newest: bool, limit: usize| -> Vec<String> {
+        ids_in_order(log.scan(after, newest, limit).expect_ok("scan"))
+    };
+    assert_eq!(page(None, false, 2), vec!["a", "b"]);
+    assert_eq!(page(Some("b"), false, 2), vec!["c", "d"]);
+    assert_eq!(page(Some("d"), false, 9), vec!["e"]);
+    assert_eq!(page(None, true, 2), vec!["e", "d"]);
+    assert_eq!(page(Some("d"), true, 9), vec!["c", "b", "a"]);
+    assert!(page(Some("a"), true, 9).is_empty());
+}
+
+pub fn audit_entries_come_back_newest_first(log: &dyn TxnLog) {
+    let entry = |at_ms: u64, seq: u64, action: &str| AuditEntry {
+        at_ms,
+        seq,
+        action: action.to_string(),
+        txn_id: "t".into(),
+        branch_id: String::new(),
+        reason: "because".into(),
+        caller: "127.0.0.1:1".into(),
+        result: "ABORTING".into(),
+    };
+    log.write(&[
+        Write::Audit(entry(10, 1, "force-abort")),
+        Write::Audit(entry(10, 2, "retry-now")),
+        Write::Audit(entry(5, 9, "resolve-branch")),
+    ])
+    .expect_ok("write");
+    let actions: Vec<String> = log
+        .audit(10)
+        .expect_ok("audit")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, vec!["retry-now", "force-abort", "resolve-branch"]);
+    assert_eq!(log.audit(1).expect_ok("audit").len(), 1);
+    assert!(
+        log.unfinished().expect_ok("unfinished").is_empty(),
+        "audit entries are not transactions"
+    );
+}
+
+fn ids_in_order(txns: Vec<Txn>) -> Vec<String> {
+    txns.into_iter().map(|t| t.id).collect()
 }
 
 pub fn written_records_read_back(log: &dyn TxnLog) {

@@ -8,18 +8,21 @@
 //! | `0x01` | `0x01` txn id                         | encoded [`Txn`]         |
 //! | `0x02` | `0x02` txn id                         | empty: unfinished index |
 //! | `0x03` | `0x03` finished-at (u64 BE) txn id    | empty: retention index  |
+//! | `0x04` | `0x04` at (u64 BE) seq (u64 BE)       | encoded [`AuditEntry`]  |
 //!
-//! Values start with a version byte. Version 1 is `postcard` of [`Txn`]. A new
+//! Values start with a version byte. Version 1 is `postcard` of [`Txn`] (or
+//! of [`AuditEntry`] under `0x04`). A new
 //! layout of `Txn` gets a new version byte, and the decoder keeps reading the
 //! old ones.
 
 use crate::engine::Txn;
-use crate::store::StoreError;
+use crate::store::{AuditEntry, StoreError};
 
 pub const META: u8 = 0x00;
 pub const TXN: u8 = 0x01;
 pub const UNFINISHED: u8 = 0x02;
 pub const FINISHED: u8 = 0x03;
+pub const AUDIT: u8 = 0x04;
 
 const VALUE_V1: u8 = 1;
 
@@ -71,6 +74,39 @@ pub fn parse_unfinished_key(key: &[u8]) -> Result<String, StoreError> {
     }
 }
 
+pub fn audit_key(entry: &AuditEntry) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(AUDIT);
+    key.extend_from_slice(&entry.at_ms.to_be_bytes());
+    key.extend_from_slice(&entry.seq.to_be_bytes());
+    key
+}
+
+/// The txn id of a transaction key.
+pub fn parse_txn_key(key: &[u8]) -> Result<String, StoreError> {
+    match key.split_first() {
+        Some((&TXN, id)) => std::str::from_utf8(id)
+            .map(str::to_string)
+            .map_err(|_| StoreError::Corrupt(format!("bad transaction key {key:02x?}"))),
+        _ => Err(StoreError::Corrupt(format!(
+            "bad transaction key {key:02x?}"
+        ))),
+    }
+}
+
+/// Key range of transactions for a scan after `after`: (start, end), end exclusive.
+pub fn txn_scan_range(after: Option<&str>, newest_first: bool) -> (Vec<u8>, Vec<u8>) {
+    match (after, newest_first) {
+        (None, _) => (vec![TXN], vec![TXN + 1]),
+        (Some(id), false) => {
+            let mut start = txn_key(id);
+            start.push(0); // just past `id`
+            (start, vec![TXN + 1])
+        }
+        (Some(id), true) => (vec![TXN], txn_key(id)),
+    }
+}
+
 pub fn meta_key(name: &str) -> Vec<u8> {
     prefixed(META, name.as_bytes())
 }
@@ -85,6 +121,21 @@ fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
 pub fn encode_txn(txn: &Txn) -> Result<Vec<u8>, StoreError> {
     postcard::to_extend(txn, vec![VALUE_V1])
         .map_err(|e| StoreError::Corrupt(format!("cannot encode transaction {}: {e}", txn.id)))
+}
+
+pub fn encode_audit(entry: &AuditEntry) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(entry, vec![VALUE_V1])
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode an audit entry: {e}")))
+}
+
+pub fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
+    match value.split_first() {
+        Some((&VALUE_V1, body)) => postcard::from_bytes(body)
+            .map_err(|e| StoreError::Corrupt(format!("undecodable audit entry: {e}"))),
+        _ => Err(StoreError::Corrupt(
+            "audit entry has an unknown format".to_string(),
+        )),
+    }
 }
 
 pub fn decode_txn(value: &[u8]) -> Result<Txn, StoreError> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::engine::Txn;
-use crate::store::{Record, StoreError, TxnLog, keys};
+use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
 
 #[derive(Default)]
 pub struct MemoryLog {
@@ -27,9 +27,16 @@ impl MemoryLog {
 }
 
 impl TxnLog for MemoryLog {
-    fn write(&self, batch: &[Record]) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
         let mut map = self.map();
-        for record in batch {
+        for write in batch {
+            let record = match write {
+                Write::Txn(record) => record,
+                Write::Audit(entry) => {
+                    map.insert(keys::audit_key(entry), keys::encode_audit(entry)?);
+                    continue;
+                }
+            };
             map.insert(keys::txn_key(&record.txn_id), record.value.clone());
             match record.finished_at_ms {
                 None => {
@@ -80,5 +87,31 @@ impl TxnLog for MemoryLog {
             map.remove(&keys::txn_key(&id));
         }
         Ok(doomed.len())
+    }
+
+    fn scan(
+        &self,
+        after: Option<&str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Txn>, StoreError> {
+        let map = self.map();
+        let (start, end) = keys::txn_scan_range(after, newest_first);
+        let range = map.range(start..end);
+        let values: Vec<&Vec<u8>> = if newest_first {
+            range.rev().take(limit).map(|(_, v)| v).collect()
+        } else {
+            range.take(limit).map(|(_, v)| v).collect()
+        };
+        values.into_iter().map(|v| keys::decode_txn(v)).collect()
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let map = self.map();
+        map.range(vec![keys::AUDIT]..vec![keys::AUDIT + 1])
+            .rev()
+            .take(limit)
+            .map(|(_, v)| keys::decode_audit(v))
+            .collect()
     }
 }

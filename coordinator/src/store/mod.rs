@@ -22,6 +22,8 @@ pub use memory::MemoryLog;
 pub use sled_log::SledLog;
 pub use writer::{Durable, LogWriter, WriterStats};
 
+use serde::{Deserialize, Serialize};
+
 use crate::engine::Txn;
 
 /// One transaction as written to the log: its id, its encoded value, and what
@@ -42,6 +44,31 @@ impl Record {
             finished_at_ms: txn.finished_at_ms,
         })
     }
+}
+
+/// One admin action that changed something, kept durably for the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// Orders entries written in the same millisecond; unique per entry.
+    pub seq: u64,
+    /// e.g. `force-abort`, `force-commit`, `resolve-branch`, `retry-now`.
+    pub action: String,
+    pub txn_id: String,
+    /// Empty unless the action was about one branch.
+    pub branch_id: String,
+    pub reason: String,
+    /// Who asked: the authenticated identity when auth exists, else the peer address.
+    pub caller: String,
+    /// What it did, e.g. the state the transaction went to.
+    pub result: String,
+}
+
+/// One durable write.
+#[derive(Clone, Debug)]
+pub enum Write {
+    Txn(Record),
+    Audit(AuditEntry),
 }
 
 /// Storage failures. All of them are fatal for the coordinator: once the log
@@ -74,7 +101,7 @@ pub trait TxnLog: Send + Sync + 'static {
     /// Stores every record of `batch`, in order (a later record for the same
     /// transaction replaces an earlier one), and returns only once all of them
     /// are durable.
-    fn write(&self, batch: &[Record]) -> Result<(), StoreError>;
+    fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 
     /// The latest record of one transaction, if the log has it.
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError>;
@@ -87,4 +114,16 @@ pub trait TxnLog: Send + Sync + 'static {
     /// touched. Need not be durable: a collected record coming back after a
     /// crash is harmless.
     fn collect_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Up to `limit` transactions in id order (ids sort by creation time),
+    /// starting after the id `after` (exclusive), oldest first or newest first.
+    fn scan(
+        &self,
+        after: Option<&str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Txn>, StoreError>;
+
+    /// The latest `limit` audit entries, newest first.
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -13,12 +13,12 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::engine::Txn;
-use crate::store::{Record, StoreError, TxnLog, keys};
+use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
 
 const MARKER: &str = "ARBITER_LOG";
 const MARKER_CONTENT: &str = "arbiter transaction log, format 1\n";
@@ -180,9 +180,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl TxnLog for SledLog {
-    fn write(&self, batch: &[Record]) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
         let mut ops = sled::Batch::default();
-        for record in batch {
+        for write in batch {
+            let record = match write {
+                Write::Txn(record) => record,
+                Write::Audit(entry) => {
+                    ops.insert(keys::audit_key(entry), keys::encode_audit(entry)?);
+                    continue;
+                }
+            };
             ops.insert(keys::txn_key(&record.txn_id), record.value.as_slice());
             match record.finished_at_ms {
                 None => ops.insert(keys::unfinished_key(&record.txn_id), &[][..]),
@@ -233,5 +240,39 @@ impl TxnLog for SledLog {
             .apply_batch(ops)
             .map_err(sled_err("collecting finished transactions"))?;
         Ok(count)
+    }
+
+    fn scan(
+        &self,
+        after: Option<&str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Txn>, StoreError> {
+        let (start, end) = keys::txn_scan_range(after, newest_first);
+        let range = self.db.range(start..end);
+        let entries: Vec<sled::Result<(sled::IVec, sled::IVec)>> = if newest_first {
+            range.rev().take(limit).collect()
+        } else {
+            range.take(limit).collect()
+        };
+        entries
+            .into_iter()
+            .map(|entry| {
+                let (_, value) = entry.map_err(sled_err("scanning transactions"))?;
+                keys::decode_txn(&value)
+            })
+            .collect()
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.db
+            .range(vec![keys::AUDIT]..vec![keys::AUDIT + 1])
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (_, value) = entry.map_err(sled_err("reading the audit log"))?;
+                keys::decode_audit(&value)
+            })
+            .collect()
     }
 }

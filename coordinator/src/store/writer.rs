@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::store::{Record, StoreError, TxnLog};
+use crate::store::{StoreError, TxnLog, Write};
 
 /// The most records written in one group commit.
 pub const MAX_BATCH: usize = 4096;
@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 4096;
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
 
 enum Msg {
-    Write(Record, oneshot::Sender<Result<(), StoreError>>),
+    Write(Write, oneshot::Sender<Result<(), StoreError>>),
     Close,
 }
 
@@ -58,8 +58,8 @@ impl LogWriter {
         })
     }
 
-    /// Queues one record. Records are written in submission order.
-    pub fn submit(&self, record: Record) -> Durable {
+    /// Queues one write. Writes happen in submission order.
+    pub fn submit(&self, record: Write) -> Durable {
         let (done, durable) = oneshot::channel();
         if let Err(mpsc::SendError(Msg::Write(_, done))) = self.tx.send(Msg::Write(record, done)) {
             let _ = done.send(Err(StoreError::Closed));
