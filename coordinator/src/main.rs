@@ -11,11 +11,9 @@ async fn main() -> std::process::ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     cli::init_tracing(cli.log_format);
+    let serving = matches!(cli.command, cli::Command::Serve(_));
     match cli::dispatch(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => std::process::ExitCode::from(cli::report(serving, &e)),
     }
 }

@@ -1,7 +1,12 @@
 //! The `arbiter` command line: one file per subcommand, one dispatch `match`.
 
+mod audit;
+mod connect;
 pub mod duration;
+mod output;
 mod serve;
+mod stats;
+mod txn;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -32,6 +37,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the coordinator server.
     Serve(ServeArgs),
+    /// Find, inspect and fix transactions (admin).
+    Txn(txn::TxnArgs),
+    /// The audit trail of admin actions.
+    Audit(audit::AuditArgs),
+    /// Counts by state, stuck transactions, retry queue.
+    Stats(stats::StatsArgs),
 }
 
 /// Sets up `tracing`: level from `RUST_LOG` (default `info`), format from the flag.
@@ -48,9 +59,23 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Runs the parsed command; the process exit code is derived from the result.
+/// Runs the parsed command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Txn(args) => txn::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
+        Command::Stats(args) => stats::run(args).await,
     }
+}
+
+/// Reports a failed command on stderr and gives its exit code: 1 failure,
+/// 2 usage error, 3 not found. The server logs; admin commands print plainly.
+pub fn report(command_was_serve: bool, error: &anyhow::Error) -> u8 {
+    if command_was_serve {
+        tracing::error!("{error:#}");
+    } else {
+        eprintln!("arbiter: {}", connect::describe(error));
+    }
+    connect::exit_code(error)
 }
