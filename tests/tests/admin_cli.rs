@@ -1,0 +1,398 @@
+//! The admin CLI, invoked as a process against a live `arbiter serve` with a
+//! participant that is down: stuck transactions are listed with their last
+//! error, retried on demand, aborted, committed only when allowed, resolved
+//! by hand; everything is audited; JSON parses; exit codes hold.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use arbiter_sdk::{Branch, Execute, Mode, TxnState};
+use arbiter_tests::process::{arbiter_bin, free_port};
+use arbiter_tests::{ArbiterProcess, eventually, recorder_participant};
+use serde_json::Value;
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `arbiter <args> --addr <addr>` with no terminal (so no prompts).
+fn cli(addr: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(arbiter_bin()?)
+        .args(args)
+        .args(["--addr", addr])
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn json(addr: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = cli(addr, &all)?;
+    anyhow::ensure!(
+        out.code == 0,
+        "{args:?} failed ({}): {}",
+        out.code,
+        out.stderr
+    );
+    Ok(serde_json::from_str(&out.stdout)?)
+}
+
+/// A server whose natural retries are far apart (up to 10 minutes), so that
+/// `txn retry` is what makes things happen; one failure flags stuck.
+async fn server(dir: &std::path::Path) -> anyhow::Result<ArbiterProcess> {
+    let args = [
+        "--retry-base-ms",
+        "600000",
+        "--retry-max-ms",
+        "600000",
+        "--stuck-after-attempts",
+        "1",
+    ];
+    ArbiterProcess::start(dir, &args).await
+}
+
+#[tokio::test]
+async fn stuck_transaction_is_listed_shown_and_completed_by_retry() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let (a, _rec_a) = recorder_participant().await?;
+    let (b, rec_b) = recorder_participant().await?;
+    rec_b.set_fail_phase2(true);
+    let client = arbiter.client().await?;
+    let decided = client
+        .execute(
+            Execute::two_phase()
+                .wait(false)
+                .branch(Branch::new(a.endpoint(), "r1"))
+                .branch(Branch::new(b.endpoint(), "r2")),
+        )
+        .await?;
+    let id = decided.txn_id.clone();
+
+    let listed = eventually("the transaction shows up in txn ls --stuck", || async {
+        let rows = json(&addr, &["txn", "ls", "--stuck"]).ok()?;
+        let row = rows["transactions"]
+            .as_array()?
+            .iter()
+            .find(|t| t["txn_id"] == id.as_str())?
+            .clone();
+        Some(row)
+    })
+    .await;
+    assert_eq!(listed["state"], "COMMITTING");
+    assert_eq!(listed["stuck"], true);
+    assert!(
+        listed["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("commit refused by the test"),
+        "{listed}"
+    );
+
+    let table = cli(&addr, &["txn", "ls", "--stuck"])?;
+    println!("$ arbiter txn ls --stuck\n{}", table.stdout);
+    assert_eq!(table.code, 0);
+    assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains(&id) && table.stdout.contains("yes"),
+        "{}",
+        table.stdout
+    );
+    let none = json(&addr, &["txn", "ls", "--state", "aborted"])?;
+    assert!(
+        none["transactions"]
+            .as_array()
+            .is_some_and(|t| t.is_empty())
+    );
+
+    let show = cli(&addr, &["txn", "show", &id])?;
+    println!("$ arbiter txn show {id}\n{}", show.stdout);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    for expected in [
+        "STUCK",
+        "LAST ERROR",
+        "commit refused by the test",
+        "ERROR",
+        "voted YES",
+        b.endpoint().as_str(),
+    ] {
+        assert!(
+            show.stdout.contains(expected),
+            "txn show lacks {expected:?}:\n{}",
+            show.stdout
+        );
+    }
+    let detail = json(&addr, &["txn", "show", &id])?;
+    let failing = &detail["branches"][1];
+    assert!(
+        failing["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|a| a["ok"] == false))
+    );
+    assert!(
+        failing["next_retry_at_ms"].as_u64().unwrap_or(0) > 0,
+        "{failing}"
+    );
+
+    rec_b.set_fail_phase2(false);
+    let retried = json(&addr, &["txn", "retry", &id])?;
+    assert_eq!(retried["retried"][0], id.as_str());
+    eventually(
+        "txn retry completes it without waiting for the backoff",
+        || async {
+            let txn = client.get_transaction(&id).await.ok()?;
+            (txn.state() == TxnState::Committed).then_some(())
+        },
+    )
+    .await;
+    let audit = json(&addr, &["audit", "ls"])?;
+    let entry = &audit["entries"][0];
+    assert_eq!(
+        (entry["action"].as_str(), entry["txn_id"].as_str()),
+        (Some("retry-now"), Some(id.as_str()))
+    );
+    assert!(
+        entry["caller"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("peer 127.0.0.1:")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn abort_rolls_back_is_audited_and_commit_is_refused_unless_all_prepared()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let (a, rec_a) = recorder_participant().await?;
+    let (b, _rec_b) = recorder_participant().await?;
+    let client = arbiter.client().await?;
+    // Branch 2's prepare keeps failing: the transaction waits in PREPARING.
+    let txn_id = client
+        .begin(Mode::TwoPhase, Some(Duration::from_secs(600)))
+        .await?;
+    client
+        .register_branch(&txn_id, &Branch::new(a.endpoint(), "r1"))
+        .await?;
+    client
+        .register_branch(
+            &txn_id,
+            &Branch::new(b.endpoint(), "r1").payload("unavailable"),
+        )
+        .await?;
+    let waiting_commit = {
+        let (client, txn_id) = (client.clone(), txn_id.clone());
+        tokio::spawn(async move { client.commit(&txn_id, false).await })
+    };
+    eventually("branch 1 prepared, branch 2 failing", || async {
+        let txn = client.get_transaction(&txn_id).await.ok()?;
+        (txn.state() == TxnState::Preparing && txn.branches[1].attempts >= 1).then_some(())
+    })
+    .await;
+
+    let refused = cli(
+        &addr,
+        &["txn", "commit", &txn_id, "--reason", "customer insists"],
+    )?;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not prepared") && refused.stderr.contains('2'),
+        "{}",
+        refused.stderr
+    );
+
+    let no_reason = cli(&addr, &["txn", "abort", &txn_id])?;
+    assert_eq!(
+        no_reason.code, 2,
+        "--reason is required: {}",
+        no_reason.stderr
+    );
+
+    let aborted = cli(
+        &addr,
+        &[
+            "txn",
+            "abort",
+            &txn_id,
+            "--reason",
+            "payment provider is gone",
+        ],
+    )?;
+    assert_eq!(aborted.code, 0, "{}", aborted.stderr);
+    assert!(aborted.stdout.contains("ABORT"), "{}", aborted.stdout);
+    eventually(
+        "the abort completes and branch 1 is rolled back",
+        || async {
+            let txn = client.get_transaction(&txn_id).await.ok()?;
+            (txn.state() == TxnState::Aborted).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(rec_a.calls(&txn_id), vec!["prepare", "rollback"]);
+    let answered = waiting_commit.await??;
+    assert!(
+        matches!(answered.state, TxnState::Aborting | TxnState::Aborted),
+        "the client waiting in Commit learns of the abort: {:?}",
+        answered.state
+    );
+
+    let audit = json(&addr, &["audit", "ls"])?;
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["action"], "force-abort");
+    assert_eq!(entry["txn_id"], txn_id.as_str());
+    assert_eq!(entry["reason"], "payment provider is gone");
+    let table = cli(&addr, &["audit", "ls"])?;
+    println!("$ arbiter audit ls\n{}", table.stdout);
+    assert!(
+        table.stdout.contains("force-abort") && table.stdout.contains("payment provider is gone")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn resolve_branch_lets_a_decided_stuck_transaction_finish() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let (a, rec_a) = recorder_participant().await?;
+    let (gone, rec_gone) = recorder_participant().await?;
+    rec_gone.set_fail_phase2(true);
+    let client = arbiter.client().await?;
+    let decided = client
+        .execute(
+            Execute::tcc()
+                .wait(false)
+                .branch(Branch::new(a.endpoint(), "r1"))
+                .branch(Branch::new(gone.endpoint(), "r1")),
+        )
+        .await?;
+    let id = decided.txn_id;
+    gone.shutdown().await; // gone for good
+    eventually("branch 1 confirmed, branch 2 stuck", || async {
+        let txn = client.get_transaction(&id).await.ok()?;
+        (txn.stuck && txn.branches[0].state() == arbiter_sdk::BranchState::Committed).then_some(())
+    })
+    .await;
+
+    let early = cli(
+        &addr,
+        &[
+            "txn",
+            "resolve-branch",
+            &id,
+            "1",
+            "--as",
+            "committed",
+            "--reason",
+            "x",
+        ],
+    )?;
+    assert_eq!(early.code, 1, "branch 1 needs nothing: {}", early.stderr);
+    let unknown = cli(
+        &addr,
+        &[
+            "txn",
+            "resolve-branch",
+            &id,
+            "9",
+            "--as",
+            "committed",
+            "--reason",
+            "x",
+        ],
+    )?;
+    assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+
+    let resolved = cli(
+        &addr,
+        &[
+            "txn",
+            "resolve-branch",
+            &id,
+            "2",
+            "--as",
+            "committed",
+            "--reason",
+            "confirmed by hand, ticket OPS-7",
+        ],
+    )?;
+    assert_eq!(resolved.code, 0, "{}", resolved.stderr);
+    assert!(resolved.stdout.contains("COMMITTED"), "{}", resolved.stdout);
+    let txn = client.get_transaction(&id).await?;
+    assert_eq!(txn.state(), TxnState::Committed);
+    assert!(
+        txn.branches[1].heuristic.contains("ticket OPS-7"),
+        "{}",
+        txn.branches[1].heuristic
+    );
+    assert_eq!(rec_a.calls(&id), vec!["try", "confirm"]);
+    let show = cli(&addr, &["txn", "show", &id])?;
+    assert!(
+        show.stdout.contains("resolved by hand as committed"),
+        "{}",
+        show.stdout
+    );
+    let audit = json(&addr, &["audit", "ls"])?;
+    assert_eq!(audit["entries"][0]["action"], "resolve-branch-committed");
+    assert_eq!(audit["entries"][0]["branch_id"], "2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn exit_codes_and_messages_for_bad_input() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+
+    let missing = cli(&addr, &["txn", "show", "no-such-txn"])?;
+    assert_eq!(missing.code, 3);
+    assert!(
+        missing.stderr.contains("transaction no-such-txn not found"),
+        "{}",
+        missing.stderr
+    );
+    let bad_id = cli(&addr, &["txn", "show", "bad/id"])?;
+    assert_eq!(bad_id.code, 2);
+    assert!(bad_id.stderr.contains("contains '/'"), "{}", bad_id.stderr);
+    let bad_flag = cli(&addr, &["txn", "ls", "--state", "sideways"])?;
+    assert_eq!(bad_flag.code, 2);
+    assert!(bad_flag.stderr.contains("sideways"), "{}", bad_flag.stderr);
+    let bad_age = cli(&addr, &["txn", "ls", "--older-than", "5 minutes"])?;
+    assert_eq!(bad_age.code, 2);
+    let no_target = cli(&addr, &["txn", "retry"])?;
+    assert_eq!(no_target.code, 2);
+    assert!(
+        no_target.stderr.contains("--all-stuck"),
+        "{}",
+        no_target.stderr
+    );
+    let nothing_stuck = json(&addr, &["txn", "retry", "--all-stuck"])?;
+    assert_eq!(nothing_stuck["retried"], serde_json::json!([]));
+
+    let down = format!("http://127.0.0.1:{}", free_port()?);
+    let unreachable = cli(&down, &["stats"])?;
+    assert_eq!(unreachable.code, 1);
+    assert!(
+        unreachable.stderr.contains("cannot reach the coordinator"),
+        "{}",
+        unreachable.stderr
+    );
+
+    let stats = json(&addr, &["stats"])?;
+    assert_eq!(stats["stuck"], 0);
+    assert!(stats["unfinished"]["ACTIVE"].is_u64());
+    let table = cli(&addr, &["stats"])?;
+    println!("$ arbiter stats\n{}", table.stdout);
+    assert!(table.stdout.contains("retry queue"), "{}", table.stdout);
+    Ok(())
+}
