@@ -1,0 +1,129 @@
+//! Transitions operators ask for through the admin API: retry now, force an
+//! outcome, resolve a branch by hand. Same rules as the rest of the engine:
+//! plain functions over the transaction, returning actions.
+
+use super::*;
+
+/// The call the current phase still owes branch `i`, if any.
+pub(super) fn pending_call(txn: &Txn, i: usize) -> Option<CallKind> {
+    let branch = &txn.branches[i];
+    match txn.state {
+        TxnState::Preparing if branch.state == BranchState::Registered => Some(CallKind::Prepare),
+        TxnState::Committing if branch.state == BranchState::Prepared => Some(CallKind::Commit),
+        TxnState::Aborting if needs_rollback(branch) => Some(CallKind::Rollback),
+        _ => None,
+    }
+}
+
+pub(super) fn retry_now(txn: &mut Txn) -> Result<Vec<Action>, EngineError> {
+    if txn.state.is_final() || txn.state == TxnState::Active {
+        return Err(wrong_state(
+            txn,
+            "RetryNow",
+            "PREPARING, COMMITTING or ABORTING (with calls to retry)",
+        ));
+    }
+    let mut actions = Vec::new();
+    for i in 0..txn.branches.len() {
+        if txn.branches[i].in_flight {
+            continue;
+        }
+        if let Some(kind) = pending_call(txn, i) {
+            let branch = &mut txn.branches[i];
+            branch.retry_seq = branch.retry_seq.wrapping_add(1); // the scheduled retry is stale now
+            branch.backoff_from = branch.phase_attempts;
+            actions.push(call(txn, i, kind));
+        }
+    }
+    Ok(actions)
+}
+
+pub(super) fn force_abort(
+    txn: &mut Txn,
+    reason: String,
+    now_ms: u64,
+) -> Result<Vec<Action>, EngineError> {
+    match txn.state {
+        TxnState::Active | TxnState::Preparing => Ok(abort(
+            txn,
+            format!("aborted by an operator: {reason}"),
+            now_ms,
+        )),
+        _ => Err(wrong_state(
+            txn,
+            "ForceOutcome(abort)",
+            "undecided (ACTIVE or PREPARING)",
+        )),
+    }
+}
+
+pub(super) fn force_commit(
+    txn: &mut Txn,
+    reason: String,
+    now_ms: u64,
+) -> Result<Vec<Action>, EngineError> {
+    if !matches!(txn.state, TxnState::Active | TxnState::Preparing) {
+        return Err(wrong_state(
+            txn,
+            "ForceOutcome(commit)",
+            "undecided (ACTIVE or PREPARING)",
+        ));
+    }
+    let unprepared: Vec<&str> = txn
+        .branches
+        .iter()
+        .filter(|b| !matches!(b.state, BranchState::Prepared | BranchState::ReadOnly))
+        .map(|b| b.id.as_str())
+        .collect();
+    if !unprepared.is_empty() {
+        return Err(EngineError::NotAllPrepared {
+            txn: txn.id.clone(),
+            branches: unprepared.join(", "),
+        });
+    }
+    txn.reason = format!("committed by an operator: {reason}");
+    Ok(decide_commit(txn, now_ms))
+}
+
+/// Marks branch `i` finished by hand. `i` must be a valid index.
+pub(super) fn resolve_branch(
+    txn: &mut Txn,
+    i: usize,
+    committed: bool,
+    note: String,
+    now_ms: u64,
+) -> Result<Vec<Action>, EngineError> {
+    if !matches!(txn.state, TxnState::Committing | TxnState::Aborting) {
+        return Err(wrong_state(
+            txn,
+            "ResolveBranch",
+            "decided and unfinished (COMMITTING or ABORTING)",
+        ));
+    }
+    if i >= txn.branches.len() {
+        return Ok(Vec::new());
+    }
+    if pending_call(txn, i).is_none() {
+        return Err(EngineError::BranchNotPending {
+            txn: txn.id.clone(),
+            branch: txn.branches[i].id.clone(),
+            state: txn.branches[i].state.name(),
+        });
+    }
+    let branch = &mut txn.branches[i];
+    branch.state = if committed {
+        BranchState::Committed
+    } else {
+        BranchState::RolledBack
+    };
+    branch.heuristic = Some(note);
+    branch.in_flight = false; // an answer still on its way is ignored
+    branch.retry_seq = branch.retry_seq.wrapping_add(1);
+    branch.next_retry_at_ms = None;
+    let mut actions = maybe_finish(txn, now_ms);
+    if actions.is_empty() {
+        // Not finished yet: the resolution itself must survive a restart.
+        actions.push(Action::Persist(Durability::Flush));
+    }
+    Ok(actions)
+}
