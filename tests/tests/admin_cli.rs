@@ -396,3 +396,152 @@ async fn exit_codes_and_messages_for_bad_input() -> anyhow::Result<()> {
     assert!(table.stdout.contains("retry queue"), "{}", table.stdout);
     Ok(())
 }
+
+#[tokio::test]
+async fn listing_filters_and_pages_through_everything() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let (a, _rec) = recorder_participant().await?;
+    let client = arbiter.client().await?;
+    let mut committed = Vec::new();
+    for n in 0..5 {
+        let mode = if n % 2 == 0 {
+            Execute::two_phase()
+        } else {
+            Execute::tcc()
+        };
+        committed.push(
+            client
+                .execute(mode.branch(Branch::new(a.endpoint(), "r1")))
+                .await?
+                .txn_id,
+        );
+    }
+    let open = client.begin(Mode::Tcc, None).await?;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut args = vec![
+            "txn",
+            "ls",
+            "--state",
+            "committed",
+            "--limit",
+            "2",
+            "--oldest-first",
+        ];
+        if !token.is_empty() {
+            args.extend(["--page-token", token.as_str()]);
+        }
+        let page = json(&addr, &args)?;
+        let rows = page["transactions"].as_array().cloned().unwrap_or_default();
+        assert!(rows.len() <= 2);
+        seen.extend(
+            rows.iter()
+                .filter_map(|r| r["txn_id"].as_str().map(str::to_string)),
+        );
+        token = page["next_page_token"].as_str().unwrap_or("").to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, committed,
+        "every committed transaction once, oldest first"
+    );
+
+    let newest = json(&addr, &["txn", "ls", "--limit", "1"])?;
+    assert_eq!(
+        newest["transactions"][0]["txn_id"],
+        open.as_str(),
+        "newest first by default"
+    );
+    let tcc = json(
+        &addr,
+        &["txn", "ls", "--mode", "tcc", "--state", "committed"],
+    )?;
+    assert_eq!(tcc["transactions"].as_array().map(Vec::len), Some(2));
+    let active = json(
+        &addr,
+        &[
+            "txn",
+            "ls",
+            "--state",
+            "active",
+            "--participant",
+            &a.endpoint(),
+        ],
+    )?;
+    assert_eq!(
+        active["transactions"].as_array().map(Vec::len),
+        Some(0),
+        "the open one has no branch there"
+    );
+    let old = json(&addr, &["txn", "ls", "--older-than", "1h"])?;
+    assert_eq!(old["transactions"].as_array().map(Vec::len), Some(0));
+    Ok(())
+}
+
+/// Runs the CLI on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn cli_on_terminal(addr: &str, args: &str, answer: &str) -> anyhow::Result<Output> {
+    use std::io::Write as _;
+    let bin = arbiter_bin()?;
+    let command = format!("{} {args} --addr {addr}", bin.display());
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(answer.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[tokio::test]
+async fn destructive_commands_ask_on_a_terminal_unless_yes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let client = arbiter.client().await?;
+    let txn_id = client
+        .begin(Mode::TwoPhase, Some(Duration::from_secs(600)))
+        .await?;
+
+    let declined = cli_on_terminal(&addr, &format!("txn abort {txn_id} --reason test"), "n\n")?;
+    assert!(
+        declined.stdout.contains("[y/N]"),
+        "asked: {}",
+        declined.stdout
+    );
+    assert!(declined.stdout.contains("cancelled"), "{}", declined.stdout);
+    assert_eq!(declined.code, 1);
+    assert_eq!(
+        client.get_transaction(&txn_id).await?.state(),
+        TxnState::Active,
+        "nothing changed"
+    );
+
+    let confirmed = cli_on_terminal(&addr, &format!("txn abort {txn_id} --reason test"), "y\n")?;
+    assert_eq!(confirmed.code, 0, "{}", confirmed.stdout);
+    assert_eq!(
+        client.get_transaction(&txn_id).await?.state(),
+        TxnState::Aborted
+    );
+
+    let other = client
+        .begin(Mode::TwoPhase, Some(Duration::from_secs(600)))
+        .await?;
+    let forced = cli_on_terminal(&addr, &format!("txn abort {other} --reason test --yes"), "")?;
+    assert_eq!(forced.code, 0, "{}", forced.stdout);
+    assert!(!forced.stdout.contains("[y/N]"), "--yes does not ask");
+    Ok(())
+}
