@@ -120,9 +120,15 @@ pub(super) fn resolve_branch(
     branch.in_flight = false; // an answer still on its way is ignored
     branch.retry_seq = branch.retry_seq.wrapping_add(1);
     branch.next_retry_at_ms = None;
+    // An operator's resolution is acknowledged only once durable, whether or
+    // not it finishes the transaction.
     let mut actions = maybe_finish(txn, now_ms);
+    for action in &mut actions {
+        if *action == Action::Persist(Durability::Lazy) {
+            *action = Action::Persist(Durability::Flush);
+        }
+    }
     if actions.is_empty() {
-        // Not finished yet: the resolution itself must survive a restart.
         actions.push(Action::Persist(Durability::Flush));
     }
     Ok(actions)

@@ -292,7 +292,7 @@ fn resolving_a_dead_branch_by_hand_lets_a_decided_transaction_finish() {
             note: "applied by hand: ticket 42".into(),
         },
     );
-    assert_eq!(actions, vec![Persist(Durability::Lazy), Publish, Forget]);
+    assert_eq!(actions, vec![Persist(Durability::Flush), Publish, Forget]);
     assert_eq!(txn.state, TxnState::Committed);
     assert_eq!(
         txn.branches[1].heuristic.as_deref(),
