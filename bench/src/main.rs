@@ -1,0 +1,126 @@
+//! `arbiter-bench`: measures Arbiter on this machine. See `BENCHMARKS.md`.
+
+mod child;
+mod echo;
+mod load;
+mod participants;
+mod recovery;
+mod report;
+mod sweep;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "arbiter-bench",
+    about = "Benchmarks of the Arbiter coordinator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One closed-loop load run (the default).
+    Run(RunArgs),
+    /// A table over concurrency (1, 4, 16, 64, 256) and branch count (1, 2, 4, 8).
+    Sweep(RunArgs),
+    /// Time to finish N decided transactions after a kill -9 and restart.
+    Recovery(recovery::RecoveryArgs),
+    /// Internal: serve the echo service for the gRPC ceiling.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    #[value(name = "2pc")]
+    TwoPhase,
+    Tcc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Api {
+    /// One Execute call per transaction.
+    Execute,
+    /// Begin, RegisterBranch × K, Commit.
+    Steps,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Use this coordinator instead of starting `arbiter` on a temp data dir.
+    #[arg(long, global = true)]
+    pub coordinator: Option<String>,
+    /// Extra arguments for the started `arbiter serve` (e.g. "--retention-secs 10").
+    #[arg(long, global = true, allow_hyphen_values = true, default_value = "")]
+    pub arbiter_args: String,
+    /// Transactions in flight.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Measured time, e.g. 10s.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time first.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    #[arg(long, global = true, value_enum, default_value_t = ModeArg::TwoPhase)]
+    pub mode: ModeArg,
+    /// Branches per transaction.
+    #[arg(long, global = true, default_value_t = 2)]
+    pub branches: usize,
+    /// Participant services (branches are spread over them).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub participants: usize,
+    #[arg(long, global = true, value_enum, default_value_t = Api::Execute)]
+    pub api: Api,
+    /// Wait for the final state (true) or only the durable decision (false).
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wait: bool,
+    /// Share of transactions with a NO vote.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub abort_ratio: f64,
+    /// Skip measuring the gRPC ceiling.
+    #[arg(long, global = true)]
+    pub no_echo: bool,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad unit in {text:?}; use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => load::run_once(&cli.run).await,
+        Some(Command::Run(args)) => load::run_once(&args).await,
+        Some(Command::Sweep(args)) => sweep::run(&args).await,
+        Some(Command::Recovery(args)) => recovery::run(&args).await,
+        Some(Command::EchoServer { listen }) => echo::serve(listen).await,
+    }
+}

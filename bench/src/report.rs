@@ -1,0 +1,100 @@
+//! What one measurement found, printed as text or JSON.
+
+use serde_json::json;
+
+/// One measured configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub mode: &'static str,
+    pub api: &'static str,
+    pub branches: usize,
+    pub concurrency: usize,
+    pub wait: bool,
+    pub abort_ratio: f64,
+    pub seconds: f64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub errors: u64,
+    pub tx_per_s: f64,
+    /// Latency percentiles in milliseconds: p50, p90, p99, p99.9.
+    pub latency_ms: [f64; 4],
+    pub rpcs_per_tx: f64,
+    pub echo_rpc_per_s: Option<f64>,
+    pub flushes_per_tx: f64,
+    pub records_per_flush: f64,
+    pub cpu_cores: Option<f64>,
+    pub rss_mib: Option<f64>,
+}
+
+impl Report {
+    /// tx/s × RPCs per tx ÷ echo RPC/s.
+    pub fn efficiency(&self) -> Option<f64> {
+        self.echo_rpc_per_s
+            .filter(|e| *e > 0.0)
+            .map(|echo| self.tx_per_s * self.rpcs_per_tx / echo)
+    }
+
+    pub fn print_text(&self) {
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
+        println!(
+            "{} {} branches={} concurrency={} wait={} abort-ratio={}",
+            self.mode, self.api, self.branches, self.concurrency, self.wait, self.abort_ratio
+        );
+        println!(
+            "  transactions/s   {:.0}   ({} committed, {} aborted, {} errors in {:.1}s)",
+            self.tx_per_s, self.committed, self.aborted, self.errors, self.seconds
+        );
+        let [p50, p90, p99, p999] = self.latency_ms;
+        println!("  latency ms       p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}");
+        println!("  RPCs per tx      {:.2}", self.rpcs_per_tx);
+        println!("  echo RPC/s       {}", opt(self.echo_rpc_per_s, ""));
+        println!("  RPC efficiency   {}", opt(self.efficiency(), ""));
+        println!(
+            "  log flushes/tx   {:.3}   ({:.1} records per flush)",
+            self.flushes_per_tx, self.records_per_flush
+        );
+        println!(
+            "  coordinator      CPU {} cores, RSS {}",
+            opt(self.cpu_cores, ""),
+            opt(self.rss_mib, " MiB")
+        );
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "mode": self.mode,
+            "api": self.api,
+            "branches": self.branches,
+            "concurrency": self.concurrency,
+            "wait": self.wait,
+            "abort_ratio": self.abort_ratio,
+            "seconds": self.seconds,
+            "committed": self.committed,
+            "aborted": self.aborted,
+            "errors": self.errors,
+            "tx_per_s": self.tx_per_s,
+            "latency_ms": { "p50": self.latency_ms[0], "p90": self.latency_ms[1], "p99": self.latency_ms[2], "p999": self.latency_ms[3] },
+            "rpcs_per_tx": self.rpcs_per_tx,
+            "echo_rpc_per_s": self.echo_rpc_per_s,
+            "rpc_efficiency": self.efficiency(),
+            "flushes_per_tx": self.flushes_per_tx,
+            "records_per_flush": self.records_per_flush,
+            "coordinator_cpu_cores": self.cpu_cores,
+            "coordinator_rss_mib": self.rss_mib,
+        })
+    }
+}
+
+/// p50, p90, p99 and p99.9 of latencies in microseconds, in milliseconds.
+pub fn percentiles(mut micros: Vec<u32>) -> [f64; 4] {
+    if micros.is_empty() {
+        return [0.0; 4];
+    }
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+        f64::from(micros[i]) / 1000.0
+    };
+    [at(0.50), at(0.90), at(0.99), at(0.999)]
+}
