@@ -22,8 +22,12 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The `arbiter` binary of the same profile, built first if needed.
+/// The `arbiter` binary of the same profile, built first if needed
+/// (`ARBITER_BIN` names another one).
 pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("ARBITER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no directory for the bench binary")?;
     let bin = dir.join("arbiter");

@@ -26,19 +26,25 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 pub async fn measure(
     endpoint: &str,
     concurrency: usize,
+    connections: usize,
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let channel = Endpoint::from_shared(endpoint.to_string())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(
+            Endpoint::from_shared(endpoint.to_string())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let mut client = TwoPhaseParticipantClient::new(channel.clone());
+    for i in 0..concurrency.max(1) {
+        let mut client = TwoPhaseParticipantClient::new(channels[i % channels.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut counted = 0u64;
             loop {

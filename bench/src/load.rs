@@ -2,7 +2,7 @@
 //! other against the coordinator; the measured window follows a warmup.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::admin_client::AdminClient;
@@ -120,7 +120,10 @@ pub async fn measure(
     args: &RunArgs,
     echo_rpc_per_s: Option<f64>,
 ) -> anyhow::Result<Report> {
-    let client = Client::connect(setup.endpoint.clone()).await?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(Client::connect(setup.endpoint.clone()).await?);
+    }
     let mut admin = AdminClient::connect(setup.endpoint.clone()).await?;
     let endpoints = Arc::new(setup.participants.endpoints());
     let args_shared = Arc::new(args.clone());
@@ -130,8 +133,9 @@ pub async fn measure(
     let calls_before = setup.participants.calls();
 
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (client, args, endpoints) = (client.clone(), args_shared.clone(), endpoints.clone());
+    for i in 0..args.concurrency.max(1) {
+        let client = clients[i % clients.len()].clone();
+        let (args, endpoints) = (args_shared.clone(), endpoints.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             loop {
@@ -212,13 +216,16 @@ pub async fn measure(
 }
 
 /// The echo ceiling for `concurrency`, in its own process.
-pub async fn echo_ceiling(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-) -> anyhow::Result<f64> {
+pub async fn echo_ceiling(args: &RunArgs, concurrency: usize) -> anyhow::Result<f64> {
     let server = Server::echo().await?;
-    echo::measure(&server.endpoint, concurrency, warmup, duration).await
+    echo::measure(
+        &server.endpoint,
+        concurrency,
+        args.connections,
+        args.warmup,
+        args.duration,
+    )
+    .await
 }
 
 /// `arbiter-bench run`.
@@ -226,7 +233,7 @@ pub async fn run_once(args: &RunArgs) -> anyhow::Result<()> {
     let echo = if args.no_echo {
         None
     } else {
-        Some(echo_ceiling(args.concurrency, args.warmup, args.duration).await?)
+        Some(echo_ceiling(args, args.concurrency).await?)
     };
     let setup = Setup::new(args).await?;
     let report = measure(&setup, args, echo).await?;

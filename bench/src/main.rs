@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Share of transactions with a NO vote.
     #[arg(long, global = true, default_value_t = 0.0)]
     pub abort_ratio: f64,
+    /// Client connections to the coordinator (and to the echo server, so the
+    /// ceiling is measured the same way).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub connections: usize,
     /// Skip measuring the gRPC ceiling.
     #[arg(long, global = true)]
     pub no_echo: bool,

@@ -22,7 +22,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     for c in CONCURRENCY {
         if !args.no_echo {
-            echo.insert(c, echo_ceiling(c, args.warmup, args.duration).await?);
+            echo.insert(c, echo_ceiling(args, c).await?);
         }
         for k in BRANCHES {
             let mut run = base.clone();

@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+/// mimalloc: the coordinator allocates many small short-lived buffers per RPC;
+/// measured in BENCHMARKS.md against the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use arbiter::cli::{self, Cli};
 
 #[tokio::main]
