@@ -188,6 +188,13 @@ impl Inner {
         Ok(self.writer.submit(Write::Txn(record)))
     }
 
+    /// Like [`Inner::persist`] for a record recovery can rebuild: written at
+    /// once, made durable by the next flush.
+    fn persist_lazy(&self, txn: &Txn) -> Result<Durable, DriverError> {
+        let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;
+        Ok(self.writer.submit_lazy(Write::Txn(record)))
+    }
+
     /// Runs one engine step on the event `make_event` builds from the current
     /// transaction, and turns the actions into steps.
     pub fn apply_with<T>(
@@ -233,7 +240,7 @@ impl Inner {
                         TxnState::Aborted => crate::crash_point!("before-aborted-persisted"),
                         _ => {}
                     }
-                    Step::Lazy(self.persist(&txn)?)
+                    Step::Lazy(self.persist_lazy(&txn)?)
                 }
                 Action::Publish => Step::Publish(Published {
                     state: txn.state,

@@ -53,7 +53,7 @@ pub fn scans_page_in_id_order_both_ways(log: &dyn TxnLog) {
         .iter()
         .map(|id| record(&sample_txn(id, TxnState::Active, None)))
         .collect();
-    log.write(&batch).expect_ok("write");
+    log.write(&batch, true).expect_ok("write");
     let page = |after: Option<&str>, newest: bool, limit: usize| -> Vec<String> {
         ids_in_order(log.scan(after, newest, limit).expect_ok("scan"))
     };
@@ -76,11 +76,14 @@ pub fn audit_entries_come_back_newest_first(log: &dyn TxnLog) {
         caller: "127.0.0.1:1".into(),
         result: "ABORTING".into(),
     };
-    log.write(&[
-        Write::Audit(entry(10, 1, "force-abort")),
-        Write::Audit(entry(10, 2, "retry-now")),
-        Write::Audit(entry(5, 9, "resolve-branch")),
-    ])
+    log.write(
+        &[
+            Write::Audit(entry(10, 1, "force-abort")),
+            Write::Audit(entry(10, 2, "retry-now")),
+            Write::Audit(entry(5, 9, "resolve-branch")),
+        ],
+        true,
+    )
     .expect_ok("write");
     let actions: Vec<String> = log
         .audit(10)
@@ -102,7 +105,7 @@ fn ids_in_order(txns: Vec<Txn>) -> Vec<String> {
 
 pub fn written_records_read_back(log: &dyn TxnLog) {
     let txn = sample_txn("a", TxnState::Active, None);
-    log.write(&[record(&txn)]).expect_ok("write");
+    log.write(&[record(&txn)], true).expect_ok("write");
     assert_eq!(log.get("a").expect_ok("get"), Some(txn));
 }
 
@@ -111,23 +114,29 @@ pub fn later_record_replaces_earlier_in_one_batch(log: &dyn TxnLog) {
     let mut second = first.clone();
     second.state = TxnState::Committing;
     second.decided_at_ms = Some(2_000);
-    log.write(&[record(&first), record(&second)])
+    log.write(&[record(&first), record(&second)], true)
         .expect_ok("write");
     assert_eq!(log.get("a").expect_ok("get"), Some(second));
 }
 
 pub fn unfinished_lists_exactly_the_unfinished(log: &dyn TxnLog) {
-    log.write(&[
-        record(&sample_txn("open", TxnState::Active, None)),
-        record(&sample_txn("deciding", TxnState::Committing, None)),
-        record(&sample_txn("done", TxnState::Committing, None)),
-    ])
+    log.write(
+        &[
+            record(&sample_txn("open", TxnState::Active, None)),
+            record(&sample_txn("deciding", TxnState::Committing, None)),
+            record(&sample_txn("done", TxnState::Committing, None)),
+        ],
+        true,
+    )
     .expect_ok("write");
-    log.write(&[record(&sample_txn(
-        "done",
-        TxnState::Committed,
-        Some(5_000),
-    ))])
+    log.write(
+        &[record(&sample_txn(
+            "done",
+            TxnState::Committed,
+            Some(5_000),
+        ))],
+        true,
+    )
     .expect_ok("write");
     assert_eq!(
         ids(log.unfinished().expect_ok("unfinished")),
@@ -140,12 +149,15 @@ pub fn unfinished_lists_exactly_the_unfinished(log: &dyn TxnLog) {
 }
 
 pub fn collection_takes_only_old_finished(log: &dyn TxnLog) {
-    log.write(&[
-        record(&sample_txn("old1", TxnState::Committed, Some(100))),
-        record(&sample_txn("old2", TxnState::Aborted, Some(200))),
-        record(&sample_txn("new", TxnState::Committed, Some(900))),
-        record(&sample_txn("open", TxnState::Aborting, None)),
-    ])
+    log.write(
+        &[
+            record(&sample_txn("old1", TxnState::Committed, Some(100))),
+            record(&sample_txn("old2", TxnState::Aborted, Some(200))),
+            record(&sample_txn("new", TxnState::Committed, Some(900))),
+            record(&sample_txn("open", TxnState::Aborting, None)),
+        ],
+        true,
+    )
     .expect_ok("write");
     assert_eq!(log.collect_finished(500, 1).expect_ok("collect"), 1);
     assert_eq!(log.get("old1").expect_ok("get"), None, "oldest goes first");
@@ -173,7 +185,7 @@ pub fn reopen_keeps_everything(first: Box<dyn TxnLog>, reopen: &dyn Fn() -> Box<
     let open = sample_txn("open", TxnState::Committing, None);
     let done = sample_txn("done", TxnState::Committed, Some(5));
     first
-        .write(&[record(&open), record(&done)])
+        .write(&[record(&open), record(&done)], true)
         .expect_ok("write");
     drop(first);
     let log = reopen();
@@ -278,6 +290,40 @@ mod tests {
         assert_eq!(
             late.blocking_recv().expect_ok("answered"),
             Err(crate::store::StoreError::Closed)
+        );
+    }
+
+    #[test]
+    fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
+        let dir = tempfile::tempdir().expect_ok("tempdir");
+        let path = dir.path().join("log");
+        let log: Arc<dyn TxnLog> = Arc::new(SledLog::open(&path).expect_ok("open"));
+        let writer = LogWriter::start(log.clone()).expect_ok("start");
+        let done = sample_txn("done", TxnState::Committed, Some(5));
+        writer
+            .submit_lazy(record(&done))
+            .blocking_recv()
+            .expect_ok("answered")
+            .expect_ok("written");
+        let stats = writer.stats();
+        assert_eq!(
+            stats.batches.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "no flush for a lazy write"
+        );
+        assert_eq!(
+            log.get("done").expect_ok("get"),
+            Some(done.clone()),
+            "readable at once"
+        );
+        writer.close();
+        drop(writer);
+        drop(log);
+        let reopened = SledLog::open(&path).expect_ok("reopen");
+        assert_eq!(
+            reopened.get("done").expect_ok("get"),
+            Some(done),
+            "close made it durable"
         );
     }
 }

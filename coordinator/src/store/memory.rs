@@ -27,7 +27,7 @@ impl MemoryLog {
 }
 
 impl TxnLog for MemoryLog {
-    fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write], _sync: bool) -> Result<(), StoreError> {
         let mut map = self.map();
         for write in batch {
             let record = match write {

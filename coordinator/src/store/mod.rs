@@ -99,9 +99,10 @@ impl StoreError {
 /// thread at a time (the [`LogWriter`]).
 pub trait TxnLog: Send + Sync + 'static {
     /// Stores every record of `batch`, in order (a later record for the same
-    /// transaction replaces an earlier one), and returns only once all of them
-    /// are durable.
-    fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
+    /// transaction replaces an earlier one). With `sync`, returns only once
+    /// all of them, and every earlier unsynced write, are durable; without,
+    /// they are visible to reads at once and durable with the next sync.
+    fn write(&self, batch: &[Write], sync: bool) -> Result<(), StoreError>;
 
     /// The latest record of one transaction, if the log has it.
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError>;

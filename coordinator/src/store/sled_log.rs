@@ -180,7 +180,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl TxnLog for SledLog {
-    fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write], sync: bool) -> Result<(), StoreError> {
         let mut ops = sled::Batch::default();
         for write in batch {
             let record = match write {
@@ -202,7 +202,7 @@ impl TxnLog for SledLog {
         self.db
             .apply_batch(ops)
             .map_err(sled_err("writing a batch"))?;
-        self.sync()
+        if sync { self.sync() } else { Ok(()) }
     }
 
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {

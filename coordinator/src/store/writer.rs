@@ -6,6 +6,10 @@
 //! completes every caller of the batch. While it syncs, new records queue up
 //! and go into the next batch, so concurrent transactions share flushes.
 //!
+//! Records that need not be durable yet (a transaction's final state after a
+//! durable decision) can be submitted lazily: a batch of only those is
+//! written without a flush, and the next synced batch makes them durable.
+//!
 //! After a failed write the writer is poisoned: every later record fails with
 //! the same error, because what sled holds is no longer known to be durable.
 
@@ -25,7 +29,8 @@ pub const MAX_BATCH: usize = 4096;
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
 
 enum Msg {
-    Write(Write, oneshot::Sender<Result<(), StoreError>>),
+    /// A write, and whether its caller needs it durable.
+    Write(Write, bool, oneshot::Sender<Result<(), StoreError>>),
     Close,
 }
 
@@ -58,10 +63,24 @@ impl LogWriter {
         })
     }
 
-    /// Queues one write. Writes happen in submission order.
+    /// Queues one write; completes once it is durable. Writes happen in
+    /// submission order.
     pub fn submit(&self, record: Write) -> Durable {
+        self.send(record, true)
+    }
+
+    /// Queues one write that need not be durable yet; completes once it is
+    /// written (readable). It becomes durable with the next synced batch, or
+    /// at [`LogWriter::close`]. A batch of only such writes costs no flush.
+    pub fn submit_lazy(&self, record: Write) -> Durable {
+        self.send(record, false)
+    }
+
+    fn send(&self, record: Write, sync: bool) -> Durable {
         let (done, durable) = oneshot::channel();
-        if let Err(mpsc::SendError(Msg::Write(_, done))) = self.tx.send(Msg::Write(record, done)) {
+        if let Err(mpsc::SendError(Msg::Write(_, _, done))) =
+            self.tx.send(Msg::Write(record, sync, done))
+        {
             let _ = done.send(Err(StoreError::Closed));
         }
         durable
@@ -90,15 +109,19 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
     let mut poisoned: Option<StoreError> = None;
     let mut records = Vec::with_capacity(64);
     let mut waiters = Vec::with_capacity(64);
+    // Writes applied without a sync since the last sync.
+    let mut unsynced = false;
     loop {
         let Ok(first) = rx.recv() else { return };
         let mut closing = false;
+        let mut sync = false;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Write(record, done) => {
+                Msg::Write(record, durable, done) => {
                     records.push(record);
                     waiters.push(done);
+                    sync |= durable;
                 }
                 Msg::Close => {
                     closing = true;
@@ -109,10 +132,12 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
                 next = rx.try_recv().ok();
             }
         }
-        if !records.is_empty() {
+        // Before stopping, make every lazy write durable too.
+        sync |= closing && unsynced;
+        if !records.is_empty() || sync {
             let result = match &poisoned {
                 Some(err) => Err(err.clone()),
-                None => log.write(&records),
+                None => log.write(&records, sync),
             };
             if let Err(err) = &result {
                 if poisoned.is_none() {
@@ -120,7 +145,10 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
                 }
                 poisoned = Some(err.clone());
             } else {
-                stats.batches.fetch_add(1, Ordering::Relaxed);
+                unsynced = !sync;
+                if sync {
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                }
                 stats
                     .records
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
