@@ -128,15 +128,9 @@ pub fn age(ms: u64) -> String {
 }
 
 pub fn state_name(state: i32) -> &'static str {
-    match pb::TxnState::try_from(state) {
-        Ok(pb::TxnState::Active) => "ACTIVE",
-        Ok(pb::TxnState::Preparing) => "PREPARING",
-        Ok(pb::TxnState::Committing) => "COMMITTING",
-        Ok(pb::TxnState::Aborting) => "ABORTING",
-        Ok(pb::TxnState::Committed) => "COMMITTED",
-        Ok(pb::TxnState::Aborted) => "ABORTED",
-        _ => "UNKNOWN",
-    }
+    pb::TxnState::try_from(state).map_or("UNKNOWN", |s| {
+        s.as_str_name().trim_start_matches("TXN_STATE_")
+    })
 }
 
 pub fn state_colour(state: i32) -> Option<&'static str> {
@@ -149,15 +143,9 @@ pub fn state_colour(state: i32) -> Option<&'static str> {
 }
 
 pub fn branch_state_name(state: i32) -> &'static str {
-    match pb::BranchState::try_from(state) {
-        Ok(pb::BranchState::Registered) => "REGISTERED",
-        Ok(pb::BranchState::Prepared) => "PREPARED",
-        Ok(pb::BranchState::ReadOnly) => "READ_ONLY",
-        Ok(pb::BranchState::Rejected) => "REJECTED",
-        Ok(pb::BranchState::Committed) => "COMMITTED",
-        Ok(pb::BranchState::RolledBack) => "ROLLED_BACK",
-        _ => "UNKNOWN",
-    }
+    pb::BranchState::try_from(state).map_or("UNKNOWN", |s| {
+        s.as_str_name().trim_start_matches("BRANCH_STATE_")
+    })
 }
 
 pub fn mode_name(mode: i32) -> &'static str {
@@ -209,6 +197,16 @@ mod tests {
         assert_eq!(age(192_000), "3m12s");
         assert_eq!(age(7_500_000), "2h05m");
         assert_eq!(age(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
+    }
+
+    #[test]
+    fn state_names_are_the_proto_names_without_prefix() {
+        assert_eq!(state_name(pb::TxnState::Committing as i32), "COMMITTING");
+        assert_eq!(
+            branch_state_name(pb::BranchState::RolledBack as i32),
+            "ROLLED_BACK"
+        );
+        assert_eq!(state_name(99), "UNKNOWN");
     }
 
     #[test]
