@@ -351,13 +351,21 @@ impl Driver {
                 "Execute needs at least one branch".into(),
             ));
         }
+        let count = branches.len();
         let (id, slot) = self.start(mode, timeout_ms, txn_id, branches).await?;
-        let outcome = match slot {
-            Some(slot) => self.commit_slot(&id, slot, wait, deadline).await?,
-            None => self.commit(&id, wait, deadline).await?, // an idempotent repeat
-        };
-        let branch_ids = self.get(&id)?.branches.into_iter().map(|b| b.id).collect();
-        Ok((outcome, branch_ids))
+        match slot {
+            Some(slot) => {
+                // `start` numbered the branches 1..=count, in request order.
+                let branch_ids = (1..=count).map(|n| n.to_string()).collect();
+                Ok((self.commit_slot(&id, slot, wait, deadline).await?, branch_ids))
+            }
+            None => {
+                // An idempotent repeat: answer with the existing transaction.
+                let outcome = self.commit(&id, wait, deadline).await?;
+                let branch_ids = self.get(&id)?.branches.into_iter().map(|b| b.id).collect();
+                Ok((outcome, branch_ids))
+            }
+        }
     }
 
     /// The whole transaction as it is now, showing no decision before it is
