@@ -338,3 +338,39 @@ async fn in_doubt_participants_can_resolve_an_outcome() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn repeating_an_execute_with_its_id_runs_it_once() -> anyhow::Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let client = &coordinator.client;
+    let (a, rec) = recorder_participant().await?;
+    let txn = || {
+        Execute::two_phase()
+            .txn_id("order-7")
+            .branch(Branch::new(a.endpoint(), "r1"))
+            .branch(Branch::new(a.endpoint(), "r2"))
+    };
+    let first = client.execute(txn()).await?;
+    let again = client.execute(txn()).await?;
+    assert_eq!(first.state, TxnState::Committed);
+    assert_eq!(
+        (again.state, again.txn_id.as_str()),
+        (TxnState::Committed, "order-7")
+    );
+    assert_eq!(again.branch_ids, vec!["1", "2"]);
+    assert_eq!(
+        rec.calls("order-7").len(),
+        4,
+        "each branch prepared and committed once"
+    );
+    let different = client
+        .execute(
+            Execute::two_phase()
+                .txn_id("order-7")
+                .branch(Branch::new(a.endpoint(), "r3")),
+        )
+        .await
+        .err();
+    assert_eq!(different.as_ref().map(code_of), Some(Code::AlreadyExists));
+    Ok(())
+}

@@ -357,7 +357,10 @@ impl Driver {
             Some(slot) => {
                 // `start` numbered the branches 1..=count, in request order.
                 let branch_ids = (1..=count).map(|n| n.to_string()).collect();
-                Ok((self.commit_slot(&id, slot, wait, deadline).await?, branch_ids))
+                Ok((
+                    self.commit_slot(&id, slot, wait, deadline).await?,
+                    branch_ids,
+                ))
             }
             None => {
                 // An idempotent repeat: answer with the existing transaction.
