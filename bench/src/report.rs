@@ -34,6 +34,15 @@ impl Report {
             .map(|echo| self.tx_per_s * self.rpcs_per_tx / echo)
     }
 
+    /// Coordinator CPU time per finished transaction, in microseconds: less
+    /// sensitive to a noisy machine than tx/s.
+    pub fn cpu_us_per_tx(&self) -> Option<f64> {
+        let txns = (self.committed + self.aborted) as f64;
+        self.cpu_cores
+            .filter(|_| txns > 0.0)
+            .map(|cores| cores * self.seconds * 1e6 / txns)
+    }
+
     pub fn print_text(&self) {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
@@ -55,8 +64,10 @@ impl Report {
             self.flushes_per_tx, self.records_per_flush
         );
         println!(
-            "  coordinator      CPU {} cores, RSS {}",
+            "  coordinator      CPU {} cores ({} µs per tx), RSS {}",
             opt(self.cpu_cores, ""),
+            self.cpu_us_per_tx()
+                .map_or("-".to_string(), |us| format!("{us:.0}")),
             opt(self.rss_mib, " MiB")
         );
     }
@@ -81,6 +92,7 @@ impl Report {
             "flushes_per_tx": self.flushes_per_tx,
             "records_per_flush": self.records_per_flush,
             "coordinator_cpu_cores": self.cpu_cores,
+            "coordinator_cpu_us_per_tx": self.cpu_us_per_tx(),
             "coordinator_rss_mib": self.rss_mib,
         })
     }
