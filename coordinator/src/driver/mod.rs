@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 pub use admin::{ListFilter, Page, Stats};
 pub use error::DriverError;
-pub use runtime::Published;
 pub use validate::BranchSpec;
 
 use crate::config::Config;
@@ -73,10 +72,6 @@ impl Driver {
         Ok(Driver {
             inner: Arc::new(Inner::new(config, log, writer)),
         })
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner.config
     }
 
     /// Loads every unfinished transaction of the log into memory, so that each
@@ -379,11 +374,6 @@ impl Driver {
             Found::Live(slot) => Ok(slot.durable_view()),
             Found::Stored(txn) => Ok(txn),
         }
-    }
-
-    /// Transactions held in memory (unfinished, or finishing).
-    pub fn live_count(&self) -> usize {
-        self.inner.live_count()
     }
 
     pub fn writer_stats(&self) -> &WriterStats {

@@ -175,13 +175,6 @@ impl Inner {
             .collect()
     }
 
-    pub fn live_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
-    }
-
     /// Queues the slot's transaction as it is now; the caller holds its lock.
     pub fn persist(&self, txn: &Txn) -> Result<Durable, DriverError> {
         let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;

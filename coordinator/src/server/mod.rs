@@ -7,8 +7,6 @@ mod convert;
 mod coordinator;
 mod status;
 
-pub use convert::{branch_state_to_pb, mode_to_pb, state_to_pb, txn_to_pb};
-
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
