@@ -545,3 +545,29 @@ async fn destructive_commands_ask_on_a_terminal_unless_yes() -> anyhow::Result<(
     assert!(!forced.stdout.contains("[y/N]"), "--yes does not ask");
     Ok(())
 }
+
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_quietly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let bin = arbiter_bin()?;
+    for command in ["stats", "stats -o json", "txn ls", "audit ls"] {
+        // `head -n 0` exits at once, so every write of the CLI meets a closed pipe.
+        let script = format!(
+            "{} {command} --addr {} | head -n 0; echo \"status=${{PIPESTATUS[0]}}\"",
+            bin.display(),
+            arbiter.endpoint
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .output()?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(stdout.contains("status=0"), "{command}: {stdout} {stderr}");
+        assert!(!stderr.contains("panicked"), "{command}: {stderr}");
+    }
+    Ok(())
+}

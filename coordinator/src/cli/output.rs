@@ -12,9 +12,34 @@ pub enum Format {
     Json,
 }
 
+/// Writes one line to stdout. When stdout is closed (`arbiter txn ls | head`),
+/// the command ends quietly, as Unix tools do, instead of panicking.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("arbiter: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for admin commands: see [`line`].
+macro_rules! say {
+    () => {
+        $crate::cli::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
 /// Prints a value as pretty JSON on stdout.
 pub fn json(value: &serde_json::Value) {
-    println!(
+    say!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
@@ -88,7 +113,7 @@ impl Table {
                 }
             })
             .collect();
-        println!("{}", header.join("  ").trim_end());
+        say!("{}", header.join("  ").trim_end());
         for row in &self.rows {
             let cells: Vec<String> = row
                 .iter()
@@ -110,7 +135,7 @@ impl Table {
                     }
                 })
                 .collect();
-            println!("{}", cells.join("  ").trim_end());
+            say!("{}", cells.join("  ").trim_end());
         }
     }
 }

@@ -5,6 +5,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::connect::Conn;
+use crate::cli::output::say;
 use crate::cli::output::{self, Format};
 
 #[derive(Debug, Args)]
@@ -39,20 +40,22 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
         })),
         Format::Table => {
             for c in &s.unfinished {
-                println!("{:<26}{}", output::state_name(c.state), c.count);
+                say!("{:<26}{}", output::state_name(c.state), c.count);
             }
-            println!("{:<26}{}", "COMMITTED since start", s.committed_since_start);
-            println!("{:<26}{}", "ABORTED since start", s.aborted_since_start);
-            println!("{:<26}{}", "stuck", s.stuck);
-            println!(
+            say!("{:<26}{}", "COMMITTED since start", s.committed_since_start);
+            say!("{:<26}{}", "ABORTED since start", s.aborted_since_start);
+            say!("{:<26}{}", "stuck", s.stuck);
+            say!(
                 "{:<26}{}",
                 "oldest unfinished",
                 output::age(s.oldest_unfinished_age_ms)
             );
-            println!("{:<26}{}", "retry queue", s.retry_queue_depth);
-            println!(
+            say!("{:<26}{}", "retry queue", s.retry_queue_depth);
+            say!(
                 "{:<26}{} records in {} flushes ({per_flush:.1} per flush)",
-                "log writes", s.log_records, s.log_batches
+                "log writes",
+                s.log_records,
+                s.log_batches
             );
         }
     }

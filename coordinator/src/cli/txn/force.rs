@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::connect::{Conn, confirm};
+use crate::cli::output::say;
 use crate::cli::output::{self, Format};
 
 #[derive(Debug, Args)]
@@ -47,7 +48,7 @@ pub async fn run(conn: &Conn, args: ForceArgs, commit: bool) -> anyhow::Result<(
             "state": output::state_name(response.state),
             "reason": response.reason,
         })),
-        Format::Table => println!(
+        Format::Table => say!(
             "transaction {} is now {}: {}",
             response.txn_id,
             output::state_name(response.state),

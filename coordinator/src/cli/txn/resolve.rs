@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::cli::connect::{Conn, confirm};
+use crate::cli::output::say;
 use crate::cli::output::{self, Format};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -68,7 +69,7 @@ pub async fn run(conn: &Conn, args: ResolveArgs) -> anyhow::Result<()> {
             "resolved_as": as_word,
             "state": output::state_name(txn.state),
         })),
-        Format::Table => println!(
+        Format::Table => say!(
             "branch {} of {} resolved as {as_word}; the transaction is now {}",
             args.branch,
             txn.txn_id,

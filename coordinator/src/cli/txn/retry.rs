@@ -5,6 +5,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::connect::{Conn, UsageError};
+use crate::cli::output::say;
 use crate::cli::output::{self, Format};
 
 #[derive(Debug, Args)]
@@ -32,8 +33,8 @@ pub async fn run(conn: &Conn, args: RetryArgs) -> anyhow::Result<()> {
         .txn_ids;
     match conn.output {
         Format::Json => output::json(&json!({ "retried": retried })),
-        Format::Table if retried.is_empty() => println!("nothing to retry"),
-        Format::Table => println!("retrying now: {}", retried.join(", ")),
+        Format::Table if retried.is_empty() => say!("nothing to retry"),
+        Format::Table => say!("retrying now: {}", retried.join(", ")),
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::connect::Conn;
+use crate::cli::output::say;
 use crate::cli::output::{self, Cell, Format, Table};
 use crate::driver::ids::now_ms;
 
@@ -76,21 +77,21 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
     } else {
         String::new()
     };
-    println!("transaction  {}", txn.txn_id);
-    println!("mode         {}", output::mode_name(txn.mode));
-    println!("state        {}{stuck}", output::state_name(txn.state));
+    say!("transaction  {}", txn.txn_id);
+    say!("mode         {}", output::mode_name(txn.mode));
+    say!("state        {}{stuck}", output::state_name(txn.state));
     if !txn.reason.is_empty() {
-        println!("reason       {}", txn.reason);
+        say!("reason       {}", txn.reason);
     }
-    println!(
+    say!(
         "created      {} ({} ago), timeout {}",
         output::timestamp(txn.created_at_ms),
         output::age(now.saturating_sub(txn.created_at_ms)),
         output::age(txn.timeout_ms)
     );
-    println!("decided      {}", output::timestamp(txn.decided_at_ms));
-    println!("finished     {}", output::timestamp(txn.finished_at_ms));
-    println!();
+    say!("decided      {}", output::timestamp(txn.decided_at_ms));
+    say!("finished     {}", output::timestamp(txn.finished_at_ms));
+    say!();
 
     let mut branches = Table::new(vec![
         "BRANCH",
@@ -126,7 +127,7 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
         ]);
     }
     branches.print();
-    println!();
+    say!();
 
     let mut history = Table::new(vec!["TIME", "BRANCH", "CALL", "ATTEMPT", "RESULT"]);
     let mut attempts: Vec<(&str, &pb::Attempt)> = details
