@@ -68,7 +68,13 @@ async fn one_txn(
         ModeArg::Tcc => Mode::Tcc,
     };
     let branch = |i: usize| {
-        let payload: &[u8] = if abort && i == 0 { b"no" } else { b"+1" };
+        let payload: &[u8] = if abort && i == 0 {
+            b"no"
+        } else if i + args.read_only_branches >= args.branches {
+            b"ro"
+        } else {
+            b"+1"
+        };
         Branch::new(&endpoints[i % endpoints.len()], RESOURCE).payload(payload)
     };
     match args.api {
@@ -200,6 +206,7 @@ pub async fn measure(
         concurrency: args.concurrency,
         wait: args.wait,
         abort_ratio: args.abort_ratio,
+        read_only_branches: args.read_only_branches,
         seconds,
         committed: total.committed,
         aborted: total.aborted,

@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Share of transactions with a NO vote.
     #[arg(long, global = true, default_value_t = 0.0)]
     pub abort_ratio: f64,
+    /// Branches of every transaction (the last ones) that vote READ_ONLY and
+    /// so get no phase-2 call.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub read_only_branches: usize,
     /// Client connections to the coordinator (and to the echo server, so the
     /// ceiling is measured the same way).
     #[arg(long, global = true, default_value_t = 1)]

@@ -28,6 +28,9 @@ impl Counter {
         if payload == b"no" {
             return Ok(Vote::No("bench abort".into()));
         }
+        if payload == b"ro" {
+            return Ok(Vote::ReadOnly);
+        }
         Ok(Vote::Yes)
     }
 

@@ -11,6 +11,7 @@ pub struct Report {
     pub concurrency: usize,
     pub wait: bool,
     pub abort_ratio: f64,
+    pub read_only_branches: usize,
     pub seconds: f64,
     pub committed: u64,
     pub aborted: u64,
@@ -47,8 +48,14 @@ impl Report {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
         println!(
-            "{} {} branches={} concurrency={} wait={} abort-ratio={}",
-            self.mode, self.api, self.branches, self.concurrency, self.wait, self.abort_ratio
+            "{} {} branches={} read-only={} concurrency={} wait={} abort-ratio={}",
+            self.mode,
+            self.api,
+            self.branches,
+            self.read_only_branches,
+            self.concurrency,
+            self.wait,
+            self.abort_ratio
         );
         println!(
             "  transactions/s   {:.0}   ({} committed, {} aborted, {} errors in {:.1}s)",
@@ -80,6 +87,7 @@ impl Report {
             "concurrency": self.concurrency,
             "wait": self.wait,
             "abort_ratio": self.abort_ratio,
+            "read_only_branches": self.read_only_branches,
             "seconds": self.seconds,
             "committed": self.committed,
             "aborted": self.aborted,

@@ -9,6 +9,8 @@
 //! no-op, a rollback/cancel without a reservation is an empty success and is
 //! remembered, so a try arriving after its cancel is refused.
 
+pub mod pg_bank;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -36,7 +38,8 @@ pub struct Bank {
     books: Mutex<Books>,
 }
 
-fn parse(payload: &[u8]) -> Result<(String, i64), ParticipantError> {
+/// Reads a `"<account> <delta>"` payload.
+pub(crate) fn parse(payload: &[u8]) -> Result<(String, i64), ParticipantError> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| ParticipantError::Invalid("payload is not UTF-8".into()))?;
     let (account, delta) = text.split_once(' ').ok_or_else(|| {

@@ -99,8 +99,11 @@
 //! # }
 //! ```
 
+pub mod barrier;
 mod client;
 mod handler;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod server;
 
 pub use client::{
@@ -109,6 +112,18 @@ pub use client::{
 };
 pub use handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};
+
+#[cfg(feature = "sled")]
+pub use barrier::sled::{Guarded, SledBarrier, SledHandler, SledTxn};
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    DEFAULT_RESOLVE_EVERY, InDoubtReport, PgBarrier, PgGuarded, PgHandler, PgPrepareHandler,
+    PgTwoPhase,
+};
+/// The PostgreSQL client the [`PgHandler`] and [`PgPrepareHandler`] calls
+/// receive their transaction from.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 
 /// The generated `arbiter.v1` types, for anything the wrappers do not cover.
 pub use arbiter_proto::v1 as proto;
