@@ -11,16 +11,38 @@ use anyhow::{Context, bail};
 use arbiter_sdk::Client;
 
 /// Path of the `arbiter` binary of this build (with failpoints compiled in,
-/// inert unless `FAILPOINTS` is set), built first if needed.
+/// inert unless `FAILPOINTS` is set), built first if needed; `ARBITER_BIN`
+/// overrides it.
 pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    BIN.get_or_init(|| {
+        workspace_bin("ARBITER_BIN", "arbiter", "arbiter", &["failpoints"])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
-fn locate() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ARBITER_BIN") {
+/// Path of the examples' `pg-bank` binary, built first if needed.
+pub fn pg_bank_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        workspace_bin("PG_BANK_BIN", "arbiter-examples", "pg-bank", &[])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A binary of this workspace, from `env_override` or built with cargo into
+/// the target directory this test runs from.
+fn workspace_bin(
+    env_override: &str,
+    package: &str,
+    bin: &str,
+    features: &[&str],
+) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(env_override) {
         return Ok(PathBuf::from(path));
     }
     // The test executable lives in target/<profile>/deps/.
@@ -29,29 +51,22 @@ fn locate() -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("cannot find the target directory")?;
-    let bin = profile_dir.join("arbiter");
-    let release = profile_dir.ends_with("release");
+    let path = profile_dir.join(bin);
     let mut build = Command::new(env!("CARGO"));
-    build.args([
-        "build",
-        "-q",
-        "-p",
-        "arbiter",
-        "--bin",
-        "arbiter",
-        "--features",
-        "failpoints",
-    ]);
-    if release {
+    build.args(["build", "-q", "-p", package, "--bin", bin]);
+    if !features.is_empty() {
+        build.arg("--features").arg(features.join(","));
+    }
+    if profile_dir.ends_with("release") {
         build.arg("--release");
     }
     let status = build
         .status()
-        .context("running cargo build for the arbiter binary")?;
-    if !status.success() || !bin.is_file() {
-        bail!("could not build {}", bin.display());
+        .with_context(|| format!("running cargo build for {bin}"))?;
+    if !status.success() || !path.is_file() {
+        bail!("could not build {}", path.display());
     }
-    Ok(bin)
+    Ok(path)
 }
 
 /// A free loopback port (bound then released).
