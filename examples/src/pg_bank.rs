@@ -55,7 +55,10 @@ impl PgBank {
             .conn()
             .await?
             .execute(
-                "INSERT INTO accounts (name, balance) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                // Not ON CONFLICT: that would wait for a row an in-doubt
+                // prepared transaction holds, and keep the service from starting.
+                "INSERT INTO accounts (name, balance) SELECT $1, $2
+                 WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE name = $1)",
                 &[&name, &balance],
             )
             .await?;

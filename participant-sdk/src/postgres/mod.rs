@@ -167,9 +167,17 @@ impl PgBarrier {
             retention: Arc::new(Mutex::new(DEFAULT_RETENTION)),
         };
         let mut conn = barrier.conn().await?;
-        let txn = conn.transaction().await?;
-        txn.batch_execute(CREATE_TABLE).await?;
-        txn.commit().await?;
+        // Checked first: `CREATE INDEX IF NOT EXISTS` would wait for the
+        // table lock that an in-doubt prepared transaction holds.
+        let exists: bool = conn
+            .query_one("SELECT to_regclass('arbiter_barrier') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?;
+        if !exists {
+            let txn = conn.transaction().await?;
+            txn.batch_execute(CREATE_TABLE).await?;
+            txn.commit().await?;
+        }
         Ok(barrier)
     }
 
