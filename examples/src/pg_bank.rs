@@ -82,7 +82,10 @@ impl PgBank {
             .barrier
             .conn()
             .await?
-            .query_one("SELECT COALESCE(SUM(balance), 0)::bigint FROM accounts", &[])
+            .query_one(
+                "SELECT COALESCE(SUM(balance), 0)::bigint FROM accounts",
+                &[],
+            )
             .await?;
         Ok(row.try_get(0)?)
     }
@@ -132,7 +135,11 @@ impl PgBank {
 }
 
 /// Applies `delta` unless it would overdraw; `None` if it was refused.
-async fn apply(txn: &Transaction<'_>, account: &str, delta: i64) -> Result<Option<Vote>, ParticipantError> {
+async fn apply(
+    txn: &Transaction<'_>,
+    account: &str,
+    delta: i64,
+) -> Result<Option<Vote>, ParticipantError> {
     let updated = txn
         .execute(
             "UPDATE accounts SET balance = balance + $2 WHERE name = $1 AND balance + $2 >= 0",

@@ -117,8 +117,8 @@ pub use server::{ParticipantServer, RunningParticipant};
 pub use barrier::sled::{Guarded, SledBarrier, SledHandler, SledTxn};
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    DEFAULT_RESOLVE_EVERY, InDoubtReport, PgBarrier, PgGuarded, PgHandler, PgPrepareHandler,
-    PgTwoPhase,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_RESOLVE_EVERY, InDoubtReport, PgBarrier, PgGuarded, PgHandler,
+    PgPrepareHandler, PgTwoPhase,
 };
 /// The PostgreSQL client the [`PgHandler`] and [`PgPrepareHandler`] calls
 /// receive their transaction from.

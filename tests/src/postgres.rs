@@ -95,7 +95,18 @@ impl PgCluster {
             let log = cluster.dir.path().join("server.log");
             match cluster.run(
                 "pg_ctl",
-                &["-D", &data, "-l", &log.to_string_lossy(), "-w", "-t", "60", "-o", &options, "start"],
+                &[
+                    "-D",
+                    &data,
+                    "-l",
+                    &log.to_string_lossy(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    &options,
+                    "start",
+                ],
             ) {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last_error = Some(e),
@@ -129,7 +140,8 @@ impl PgCluster {
             .output()
             .with_context(|| format!("running {program}"))?;
         if !output.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             bail!(
                 "{program} failed: {}{}\n{log}",
                 String::from_utf8_lossy(&output.stdout),
@@ -141,7 +153,10 @@ impl PgCluster {
 
     /// The connection string of database `db`.
     pub fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     /// A single connection to `db` (its driver runs in the background).

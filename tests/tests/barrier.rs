@@ -152,12 +152,20 @@ fn check(plans: &[Plan], effects: &HashMap<(String, String), Effect>) {
                 committed += 1;
                 assert_eq!(
                     effect,
-                    Effect { prepared: 1, applied: 1, released: 0 },
+                    Effect {
+                        prepared: 1,
+                        applied: 1,
+                        released: 0
+                    },
                     "{key:?} committed: its effect must happen exactly once ({:?})",
                     plan.calls
                 );
             } else {
-                let undone = Effect { prepared: 1, applied: 0, released: 1 };
+                let undone = Effect {
+                    prepared: 1,
+                    applied: 0,
+                    released: 1,
+                };
                 assert!(
                     effect == none || effect == undone,
                     "{key:?} aborted: no effect may remain, got {effect:?} ({:?})",
@@ -166,7 +174,10 @@ fn check(plans: &[Plan], effects: &HashMap<(String, String), Effect>) {
             }
         }
     }
-    assert!(committed > 0 && committed < plans.len() * BRANCHES, "both outcomes exercised");
+    assert!(
+        committed > 0 && committed < plans.len() * BRANCHES,
+        "both outcomes exercised"
+    );
 }
 
 fn seed() -> u64 {
@@ -200,15 +211,29 @@ impl PgHandler for PgEffects {
         .await?;
         Ok(Vote::Yes)
     }
-    async fn commit(&self, ctx: &CallContext, _: &[u8], txn: &Transaction<'_>) -> Result<(), ParticipantError> {
+    async fn commit(
+        &self,
+        ctx: &CallContext,
+        _: &[u8],
+        txn: &Transaction<'_>,
+    ) -> Result<(), ParticipantError> {
         bump(txn, ctx, "applied").await
     }
-    async fn rollback(&self, ctx: &CallContext, _: &[u8], txn: &Transaction<'_>) -> Result<(), ParticipantError> {
+    async fn rollback(
+        &self,
+        ctx: &CallContext,
+        _: &[u8],
+        txn: &Transaction<'_>,
+    ) -> Result<(), ParticipantError> {
         bump(txn, ctx, "released").await
     }
 }
 
-async fn bump(txn: &Transaction<'_>, ctx: &CallContext, column: &str) -> Result<(), ParticipantError> {
+async fn bump(
+    txn: &Transaction<'_>,
+    ctx: &CallContext,
+    column: &str,
+) -> Result<(), ParticipantError> {
     txn.execute(
         &format!("UPDATE effects SET {column} = {column} + 1 WHERE txn_id = $1 AND branch_id = $2"),
         &[&ctx.txn_id, &ctx.branch_id],
@@ -238,7 +263,10 @@ async fn postgres_barrier_gives_exactly_once_effects_under_random_delivery() -> 
     let rows = barrier
         .conn()
         .await?
-        .query("SELECT txn_id, branch_id, prepared, applied, released FROM effects", &[])
+        .query(
+            "SELECT txn_id, branch_id, prepared, applied, released FROM effects",
+            &[],
+        )
         .await?;
     let mut effects = HashMap::new();
     for row in rows {
@@ -295,7 +323,12 @@ fn write_effect(txn: &mut SledTxn<'_>, ctx: &CallContext, e: Effect) {
 }
 
 impl SledHandler for SledEffects {
-    async fn prepare(&self, ctx: &CallContext, payload: &[u8], txn: &mut SledTxn<'_>) -> Result<Vote, ParticipantError> {
+    async fn prepare(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+        txn: &mut SledTxn<'_>,
+    ) -> Result<Vote, ParticipantError> {
         if payload == b"no" {
             return Ok(Vote::No("refused".into()));
         }
@@ -304,13 +337,23 @@ impl SledHandler for SledEffects {
         write_effect(txn, ctx, e);
         Ok(Vote::Yes)
     }
-    async fn commit(&self, ctx: &CallContext, _: &[u8], txn: &mut SledTxn<'_>) -> Result<(), ParticipantError> {
+    async fn commit(
+        &self,
+        ctx: &CallContext,
+        _: &[u8],
+        txn: &mut SledTxn<'_>,
+    ) -> Result<(), ParticipantError> {
         let mut e = read_effect(txn, ctx)?;
         e.applied += 1;
         write_effect(txn, ctx, e);
         Ok(())
     }
-    async fn rollback(&self, ctx: &CallContext, _: &[u8], txn: &mut SledTxn<'_>) -> Result<(), ParticipantError> {
+    async fn rollback(
+        &self,
+        ctx: &CallContext,
+        _: &[u8],
+        txn: &mut SledTxn<'_>,
+    ) -> Result<(), ParticipantError> {
         let mut e = read_effect(txn, ctx)?;
         e.released += 1;
         write_effect(txn, ctx, e);

@@ -61,7 +61,10 @@ async fn prepared_transactions_are_idempotent_and_never_guess() -> anyhow::Resul
     adapter.rollback(&t2, debit).await?;
     adapter.rollback(&t2, debit).await?;
     assert_eq!(bank.balance("alice").await?, Some(70));
-    assert!(matches!(adapter.commit(&t2, debit).await, Err(ParticipantError::Internal(_))));
+    assert!(matches!(
+        adapter.commit(&t2, debit).await,
+        Err(ParticipantError::Internal(_))
+    ));
 
     // Rollback first (empty rollback), then the late prepare: refused.
     let t3 = ctx("t3", "1");
@@ -71,8 +74,14 @@ async fn prepared_transactions_are_idempotent_and_never_guess() -> anyhow::Resul
 
     // Overdraft: NO, nothing prepared, and the NO is what a repeat gets.
     let t4 = ctx("t4", "1");
-    assert!(matches!(adapter.prepare(&t4, b"alice -1000").await?, Vote::No(_)));
-    assert!(matches!(adapter.prepare(&t4, b"alice -1").await?, Vote::No(_)));
+    assert!(matches!(
+        adapter.prepare(&t4, b"alice -1000").await?,
+        Vote::No(_)
+    ));
+    assert!(matches!(
+        adapter.prepare(&t4, b"alice -1").await?,
+        Vote::No(_)
+    ));
     assert_eq!(bank.prepared().await?, 0);
     assert_eq!(bank.balance("alice").await?, Some(70));
 
@@ -90,7 +99,11 @@ async fn two_phase_adapter_refuses_to_start_without_prepared_transactions() -> a
     let coordinator = TestCoordinator::start().await?;
     let barrier = PgBarrier::connect(&cluster.url("postgres"), 2).await?;
     let started = barrier
-        .two_phase(PreparedAccounts, coordinator.client.clone(), Duration::from_secs(60))
+        .two_phase(
+            PreparedAccounts,
+            coordinator.client.clone(),
+            Duration::from_secs(60),
+        )
         .await;
     match started {
         Err(ParticipantError::Invalid(message)) => {
@@ -117,7 +130,10 @@ impl BankProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let endpoint = line
@@ -207,9 +223,17 @@ async fn killed_after_prepare(commit: bool) -> anyhow::Result<()> {
     // The coordinator decides; phase 2 cannot reach the dead bank.
     open.send(true)?;
     let outcome = running.await??;
-    let expected = if commit { TxnState::Committing } else { TxnState::Aborting };
+    let expected = if commit {
+        TxnState::Committing
+    } else {
+        TxnState::Aborting
+    };
     assert_eq!(outcome.state, expected, "{}", outcome.reason);
-    assert_eq!(bank.prepared().await?, 1, "still in doubt while the bank is down");
+    assert_eq!(
+        bank.prepared().await?,
+        1,
+        "still in doubt while the bank is down"
+    );
 
     // A new bank process on the same database resolves it.
     let _second = BankProcess::start(&url, &coordinator.endpoint)?;
@@ -232,6 +256,7 @@ async fn participant_killed_after_prepare_commits_by_in_doubt_resolution() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participant_killed_after_prepare_rolls_back_by_in_doubt_resolution() -> anyhow::Result<()> {
+async fn participant_killed_after_prepare_rolls_back_by_in_doubt_resolution() -> anyhow::Result<()>
+{
     killed_after_prepare(false).await
 }

@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the coordinator")?;
     let (server, _adapter) = bank
-        .service(coordinator, Duration::from_secs(args.resolve_every_secs.max(1)))
+        .service(
+            coordinator,
+            Duration::from_secs(args.resolve_every_secs.max(1)),
+        )
         .await?;
     let running = server.serve(args.listen).await?;
     println!("listening on {}", running.endpoint());

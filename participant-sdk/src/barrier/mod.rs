@@ -93,9 +93,7 @@ impl Phase1 {
     pub(crate) fn repeated_vote(&self) -> Vote {
         match self {
             Phase1::Voted(vote) => vote.clone(),
-            Phase1::RolledBack => {
-                Vote::No("the branch was already rolled back here".into())
-            }
+            Phase1::RolledBack => Vote::No("the branch was already rolled back here".into()),
         }
     }
 
@@ -142,9 +140,6 @@ mod tests {
         assert!(!Phase1::Voted(Vote::No("x".into())).holds_work());
         assert!(!Phase1::Voted(Vote::ReadOnly).holds_work());
         assert!(!Phase1::RolledBack.holds_work());
-        assert!(matches!(
-            Phase1::RolledBack.repeated_vote(),
-            Vote::No(_)
-        ));
+        assert!(matches!(Phase1::RolledBack.repeated_vote(), Vote::No(_)));
     }
 }

@@ -211,12 +211,16 @@ impl SledBarrier {
             return Ok(None);
         };
         let text = String::from_utf8_lossy(value.get(8..).unwrap_or_default()).into_owned();
-        Phase1::decode(&text)
-            .map(Some)
-            .ok_or_else(|| ParticipantError::Internal(format!("unreadable barrier record {text:?}")))
+        Phase1::decode(&text).map(Some).ok_or_else(|| {
+            ParticipantError::Internal(format!("unreadable barrier record {text:?}"))
+        })
     }
 
-    fn record(&self, ctx: &CallContext, phase: &str) -> Result<Option<sled::IVec>, ParticipantError> {
+    fn record(
+        &self,
+        ctx: &CallContext,
+        phase: &str,
+    ) -> Result<Option<sled::IVec>, ParticipantError> {
         self.inner
             .records
             .get(record_key(ctx, phase))
@@ -232,8 +236,8 @@ impl SledBarrier {
         records: Records,
     ) -> Result<(), ParticipantError> {
         let now = now_ms().to_be_bytes();
-        let result: Result<(), TransactionError<()>> =
-            (&self.inner.state, &self.inner.records).transaction(|(state, barrier)| {
+        let result: Result<(), TransactionError<()>> = (&self.inner.state, &self.inner.records)
+            .transaction(|(state, barrier)| {
                 for (key, value) in &writes {
                     match value {
                         Some(value) => state.insert(key.as_slice(), value.as_slice())?,
@@ -247,7 +251,9 @@ impl SledBarrier {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             });
-        result.map_err(|e| ParticipantError::Internal(format!("applying the barrier transaction: {e:?}")))?;
+        result.map_err(|e| {
+            ParticipantError::Internal(format!("applying the barrier transaction: {e:?}"))
+        })?;
         self.durable().await
     }
 
@@ -382,7 +388,12 @@ impl<H: SledHandler> TccHandler for Guarded<H> {
 }
 
 fn record_key(ctx: &CallContext, phase: &str) -> Vec<u8> {
-    [ctx.txn_id.as_bytes(), ctx.branch_id.as_bytes(), phase.as_bytes()].join(&0u8)
+    [
+        ctx.txn_id.as_bytes(),
+        ctx.branch_id.as_bytes(),
+        phase.as_bytes(),
+    ]
+    .join(&0u8)
 }
 
 fn written_ms(value: &[u8]) -> u64 {

@@ -52,8 +52,19 @@ use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler,
 #[derive(Clone)]
 pub struct PgBarrier {
     pool: Pool,
-    retention: Arc<Mutex<Duration>>,
+    settings: Arc<Mutex<Settings>>,
 }
+
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    retention: Duration,
+    lock_timeout: Duration,
+}
+
+/// How long a barrier transaction waits for a row lock (say, one an
+/// undecided prepared transaction holds) before giving up with
+/// `UNAVAILABLE`, so the coordinator retries instead of piling up waiters.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A participant whose work is done in its PostgreSQL database. Each call
 /// gets an open transaction; the barrier commits it together with its
@@ -142,9 +153,9 @@ impl PgBarrier {
     /// or `postgresql://...`), keeps up to `max_connections`, and creates the
     /// barrier table if missing.
     pub async fn connect(url: &str, max_connections: usize) -> Result<PgBarrier, ParticipantError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| ParticipantError::Invalid(format!("bad PostgreSQL connection string: {e}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            ParticipantError::Invalid(format!("bad PostgreSQL connection string: {e}"))
+        })?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -156,7 +167,9 @@ impl PgBarrier {
             .max_size(max_connections.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| ParticipantError::Internal(format!("building the connection pool: {e}")))?;
+            .map_err(|e| {
+                ParticipantError::Internal(format!("building the connection pool: {e}"))
+            })?;
         PgBarrier::with_pool(pool).await
     }
 
@@ -164,7 +177,10 @@ impl PgBarrier {
     pub async fn with_pool(pool: Pool) -> Result<PgBarrier, ParticipantError> {
         let barrier = PgBarrier {
             pool,
-            retention: Arc::new(Mutex::new(DEFAULT_RETENTION)),
+            settings: Arc::new(Mutex::new(Settings {
+                retention: DEFAULT_RETENTION,
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            })),
         };
         let mut conn = barrier.conn().await?;
         // Checked first: `CREATE INDEX IF NOT EXISTS` would wait for the
@@ -204,19 +220,35 @@ impl PgBarrier {
 
     /// How long barrier rows are kept (see [`crate::barrier`] for the rule).
     pub fn set_retention(&self, retention: Duration) {
-        *self
-            .retention
+        self.settings().retention = retention;
+    }
+
+    /// How long a call waits for a row lock (default [`DEFAULT_LOCK_TIMEOUT`]).
+    pub fn set_lock_timeout(&self, lock_timeout: Duration) {
+        self.settings().lock_timeout = lock_timeout;
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = retention;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a barrier transaction on `conn`, with the lock timeout set.
+    async fn begin<'c>(
+        &self,
+        conn: &'c mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'c>, ParticipantError> {
+        let ms = self.settings().lock_timeout.as_millis().max(1);
+        let txn = conn.transaction().await?;
+        txn.batch_execute(&format!("SET LOCAL lock_timeout = {ms}"))
+            .await?;
+        Ok(txn)
     }
 
     /// Deletes the rows older than the retention; returns how many.
     pub async fn collect(&self) -> Result<u64, ParticipantError> {
-        let secs = self
-            .retention
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_secs_f64();
+        let secs = self.settings().retention.as_secs_f64();
         let conn = self.conn().await?;
         Ok(conn
             .execute(
@@ -254,7 +286,11 @@ async fn insert(
     Ok(n == 1)
 }
 
-async fn has(db: &impl GenericClient, ctx: &CallContext, phase: &str) -> Result<bool, ParticipantError> {
+async fn has(
+    db: &impl GenericClient,
+    ctx: &CallContext,
+    phase: &str,
+) -> Result<bool, ParticipantError> {
     Ok(db
         .query_opt(SELECT, &[&ctx.txn_id, &ctx.branch_id, &phase])
         .await?
@@ -262,7 +298,10 @@ async fn has(db: &impl GenericClient, ctx: &CallContext, phase: &str) -> Result<
 }
 
 /// The phase-1 record of a branch, if one is committed.
-async fn phase1(db: &impl GenericClient, ctx: &CallContext) -> Result<Option<Phase1>, ParticipantError> {
+async fn phase1(
+    db: &impl GenericClient,
+    ctx: &CallContext,
+) -> Result<Option<Phase1>, ParticipantError> {
     let Some(row) = db
         .query_opt(SELECT, &[&ctx.txn_id, &ctx.branch_id, &PHASE1])
         .await?
@@ -278,13 +317,13 @@ async fn phase1(db: &impl GenericClient, ctx: &CallContext) -> Result<Option<Pha
 impl<H: PgHandler> PgGuarded<H> {
     async fn prepare(&self, ctx: &CallContext, payload: &[u8]) -> Result<Vote, ParticipantError> {
         let mut conn = self.barrier.conn().await?;
-        let txn = conn.transaction().await?;
+        let txn = self.barrier.begin(&mut conn).await?;
         // Waits for a concurrent repeat to finish, then finds its row.
         if !insert(&*txn, ctx, PHASE1, &Phase1::Voted(Vote::Yes).encode()).await? {
             let found = phase1(&*txn, ctx).await?;
-            return found
-                .map(|f| f.repeated_vote())
-                .ok_or_else(|| ParticipantError::Unavailable("barrier row vanished; retry".into()));
+            return found.map(|f| f.repeated_vote()).ok_or_else(|| {
+                ParticipantError::Unavailable("barrier row vanished; retry".into())
+            });
         }
         let vote = self.handler.prepare(ctx, payload, &txn).await?;
         if vote == Vote::Yes {
@@ -299,7 +338,7 @@ impl<H: PgHandler> PgGuarded<H> {
 
     async fn commit(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         let mut conn = self.barrier.conn().await?;
-        let txn = conn.transaction().await?;
+        let txn = self.barrier.begin(&mut conn).await?;
         if !insert(&*txn, ctx, COMMIT, "").await? {
             return Ok(());
         }
@@ -318,7 +357,7 @@ impl<H: PgHandler> PgGuarded<H> {
 
     async fn rollback(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         let mut conn = self.barrier.conn().await?;
-        let txn = conn.transaction().await?;
+        let txn = self.barrier.begin(&mut conn).await?;
         // Empty rollback: the marker makes a late prepare/try a NO.
         if insert(&*txn, ctx, PHASE1, &Phase1::RolledBack.encode()).await? {
             insert(&*txn, ctx, ROLLBACK, "").await?;

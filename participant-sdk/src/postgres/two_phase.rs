@@ -163,10 +163,9 @@ impl<H: PgPrepareHandler> PgTwoPhase<H> {
         if let Some(found) = phase1(&**conn, ctx).await? {
             return Ok(found.repeated_vote());
         }
-        let txn = conn.transaction().await?;
         // A concurrent repeat holds the row until its prepared transaction
-        // ends: give up quickly and let the coordinator retry.
-        txn.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+        // ends: the lock timeout gives up and lets the coordinator retry.
+        let txn = barrier.begin(&mut conn).await?;
         if !insert(&*txn, ctx, PHASE1, &Phase1::Voted(Vote::Yes).encode()).await? {
             return Err(ParticipantError::Unavailable(
                 "a repeat of this prepare finished meanwhile; retry".into(),
@@ -214,8 +213,7 @@ impl<H: PgPrepareHandler> PgTwoPhase<H> {
             Err(e) => return Err(e.into()),
         }
         // Remember the rollback, so a prepare still on its way is refused.
-        let txn = conn.transaction().await?;
-        txn.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+        let txn = self.inner.barrier.begin(&mut conn).await?;
         if !insert(&*txn, ctx, PHASE1, &Phase1::RolledBack.encode()).await? {
             match phase1(&*txn, ctx).await? {
                 Some(found) if found.holds_work() => {
@@ -303,7 +301,10 @@ mod tests {
         };
         let g = gid(&ctx).unwrap_or_default();
         assert_eq!(g, "arbiter/0190abcdef:x/b-1.2");
-        assert_eq!(parse_gid(&g), Some((ctx.txn_id.clone(), ctx.branch_id.clone())));
+        assert_eq!(
+            parse_gid(&g),
+            Some((ctx.txn_id.clone(), ctx.branch_id.clone()))
+        );
         assert_eq!(parse_gid("someone-else"), None);
         let quote = CallContext {
             txn_id: "x'; DROP TABLE t; --".into(),

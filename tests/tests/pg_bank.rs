@@ -1,0 +1,167 @@
+//! The bank demo on PostgreSQL under kill -9: three bank services, each with
+//! its own database, take part in concurrent transfers (2PC on prepared
+//! transactions and TCC with the barrier, mixed) while the coordinator is
+//! SIGKILLed and restarted. Afterwards every transfer is final, the sum of
+//! all balances is unchanged, and no database holds a prepared transaction
+//! or a TCC hold.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbiter_examples::pg_bank::PgBank;
+use arbiter_examples::{AccountRef, transfer_txn};
+use arbiter_sdk::{Client, ClientError, TxnState};
+use arbiter_tests::postgres::PgCluster;
+use arbiter_tests::{ArbiterProcess, eventually};
+
+const WORKERS: usize = 6;
+const ACCOUNTS_PER_BANK: usize = 4;
+const START_BALANCE: i64 = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
+    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let cluster = PgCluster::start(64)?;
+    let dir = tempfile::tempdir()?;
+    let args = [
+        "--retry-base-ms",
+        "20",
+        "--retry-max-ms",
+        "300",
+        "--call-timeout-ms",
+        "3000",
+    ];
+    let mut arbiter = ArbiterProcess::start(dir.path(), &args).await?;
+    let client = arbiter.client().await?;
+
+    let mut banks = Vec::new();
+    let mut services = Vec::new();
+    let mut accounts = Vec::new();
+    for b in 0..3 {
+        let db = format!("bank{b}");
+        cluster.create_database(&db).await?;
+        let bank = PgBank::connect(&cluster.url(&db)).await?;
+        for a in 0..ACCOUNTS_PER_BANK {
+            bank.open_account(&format!("acct{b}{a}"), START_BALANCE)
+                .await?;
+        }
+        let (server, adapter) = bank.service(client.clone(), Duration::from_secs(1)).await?;
+        let running = server.serve("127.0.0.1:0".parse()?).await?;
+        for a in 0..ACCOUNTS_PER_BANK {
+            accounts.push(AccountRef {
+                endpoint: running.endpoint(),
+                name: format!("acct{b}{a}"),
+            });
+        }
+        banks.push(bank);
+        services.push((running, adapter));
+    }
+    let initial_total = total(&banks).await?;
+
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (client, ids, stop, accounts) =
+            (client.clone(), ids.clone(), stop.clone(), accounts.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                let from = fastrand::usize(..accounts.len());
+                let to = (from + 1 + fastrand::usize(..accounts.len() - 1)) % accounts.len();
+                let id = format!("w{w}-{seq}");
+                ids.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id.clone());
+                let txn = transfer_txn(
+                    fastrand::bool(),
+                    &accounts[from],
+                    &accounts[to],
+                    fastrand::i64(1..=300),
+                )
+                .txn_id(id)
+                .timeout(Duration::from_secs(5));
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(15), client.execute(txn)).await;
+                if !matches!(answered, Ok(Ok(_))) {
+                    tokio::time::sleep(Duration::from_millis(20)).await; // the coordinator is down
+                }
+            }
+        }));
+    }
+
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..900))).await;
+        arbiter.kill().await?;
+        arbiter.restart().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await?;
+    }
+
+    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (mut committed, mut aborted, mut never_began) = (0, 0, 0);
+    for id in &ids {
+        match final_state(&client, id).await {
+            Some(TxnState::Committed) => committed += 1,
+            Some(_) => aborted += 1,
+            None => never_began += 1,
+        }
+    }
+    // Phase 2 of the last transactions may still be on its way to the
+    // databases; the coordinator reports final only after every ack.
+    let banks = Arc::new(banks);
+    let (prepared, holds) = eventually("no prepared transaction or hold is left", || {
+        let banks = banks.clone();
+        async move {
+            let mut left = (0, 0);
+            for bank in banks.iter() {
+                left.0 += bank.prepared().await.ok()?;
+                left.1 += bank.holds().await.ok()?;
+            }
+            (left == (0, 0)).then_some(left)
+        }
+    })
+    .await;
+    let total = total(&banks).await?;
+    println!(
+        "postgres chaos: {} transfers, {kills} kills, {committed} committed, {aborted} aborted, \
+         {never_began} never began; total {total} (was {initial_total}); \
+         {prepared} prepared transactions and {holds} holds left",
+        ids.len()
+    );
+    assert_eq!(total, initial_total, "money was created or destroyed");
+    assert!(committed > 0, "some transfers went through");
+    drop(services);
+    Ok(())
+}
+
+async fn total(banks: &[PgBank]) -> anyhow::Result<i64> {
+    let mut sum = 0;
+    for bank in banks {
+        sum += bank.total().await?;
+    }
+    Ok(sum)
+}
+
+/// The final state of `id` once it has one; `None` if it never began.
+async fn final_state(client: &Client, id: &str) -> Option<TxnState> {
+    eventually(&format!("{id} is final"), || async {
+        match client.get_transaction(id).await {
+            Ok(txn) if matches!(txn.state(), TxnState::Committed | TxnState::Aborted) => {
+                Some(Some(txn.state()))
+            }
+            Ok(_) => None,
+            Err(ClientError::NotFound(_)) => Some(None),
+            Err(_) => None,
+        }
+    })
+    .await
+}
