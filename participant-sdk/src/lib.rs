@@ -10,6 +10,13 @@
 //! rollback/cancel can arrive before or instead of prepare/try. Handlers must be
 //! idempotent (key your bookkeeping by `txn_id` + `branch_id`).
 //!
+//! Or let the SDK do it: put a handler behind the **exactly-once barrier**
+//! ([`barrier`]) with one line, [`SledBarrier::guard`] for state kept in
+//! sled (feature `sled`) or [`PgBarrier::guard`] for a PostgreSQL database
+//! (feature `postgres`), and repeats, empty rollbacks and late prepares are
+//! handled for you. For 2PC on PostgreSQL's own prepared transactions, with
+//! in-doubt resolution after crashes, see [`PgTwoPhase`].
+//!
 //! A participant unsure of a branch it prepared (say, after its own restart)
 //! can ask with [`Client::resolve`]: the coordinator answers commit, abort, or
 //! wait, and a transaction it does not know counts as aborted (presumed abort).

@@ -21,21 +21,82 @@ use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler,
 /// A participant's embedded state plus its barrier records, in one sled
 /// database. Clones share the database.
 ///
-/// ```no_run
-/// # use arbiter_sdk::*;
-/// # struct Account;
-/// # impl SledHandler for Account {
-/// #   async fn prepare(&self, _: &CallContext, _: &[u8], _: &mut SledTxn<'_>) -> Result<Vote, ParticipantError> { Ok(Vote::Yes) }
-/// #   async fn commit(&self, _: &CallContext, _: &[u8], _: &mut SledTxn<'_>) -> Result<(), ParticipantError> { Ok(()) }
-/// #   async fn rollback(&self, _: &CallContext, _: &[u8], _: &mut SledTxn<'_>) -> Result<(), ParticipantError> { Ok(()) }
-/// # }
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let barrier = SledBarrier::open("./account-state")?;
-/// let running = ParticipantServer::new()
-///     .tcc("account", barrier.guard(Account)) // the one line
+/// # Example
+///
+/// A stock service taking part in TCC transactions: try reserves units,
+/// confirm keeps them taken, cancel puts them back. The handler only says
+/// what each step does; the barrier makes a repeated call a no-op, an empty
+/// cancel a recorded success, and a try after its cancel a NO.
+///
+/// ```
+/// use arbiter_sdk::*;
+///
+/// struct Stock;
+///
+/// fn units(payload: &[u8]) -> Result<u64, ParticipantError> {
+///     std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok())
+///         .ok_or_else(|| ParticipantError::Invalid("payload must be a count".into()))
+/// }
+/// fn on_hand(txn: &SledTxn<'_>) -> Result<u64, ParticipantError> {
+///     Ok(txn.get("widgets")?.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes))
+/// }
+///
+/// impl SledHandler for Stock {
+///     async fn prepare(&self, _: &CallContext, payload: &[u8], txn: &mut SledTxn<'_>)
+///         -> Result<Vote, ParticipantError> {
+///         let (want, have) = (units(payload)?, on_hand(txn)?);
+///         if have < want {
+///             return Ok(Vote::No(format!("only {have} widgets left")));
+///         }
+///         txn.insert("widgets", (have - want).to_be_bytes());
+///         Ok(Vote::Yes)
+///     }
+///     async fn commit(&self, _: &CallContext, _: &[u8], _: &mut SledTxn<'_>)
+///         -> Result<(), ParticipantError> {
+///         Ok(()) // the reserved units stay taken
+///     }
+///     async fn rollback(&self, _: &CallContext, payload: &[u8], txn: &mut SledTxn<'_>)
+///         -> Result<(), ParticipantError> {
+///         let back = on_hand(txn)? + units(payload)?;
+///         txn.insert("widgets", back.to_be_bytes());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let coordinator = format!("http://{}", listener.local_addr()?);
+/// # tokio::spawn(arbiter::run(arbiter::Config::default(), arbiter::server::Storage::Memory,
+/// #                           listener, std::future::pending()));
+/// let dir = tempfile::tempdir()?;
+/// let barrier = SledBarrier::open(dir.path().join("stock"))?;
+/// barrier.state().insert("widgets", &10u64.to_be_bytes())?;
+/// let widgets = || barrier.state().get("widgets").ok().flatten()
+///     .and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
+///
+/// let service = ParticipantServer::new()
+///     .tcc("stock", barrier.guard(Stock)) // the one line that adds the barrier
 ///     .serve("127.0.0.1:0".parse()?)
 ///     .await?;
-/// # Ok(()) }
+/// let client = Client::connect(coordinator).await?;
+/// let order = client
+///     .execute(Execute::tcc().branch(Branch::new(service.endpoint(), "stock").payload("3")))
+///     .await?;
+/// assert!(order.is_committed());
+/// assert_eq!(widgets(), Some(7));
+///
+/// // What the coordinator may do after a lost message: cancel a branch
+/// // whose try never arrived, twice, then deliver the late try.
+/// let stock = barrier.guard(Stock);
+/// let ctx = CallContext { txn_id: "t-lost".into(), branch_id: "1".into(),
+///                         resource: "stock".into(), attempt: 1 };
+/// stock.cancel(&ctx, b"3").await?; // empty cancel: recorded, handler not run
+/// stock.cancel(&ctx, b"3").await?; // repeat: no-op
+/// assert!(matches!(stock.try_(&ctx, b"3").await?, Vote::No(_))); // hanging try: refused
+/// assert_eq!(widgets(), Some(7));
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct SledBarrier {

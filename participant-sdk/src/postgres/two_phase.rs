@@ -3,6 +3,21 @@
 //! `COMMIT PREPARED` / `ROLLBACK PREPARED`. Its in-doubt resolver finishes
 //! the prepared transactions a crash left behind by asking the coordinator.
 //!
+//! **The in-doubt contract.** A branch that voted YES is *in doubt* until
+//! its commit or rollback arrives: its prepared transaction survives
+//! crashes of this service and of PostgreSQL, keeping its row locks. The
+//! coordinator re-sends the decision until it is acknowledged, so in-doubt
+//! branches finish on their own once both sides are up. The resolver makes
+//! that independent of the coordinator reaching this service (a new
+//! address after a restart, say): at start and every `resolve_every` it
+//! lists this database's `arbiter/...` prepared transactions and asks the
+//! coordinator each one's outcome: committed or committing → `COMMIT
+//! PREPARED`; aborted, aborting or unknown (presumed abort: a transaction
+//! the coordinator does not know never decided commit) → `ROLLBACK
+//! PREPARED`; still undecided → left for the next pass. A service must not
+//! wait at start on rows such a transaction holds (see the bank example's
+//! `open_account`).
+//!
 //! The global id of a branch's prepared transaction is
 //! `arbiter/<txn_id>/<branch_id>` (at most 200 bytes, PostgreSQL's limit).
 //! The barrier row of the YES vote is written inside the prepared
@@ -42,6 +57,36 @@ pub trait PgPrepareHandler: Send + Sync + 'static {
 /// [`ParticipantServer::two_phase`](crate::ParticipantServer::two_phase).
 /// Clones share the adapter; the background resolver stops once every clone
 /// is dropped.
+///
+/// ```no_run
+/// use arbiter_sdk::tokio_postgres::Transaction;
+/// use arbiter_sdk::*;
+///
+/// struct Debit;
+///
+/// impl PgPrepareHandler for Debit {
+///     async fn prepare(&self, _: &CallContext, payload: &[u8], txn: &Transaction<'_>)
+///         -> Result<Vote, ParticipantError> {
+///         let amount: i64 = std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok())
+///             .ok_or_else(|| ParticipantError::Invalid("payload must be an amount".into()))?;
+///         let debited = txn
+///             .execute("UPDATE accounts SET balance = balance - $1
+///                       WHERE name = 'alice' AND balance >= $1", &[&amount])
+///             .await?;
+///         Ok(if debited == 1 { Vote::Yes } else { Vote::No("insufficient funds".into()) })
+///     }
+/// }
+///
+/// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = PgBarrier::connect("host=127.0.0.1 user=bank dbname=east", 16).await?;
+/// let coordinator = Client::connect("http://127.0.0.1:7089").await?;
+/// let debit = db.two_phase(Debit, coordinator, DEFAULT_RESOLVE_EVERY).await?;
+/// ParticipantServer::new()
+///     .two_phase("account.debit", debit)
+///     .serve("0.0.0.0:7100".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
 pub struct PgTwoPhase<H> {
     inner: Arc<Inner<H>>,
 }
