@@ -1,10 +1,12 @@
-//! The coordinator's tunables, with the defaults the `arbiter serve` flags use.
+//! The coordinator's settings, with the defaults the `arbiter serve` flags use.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::engine::Policy;
+use crate::security::{Auth, EndpointPattern, Tls};
 
-/// Limits and timings of one coordinator.
+/// Limits, timings and security of one coordinator.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Transaction timeout when a client gives none.
@@ -39,6 +41,19 @@ pub struct Config {
     pub retention: Duration,
     /// How often the collector looks for finished transactions past retention.
     pub collect_interval: Duration,
+    /// Most unfinished transactions held at once; beyond it new ones are
+    /// refused with `RESOURCE_EXHAUSTED`.
+    pub max_unfinished: usize,
+    /// Largest gRPC request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Participant endpoints clients may register; empty: any.
+    pub allow_participants: Vec<EndpointPattern>,
+    /// Bearer tokens by role; none: no authentication.
+    pub auth: Auth,
+    /// TLS of the server and of calls to participants.
+    pub tls: Tls,
+    /// Serve Prometheus metrics on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -59,6 +74,12 @@ impl Default for Config {
             max_wait: Duration::from_secs(60),
             retention: Duration::from_secs(24 * 3600),
             collect_interval: Duration::from_secs(60),
+            max_unfinished: 100_000,
+            max_message_bytes: 4 << 20,
+            allow_participants: Vec::new(),
+            auth: Auth::default(),
+            tls: Tls::default(),
+            metrics_listen: None,
         }
     }
 }

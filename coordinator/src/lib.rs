@@ -16,6 +16,8 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod failpoints;
+pub mod metrics;
+pub mod security;
 pub mod server;
 pub mod store;
 

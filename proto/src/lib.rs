@@ -7,3 +7,7 @@
 pub mod v1 {
     tonic::include_proto!("arbiter.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `arbiter.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/arbiter_descriptor.bin"));

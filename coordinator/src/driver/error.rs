@@ -18,6 +18,10 @@ pub enum DriverError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),

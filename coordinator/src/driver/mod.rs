@@ -8,6 +8,7 @@ mod error;
 pub mod ids;
 mod participants;
 mod runtime;
+pub mod trace;
 pub mod validate;
 
 use std::sync::Arc;
@@ -167,6 +168,12 @@ impl Driver {
                 config.max_branches
             )));
         }
+        let live = self.inner.live_count();
+        if live >= config.max_unfinished {
+            return Err(DriverError::ResourceExhausted(format!(
+                "{live} unfinished transactions, the limit (--max-unfinished); retry later"
+            )));
+        }
         let id = match txn_id {
             Some(id) => {
                 validate::id("txn_id", &id)?;
@@ -181,8 +188,12 @@ impl Driver {
         };
         let mut txn = Txn::new(id.clone(), mode, timeout_ms, ids::now_ms());
         for (n, mut spec) in branches.into_iter().enumerate() {
-            validate::branch(config, &mut spec)
-                .map_err(|e| DriverError::InvalidArgument(format!("branch {}: {e}", n + 1)))?;
+            validate::branch(config, &mut spec).map_err(|e| match e {
+                DriverError::InvalidArgument(m) => {
+                    DriverError::InvalidArgument(format!("branch {}: {m}", n + 1))
+                }
+                other => other,
+            })?;
             txn.branches.push(Branch::new(
                 (n + 1).to_string(),
                 spec.participant,
@@ -192,7 +203,7 @@ impl Driver {
             ));
         }
         let deadline_ms = txn.deadline_ms();
-        let slot = Slot::new(txn);
+        let slot = Slot::traced(txn, trace::current());
         let durable = {
             // Hold the lock while the slot becomes visible and its first record
             // is queued, so no later record of it can reach the log first.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arbiter_proto::v1::tcc_participant_client::TccParticipantClient;
 use arbiter_proto::v1::two_phase_participant_client::TwoPhaseParticipantClient;
 use arbiter_proto::v1::{BranchCall, Vote, VoteKind};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::engine::{CallKind, Mode, VoteResult};
@@ -27,17 +27,27 @@ pub struct CallSpec {
     pub timeout: Duration,
     pub call: CallKind,
     pub attempt: u32,
+    /// W3C trace context sent with the call.
+    pub traceparent: String,
 }
 
 /// What came back from a phase-2 call.
 pub type Phase2Result = Result<(), String>;
 
-#[derive(Default)]
 pub struct Participants {
     channels: RwLock<HashMap<String, Channel>>,
+    /// For `https://` endpoints.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Participants {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Participants {
+        Participants {
+            channels: RwLock::default(),
+            tls,
+        }
+    }
+
     /// The shared channel to `endpoint`, created (lazily connecting) on first use.
     fn channel(&self, endpoint: &str) -> Result<Channel, String> {
         if let Some(channel) = self
@@ -48,8 +58,14 @@ impl Participants {
         {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("bad participant endpoint {endpoint:?}: {e}"))?
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| format!("bad participant endpoint {endpoint:?}: {e}"))?;
+        if let (true, Some(tls)) = (endpoint.starts_with("https://"), &self.tls) {
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS for participant {endpoint:?}: {e}"))?;
+        }
+        let channel = builder
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -71,6 +87,9 @@ impl Participants {
             attempt: spec.attempt,
         });
         request.set_timeout(spec.timeout);
+        if let Ok(value) = spec.traceparent.parse() {
+            request.metadata_mut().insert("traceparent", value);
+        }
         request
     }
 
@@ -92,7 +111,10 @@ impl Participants {
             }
         };
         let rpc = CallKind::Prepare.rpc_name(spec.mode);
-        match tokio::time::timeout(spec.timeout, call).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(spec.timeout, call).await;
+        record(spec, &answer, started);
+        match answer {
             Ok(Ok(response)) => vote_result(response.into_inner()),
             Ok(Err(status)) => status_vote(rpc, &status),
             Err(_) => VoteResult::Transient(format!(
@@ -125,7 +147,10 @@ impl Participants {
             }
         };
         let rpc = spec.call.rpc_name(spec.mode);
-        match tokio::time::timeout(spec.timeout, call).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(spec.timeout, call).await;
+        record(spec, &answer, started);
+        match answer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(describe_status(rpc, &status)),
             Err(_) => Err(format!(
@@ -134,6 +159,20 @@ impl Participants {
             )),
         }
     }
+}
+
+/// Counts a call by its result code.
+fn record<T>(
+    spec: &CallSpec,
+    answer: &Result<Result<T, Status>, tokio::time::error::Elapsed>,
+    started: std::time::Instant,
+) {
+    let code = match answer {
+        Ok(Ok(_)) => "OK",
+        Ok(Err(status)) => crate::metrics::code_name(status.code()),
+        Err(_) => "TIMEOUT",
+    };
+    crate::metrics::branch_call(spec.call.rpc_name(spec.mode), code, started.elapsed());
 }
 
 fn vote_result(vote: Vote) -> VoteResult {

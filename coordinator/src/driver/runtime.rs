@@ -39,10 +39,17 @@ pub struct Slot {
     published: watch::Sender<Published>,
     /// The task that fires `TimedOut`; stopped when the transaction is final.
     timer: Mutex<Option<AbortHandle>>,
+    /// The W3C trace id its participant calls carry.
+    trace_id: String,
 }
 
 impl Slot {
     pub fn new(txn: Txn) -> Arc<Slot> {
+        Slot::traced(txn, None)
+    }
+
+    /// A slot whose calls continue trace `trace_id` (a new trace if `None`).
+    pub fn traced(txn: Txn, trace_id: Option<String>) -> Arc<Slot> {
         let published = Published {
             state: txn.state,
             reason: txn.reason.clone(),
@@ -51,6 +58,7 @@ impl Slot {
             txn: Mutex::new(txn),
             published: watch::Sender::new(published),
             timer: Mutex::new(None),
+            trace_id: trace_id.unwrap_or_else(super::trace::new_trace_id),
         })
     }
 
@@ -123,22 +131,26 @@ pub struct Inner {
     /// Transactions finished since start, by outcome.
     pub committed: AtomicU64,
     pub aborted: AtomicU64,
+    /// Transactions held in memory (unfinished, or just finished).
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
     pub fn new(config: Config, log: Arc<dyn TxnLog>, writer: LogWriter) -> Inner {
+        let participant_tls = config.tls.participants.clone();
         Inner {
             policy: config.policy(),
             config,
             log,
             writer,
-            participants: Participants::default(),
+            participants: Participants::new(participant_tls),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             fatal: watch::Sender::new(None),
             stopping: watch::Sender::new(false),
             committed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            live: Default::default(),
         }
     }
 
@@ -158,7 +170,13 @@ impl Inner {
             return Err(existing.clone());
         }
         shard.insert(txn_id.to_string(), slot.clone());
+        self.live.fetch_add(1, Ordering::Relaxed);
         Ok(slot)
+    }
+
+    /// How many transactions are held in memory.
+    pub fn live_count(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
     /// Every live transaction, in no particular order.
@@ -256,6 +274,7 @@ impl Inner {
                         timeout: Duration::from_millis(b.call_timeout_ms),
                         call,
                         attempt,
+                        traceparent: super::trace::child(&slot.trace_id),
                     })
                 }
                 Action::RetryLater {
@@ -370,7 +389,9 @@ impl Inner {
 
     fn spawn_call(self: &Arc<Self>, slot: Arc<Slot>, spec: CallSpec) {
         let inner = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("branch_call", txn = %spec.txn_id, branch = %spec.branch_id,
+            call = spec.call.rpc_name(spec.mode), attempt = spec.attempt, traceparent = %spec.traceparent);
+        tokio::spawn(tracing::Instrument::instrument(async move {
             let event = match spec.call {
                 CallKind::Prepare => {
                     let result = inner.participants.prepare(&spec).await;
@@ -406,7 +427,7 @@ impl Inner {
                 }
             };
             inner.step_and_perform(&slot, event).await;
-        });
+        }, span));
     }
 
     fn spawn_retry(
@@ -417,6 +438,7 @@ impl Inner {
         seq: u32,
         delay: Duration,
     ) {
+        crate::metrics::retry(call.name());
         let inner = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -450,6 +472,17 @@ impl Inner {
     fn forget(&self, slot: &Arc<Slot>) {
         let (id, state) = {
             let txn = slot.lock();
+            let ms = |from: u64, to: Option<u64>| {
+                to.map(|to| Duration::from_millis(to.saturating_sub(from)))
+            };
+            let finished = txn.finished_at_ms.unwrap_or_else(ids::now_ms);
+            crate::metrics::transaction_finished(
+                txn.mode.name(),
+                txn.state == TxnState::Committed,
+                Duration::from_millis(finished.saturating_sub(txn.created_at_ms)),
+                ms(txn.created_at_ms, txn.decided_at_ms),
+                txn.decided_at_ms.and_then(|d| ms(d, Some(finished))),
+            );
             (txn.id.clone(), txn.state)
         };
         match state {
@@ -459,6 +492,7 @@ impl Inner {
         let mut shard = self.shard(&id);
         if shard.get(&id).is_some_and(|live| Arc::ptr_eq(live, slot)) {
             shard.remove(&id);
+            self.live.fetch_sub(1, Ordering::Relaxed);
         }
         drop(shard);
         if let Some(timer) = slot.timer.lock().unwrap_or_else(|p| p.into_inner()).take() {

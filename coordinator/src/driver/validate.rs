@@ -58,8 +58,9 @@ pub fn timeout(what: &str, ms: u64, default: Duration, max: Duration) -> Result<
     Ok(ms)
 }
 
-/// A participant endpoint: an absolute `http://host:port` URI.
-pub fn endpoint(uri: &str) -> Result<(), DriverError> {
+/// A participant endpoint: an absolute `http://host:port` URI (`https://`
+/// when `tls` is set).
+pub fn endpoint(uri: &str, tls: bool) -> Result<(), DriverError> {
     if uri.is_empty() {
         return Err(invalid("participant endpoint is empty".into()));
     }
@@ -68,9 +69,11 @@ pub fn endpoint(uri: &str) -> Result<(), DriverError> {
         .map_err(|e| invalid(format!("participant endpoint {uri:?} is not a URI: {e}")))?;
     match parsed.scheme_str() {
         Some("http") => {}
+        Some("https") if tls => {}
         Some("https") => {
             return Err(invalid(format!(
-                "participant endpoint {uri:?} uses https, which this build cannot call; use http"
+                "participant endpoint {uri:?} uses https, but the coordinator has no \
+                 --participant-tls-ca to verify participants with"
             )));
         }
         _ => {
@@ -92,7 +95,13 @@ pub fn endpoint(uri: &str) -> Result<(), DriverError> {
 
 /// Checks one branch and fills in its call timeout default.
 pub fn branch(config: &Config, spec: &mut BranchSpec) -> Result<(), DriverError> {
-    endpoint(&spec.participant)?;
+    endpoint(&spec.participant, config.tls.participants.is_some())?;
+    if !crate::security::allowed(&config.allow_participants, &spec.participant) {
+        return Err(DriverError::PermissionDenied(format!(
+            "participant endpoint {:?} is not in the allowlist (--allow-participant)",
+            spec.participant
+        )));
+    }
     if spec.resource.is_empty() {
         return Err(invalid("branch resource is empty".into()));
     }
@@ -130,14 +139,14 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_plain_http_host_port() {
-        assert!(endpoint("http://127.0.0.1:9001").is_ok());
-        assert!(endpoint("http://accounts.internal:80/").is_ok());
-        assert!(message(endpoint("")).contains("empty"));
-        assert!(message(endpoint("127.0.0.1:9001")).contains("http://"));
-        assert!(message(endpoint("ftp://x:1")).contains("http://"));
-        assert!(message(endpoint("http://x:1/api")).contains("path"));
-        assert!(message(endpoint("http://exa mple:1")).contains("not a URI"));
-        assert!(message(endpoint("https://x:1")).contains("https"));
+        assert!(endpoint("http://127.0.0.1:9001", false).is_ok());
+        assert!(endpoint("http://accounts.internal:80/", false).is_ok());
+        assert!(message(endpoint("", false)).contains("empty"));
+        assert!(message(endpoint("127.0.0.1:9001", false)).contains("http://"));
+        assert!(message(endpoint("ftp://x:1", false)).contains("http://"));
+        assert!(message(endpoint("http://x:1/api", false)).contains("path"));
+        assert!(message(endpoint("http://exa mple:1", false)).contains("not a URI"));
+        assert!(message(endpoint("https://x:1", false)).contains("https"));
     }
 
     #[test]

@@ -12,6 +12,15 @@ pub enum Mode {
     Tcc,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::TwoPhase => "2pc",
+            Mode::Tcc => "tcc",
+        }
+    }
+}
+
 /// Where a transaction is in its life. See the diagram in `engine`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnState {
@@ -253,6 +262,14 @@ pub enum CallKind {
 }
 
 impl CallKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallKind::Prepare => "prepare",
+            CallKind::Commit => "commit",
+            CallKind::Rollback => "rollback",
+        }
+    }
+
     pub fn rpc_name(self, mode: Mode) -> &'static str {
         match (mode, self) {
             (Mode::TwoPhase, CallKind::Prepare) => "prepare",

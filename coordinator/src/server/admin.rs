@@ -14,11 +14,16 @@ pub struct AdminService {
     pub driver: Driver,
 }
 
-/// Who is calling, for the audit log: the peer address until auth exists.
+/// Who is calling, for the audit log: the token's name when authentication
+/// is on, and the peer address.
 fn caller<T>(request: &Request<T>) -> String {
-    request
+    let peer = request
         .remote_addr()
-        .map_or_else(|| "unknown peer".to_string(), |addr| format!("peer {addr}"))
+        .map_or_else(|| "unknown peer".to_string(), |addr| format!("peer {addr}"));
+    match request.extensions().get::<crate::security::Caller>() {
+        Some(caller) => format!("{} ({peer})", caller.0),
+        None => peer,
+    }
 }
 
 fn summary(txn: &Txn, now_ms: u64) -> pb::TxnSummary {

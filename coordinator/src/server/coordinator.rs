@@ -4,13 +4,22 @@ use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
-use crate::driver::{Driver, Wait};
+use crate::driver::{Driver, Wait, trace};
 use crate::server::convert::{
     answer_by, branch_spec, mode_from_pb, optional, state_to_pb, txn_to_pb,
 };
 
 pub struct CoordinatorService {
     pub driver: Driver,
+}
+
+/// The trace id of the caller's `traceparent`, if it sent a valid one.
+fn trace_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace::trace_id_of)
 }
 
 fn wait_mode(wait: bool) -> Wait {
@@ -23,12 +32,15 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let trace_id = trace_of(&request);
         let req = request.into_inner();
         let mode = mode_from_pb(req.mode)?;
-        let txn_id = self
-            .driver
-            .begin(mode, req.timeout_ms, optional(req.txn_id))
-            .await?;
+        let txn_id = trace::scope(
+            trace_id,
+            self.driver
+                .begin(mode, req.timeout_ms, optional(req.txn_id)),
+        )
+        .await?;
         Ok(Response::new(pb::BeginResponse { txn_id }))
     }
 
@@ -88,20 +100,22 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let deadline = answer_by(&request);
+        let trace_id = trace_of(&request);
         let req = request.into_inner();
         let mode = mode_from_pb(req.mode)?;
         let branches = req.branches.into_iter().map(branch_spec).collect();
-        let (outcome, branch_ids) = self
-            .driver
-            .execute(
+        let (outcome, branch_ids) = trace::scope(
+            trace_id,
+            self.driver.execute(
                 mode,
                 req.timeout_ms,
                 optional(req.txn_id),
                 branches,
                 wait_mode(req.wait),
                 deadline,
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(Response::new(pb::ExecuteResponse {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,

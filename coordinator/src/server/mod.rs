@@ -14,11 +14,15 @@ use std::sync::Arc;
 use arbiter_proto::v1::admin_server::AdminServer;
 use arbiter_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::driver::{Driver, DriverError};
+use crate::security::{Role, interceptor};
 use crate::store::{MemoryLog, SledLog, StoreError, TxnLog};
 use admin::AdminService;
 use coordinator::CoordinatorService;
@@ -43,6 +47,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("stopped because the transaction log failed: {0}")]
     LogFailed(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Runs a coordinator on `listener` until `shutdown` resolves.
@@ -61,36 +67,70 @@ pub async fn run(
         Storage::Sled(dir) => Arc::new(SledLog::open(dir)?),
         Storage::Memory => Arc::new(MemoryLog::new()),
     };
-    let max_message = config.max_payload_bytes * config.max_branches + (1 << 20);
+    let max_message = config.max_message_bytes;
     let collect_interval = config.collect_interval;
+    let auth = Arc::new(config.auth.clone());
+    let server_tls = config.tls.server.clone();
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::install(addr).map_err(ServeError::Setup)?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
+    if !auth.enabled() {
+        tracing::warn!("no tokens configured: anyone who can reach this port can run and force transactions");
+    }
     let driver = Driver::new(config, log)?;
     let recovery = driver.load_unfinished()?;
     let recovered = recovery.len();
+    crate::metrics::recovery_pending(recovered);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
     let listen = listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%listen, ?storage, recovered, "arbiter coordinator serving");
 
+    // Not serving (health) until every transaction found unfinished has
+    // been resumed; requests are still answered meanwhile.
     let resumer = {
-        let driver = driver.clone();
+        let (driver, health) = (driver.clone(), health.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let resumed = driver.resume(recovery).await;
+            crate::metrics::recovery_pending(0);
+            crate::metrics::recovered(resumed as u64);
             if resumed > 0 {
                 tracing::info!(resumed, elapsed = ?started.elapsed(), "recovery: every unfinished transaction resumed");
             }
+            set_health(&health, ServingStatus::Serving).await;
         })
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
-    let service = CoordinatorServer::new(CoordinatorService {
-        driver: driver.clone(),
-    })
-    .max_decoding_message_size(max_message);
+    let gauges = tokio::spawn(update_gauges(driver.clone()));
+    let coordinator = InterceptedService::new(
+        CoordinatorServer::new(CoordinatorService {
+            driver: driver.clone(),
+        })
+        .max_decoding_message_size(max_message),
+        interceptor(auth.clone(), Role::Coordinator),
+    );
+    let admin = InterceptedService::new(
+        AdminServer::new(AdminService {
+            driver: driver.clone(),
+        })
+        .max_decoding_message_size(max_message),
+        interceptor(auth, Role::Admin),
+    );
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(arbiter_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Setup(format!("gRPC reflection: {e}")))?;
 
     let fatal = Arc::new(std::sync::Mutex::new(None));
     let stop = {
         let driver = driver.clone();
         let fatal = fatal.clone();
+        let health = health.clone();
         async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutting down"),
@@ -99,18 +139,24 @@ pub async fn run(
                     *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 }
             }
+            set_health(&health, ServingStatus::NotServing).await;
             driver.begin_shutdown();
         }
     };
-    let served = Server::builder()
-        .add_service(service)
-        .add_service(AdminServer::new(AdminService {
-            driver: driver.clone(),
-        }))
+    let mut builder = Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(coordinator)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await;
     collector.abort();
     resumer.abort();
+    gauges.abort();
     let closing = driver.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     served?;
@@ -121,6 +167,24 @@ pub async fn run(
             tracing::info!("stopped; unfinished transactions will resume on the next start");
             Ok(())
         }
+    }
+}
+
+/// The health of the whole server ("") and of each Arbiter service.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", "arbiter.v1.Coordinator", "arbiter.v1.Admin"] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Keeps the unfinished/stuck gauges current.
+async fn update_gauges(driver: Driver) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let stats = driver.stats();
+        let unfinished = stats.unfinished.iter().map(|(_, n)| n).sum();
+        crate::metrics::unfinished(unfinished, stats.stuck);
     }
 }
 

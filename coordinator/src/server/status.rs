@@ -13,6 +13,8 @@ impl From<DriverError> for Status {
             }
             DriverError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             DriverError::AlreadyExists(m) => Status::already_exists(m.clone()),
+            DriverError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            DriverError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             DriverError::Unavailable(m) => Status::unavailable(m.clone()),
             DriverError::Internal(m) => Status::internal(m.clone()),
         }

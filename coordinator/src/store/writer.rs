@@ -135,10 +135,14 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
         // Before stopping, make every lazy write durable too.
         sync |= closing && unsynced;
         if !records.is_empty() || sync {
+            let started = std::time::Instant::now();
             let result = match &poisoned {
                 Some(err) => Err(err.clone()),
                 None => log.write(&records, sync),
             };
+            if sync && result.is_ok() {
+                crate::metrics::log_flush(started.elapsed(), records.len());
+            }
             if let Err(err) = &result {
                 if poisoned.is_none() {
                     tracing::error!(error = %err, "transaction log write failed; nothing more will be acknowledged");
