@@ -1,18 +1,16 @@
 //! The `arbiter` binary: parse, set up tracing, dispatch. Everything else is in
 //! the library.
 
-use clap::Parser;
-
 /// mimalloc: the coordinator allocates many small short-lived buffers per RPC;
 /// measured in BENCHMARKS.md against the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use arbiter::cli::{self, Cli};
+use arbiter::cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     cli::init_tracing(cli.log_format);

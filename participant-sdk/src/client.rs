@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::coordinator_client::CoordinatorClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
 
 pub use pb::{BranchState, Mode, Transaction, TxnState};
 
@@ -94,6 +97,7 @@ pub struct Execute {
     txn_id: Option<String>,
     branches: Vec<Branch>,
     wait: bool,
+    traceparent: Option<String>,
 }
 
 impl Execute {
@@ -112,7 +116,16 @@ impl Execute {
             txn_id: None,
             branches: Vec::new(),
             wait: true,
+            traceparent: None,
         }
+    }
+
+    /// The caller's W3C `traceparent`: the coordinator continues this trace
+    /// and sends it on to every participant call
+    /// ([`CallContext::traceparent`](crate::CallContext)).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     pub fn branch(mut self, branch: Branch) -> Self {
@@ -177,7 +190,60 @@ pub enum Resolution {
 /// A connection to a coordinator. Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: CoordinatorClient<Channel>,
+    inner: RawClient,
+}
+
+/// The generated client with this connection's credentials applied.
+pub type RawClient = CoordinatorClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds the bearer token (if any) to every call.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = if self.token.is_some() { "<redacted>" } else { "none" };
+        write!(f, "Credentials {{ token: {token} }}")
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How to reach a secured coordinator: a bearer token and/or TLS.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    token: Option<String>,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl ConnectOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The bearer token sent with every call (`--coordinator-token` or
+    /// `--admin-token` on the coordinator, without the `name=` part).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// TLS settings for an `https://` coordinator (CA, client identity).
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 fn ms(d: Option<Duration>) -> u64 {
@@ -187,17 +253,32 @@ fn ms(d: Option<Duration>) -> u64 {
 impl Client {
     /// Connects to a coordinator at `endpoint`, e.g. `http://127.0.0.1:7089`.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client, ClientError> {
-        let channel = Endpoint::from_shared(endpoint.into())?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        Self::connect_with(endpoint, ConnectOptions::default()).await
+    }
+
+    /// Connects with a token and/or TLS (for an `https://` endpoint).
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let mut endpoint = Endpoint::from_shared(endpoint.into())?.tcp_nodelay(true);
+        if let Some(tls) = options.tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let token = match options.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::InvalidArgument("the token has characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
+        let channel = endpoint.connect().await?;
         Ok(Client {
-            inner: CoordinatorClient::new(channel),
+            inner: CoordinatorClient::with_interceptor(channel, Credentials { token }),
         })
     }
 
     /// The generated gRPC client, for calls this wrapper does not cover.
-    pub fn raw(&self) -> CoordinatorClient<Channel> {
+    pub fn raw(&self) -> RawClient {
         self.inner.clone()
     }
 
@@ -285,18 +366,17 @@ impl Client {
 
     /// Begin + register every branch + commit, in one call.
     pub async fn execute(&self, txn: Execute) -> Result<Outcome, ClientError> {
-        let response = self
-            .inner
-            .clone()
-            .execute(pb::ExecuteRequest {
-                mode: txn.mode as i32,
-                timeout_ms: ms(txn.timeout),
-                branches: txn.branches.iter().map(Branch::to_pb).collect(),
-                wait: txn.wait,
-                txn_id: txn.txn_id.unwrap_or_default(),
-            })
-            .await?
-            .into_inner();
+        let mut request = Request::new(pb::ExecuteRequest {
+            mode: txn.mode as i32,
+            timeout_ms: ms(txn.timeout),
+            branches: txn.branches.iter().map(Branch::to_pb).collect(),
+            wait: txn.wait,
+            txn_id: txn.txn_id.unwrap_or_default(),
+        });
+        if let Some(value) = txn.traceparent.and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        let response = self.inner.clone().execute(request).await?.into_inner();
         Ok(Outcome {
             state: response.state(),
             txn_id: response.txn_id,

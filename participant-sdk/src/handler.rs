@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::Status;
 
 /// What a handler learns about the call besides the payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CallContext {
     pub txn_id: String,
     pub branch_id: String,
@@ -15,6 +15,9 @@ pub struct CallContext {
     pub resource: String,
     /// 1 for the first call of this phase to this branch, 2 for the first retry, ...
     pub attempt: u32,
+    /// The W3C `traceparent` of the call: the transaction's trace (the
+    /// initiator's, if it sent one), with a span id for this call.
+    pub traceparent: Option<String>,
 }
 
 /// A participant's answer to prepare / try.

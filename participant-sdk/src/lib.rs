@@ -114,9 +114,14 @@ mod postgres;
 mod server;
 
 pub use client::{
-    Branch, BranchState, Client, ClientError, Execute, Mode, Outcome, Resolution, Transaction,
-    TxnState,
+    Branch, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute, Mode, Outcome,
+    RawClient, Resolution, Transaction, TxnState,
 };
+
+/// TLS settings for [`ConnectOptions::tls`] and [`ParticipantServer::tls`].
+pub mod tls {
+    pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+}
 pub use handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};
 

@@ -14,7 +14,8 @@ use arbiter_proto::v1::two_phase_participant_server::{
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
+use tracing::Instrument;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -46,6 +47,7 @@ type Routes = Arc<HashMap<String, Arc<dyn DynHandler>>>;
 pub struct ParticipantServer {
     two_phase: HashMap<String, Arc<dyn DynHandler>>,
     tcc: HashMap<String, Arc<dyn DynHandler>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl ParticipantServer {
@@ -66,16 +68,26 @@ impl ParticipantServer {
         self
     }
 
+    /// Serves over TLS (the coordinator then registers `https://` endpoints
+    /// and needs `--participant-tls-ca`); with a client CA in `tls`, only
+    /// coordinators presenting a certificate it signed may call (mutual TLS).
+    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Binds `addr` (port 0 picks a free port) and serves in the background.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<RunningParticipant> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let tls = self.tls.is_some();
         let task = tokio::spawn(self.serve_with_listener(listener, async {
             let _ = stopped.await;
         }));
         Ok(RunningParticipant {
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
@@ -95,7 +107,11 @@ impl ParticipantServer {
             routes: Arc::new(self.tcc),
             kind: "TCC",
         };
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .add_service(TwoPhaseParticipantServer::new(two_phase))
             .add_service(TccParticipantServer::new(tcc))
             .serve_with_incoming_shutdown(
@@ -109,6 +125,7 @@ impl ParticipantServer {
 /// A participant server running in the background.
 pub struct RunningParticipant {
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -118,9 +135,11 @@ impl RunningParticipant {
         self.addr
     }
 
-    /// The URI to register branches with, e.g. `http://127.0.0.1:41234`.
+    /// The URI to register branches with, e.g. `http://127.0.0.1:41234`
+    /// (`https://` when serving TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting calls, lets calls in progress finish, and waits.
@@ -138,13 +157,32 @@ impl Drop for RunningParticipant {
     }
 }
 
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The span a handler runs in: the branch and the caller's trace context.
+fn span(ctx: &CallContext, kind: &str, call: &str) -> tracing::Span {
+    tracing::info_span!("arbiter_participant_call", kind, call, txn = %ctx.txn_id,
+        branch = %ctx.branch_id, resource = %ctx.resource, attempt = ctx.attempt,
+        traceparent = ctx.traceparent.as_deref().unwrap_or(""))
+}
+
 struct Dispatch {
     routes: Routes,
     kind: &'static str,
 }
 
 impl Dispatch {
-    fn route(&self, call: &pb::BranchCall) -> Result<(Arc<dyn DynHandler>, CallContext), Status> {
+    fn route(
+        &self,
+        call: &pb::BranchCall,
+        traceparent: Option<String>,
+    ) -> Result<(Arc<dyn DynHandler>, CallContext), Status> {
         let handler = self.routes.get(&call.resource).cloned().ok_or_else(|| {
             Status::invalid_argument(format!(
                 "this participant has no {} handler for resource {:?}",
@@ -156,14 +194,19 @@ impl Dispatch {
             branch_id: call.branch_id.clone(),
             resource: call.resource.clone(),
             attempt: call.attempt,
+            traceparent,
         };
         Ok((handler, ctx))
     }
 
     async fn vote(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Vote>, Status> {
+        let traceparent = traceparent(&request);
         let call = request.into_inner();
-        let (handler, ctx) = self.route(&call)?;
-        let vote = handler.vote(&ctx, &call.payload).await?;
+        let (handler, ctx) = self.route(&call, traceparent)?;
+        let vote = handler
+            .vote(&ctx, &call.payload)
+            .instrument(span(&ctx, self.kind, "phase1"))
+            .await?;
         let (kind, reason) = match vote {
             Vote::Yes => (pb::VoteKind::VoteYes, String::new()),
             Vote::No(reason) => (pb::VoteKind::VoteNo, reason),
@@ -180,9 +223,17 @@ impl Dispatch {
         phase: Phase2,
         request: Request<pb::BranchCall>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let traceparent = traceparent(&request);
         let call = request.into_inner();
-        let (handler, ctx) = self.route(&call)?;
-        handler.finish(phase, &ctx, &call.payload).await?;
+        let (handler, ctx) = self.route(&call, traceparent)?;
+        let name = match phase {
+            Phase2::Commit => "commit",
+            Phase2::Rollback => "rollback",
+        };
+        handler
+            .finish(phase, &ctx, &call.payload)
+            .instrument(span(&ctx, self.kind, name))
+            .await?;
         Ok(Response::new(pb::Ack {}))
     }
 }

@@ -87,6 +87,7 @@ fn ctx(txn_id: &str, branch: usize) -> CallContext {
         branch_id: format!("b{branch}"),
         resource: "effects".into(),
         attempt: 1,
+        traceparent: None,
     }
 }
 

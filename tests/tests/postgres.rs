@@ -24,6 +24,7 @@ fn ctx(txn: &str, branch: &str) -> CallContext {
         branch_id: branch.into(),
         resource: RESOURCE.into(),
         attempt: 1,
+        traceparent: None,
     }
 }
 

@@ -7,7 +7,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{Context, bail};
 use arbiter_proto::v1::admin_client::AdminClient;
 use clap::Args;
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::output::Format;
 
@@ -24,17 +29,70 @@ pub struct Conn {
     /// Output: aligned table for people, JSON for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Admin bearer token (the secret part of the coordinator's --admin-token).
+    #[arg(long, global = true, env = "ARBITER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA (PEM file) to verify an https:// coordinator with.
+    #[arg(long, global = true, env = "ARBITER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file) for a coordinator that requires one.
+    #[arg(long, global = true, env = "ARBITER_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The private key of --tls-client-cert (PEM file).
+    #[arg(long, global = true, env = "ARBITER_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The admin client the commands use.
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())).into())
 }
 
 impl Conn {
-    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
+    pub async fn admin(&self) -> anyhow::Result<Admin> {
+        let mut endpoint = Endpoint::from_shared(self.addr.clone())
             .map_err(|e| UsageError(format!("--addr {:?} is not a URI: {e}", self.addr)))?;
+        if self.addr.starts_with("https://") || self.tls_ca.is_some() {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?));
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "--tls-client-cert")?,
+                    read(key, "--tls-client-key")?,
+                ));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let token = match &self.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| UsageError("--token has characters a header cannot carry".into()))?,
+            ),
+            None => None,
+        };
         let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.addr))?;
-        Ok(AdminClient::new(channel))
+        Ok(AdminClient::with_interceptor(channel, Bearer(token)))
     }
 }
 

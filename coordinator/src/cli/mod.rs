@@ -1,6 +1,7 @@
 //! The `arbiter` command line: one file per subcommand, one dispatch `match`.
 
 mod audit;
+mod config_file;
 mod connect;
 pub mod duration;
 mod output;
@@ -10,6 +11,7 @@ mod txn;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use config_file::parse;
 pub use serve::ServeArgs;
 
 #[derive(Debug, Parser)]
@@ -43,6 +45,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Counts by state, stuck transactions, retry queue.
     Stats(stats::StatsArgs),
+    /// Check a config file for `arbiter serve --config`.
+    Config(config_file::ConfigArgs),
 }
 
 /// Sets up `tracing`: level from `RUST_LOG` (default `info`), format from the flag.
@@ -66,6 +70,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Txn(args) => txn::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Stats(args) => stats::run(args).await,
+        Command::Config(args) => config_file::run(args).await,
     }
 }
 

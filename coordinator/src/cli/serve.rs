@@ -1,18 +1,26 @@
 //! `arbiter serve`: run the coordinator until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::cli::duration;
 use crate::config::Config;
+use crate::security::{Auth, EndpointPattern, Tls, Token};
 use crate::server::{self, Storage};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file setting any of the options below by their long name
+    /// (`max-branches = 16`, `admin-token = ["ops=..."]`). Flags win over
+    /// ARBITER_* variables, which win over the file. Check one with
+    /// `arbiter config check FILE`.
+    #[arg(long, env = "ARBITER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to serve gRPC on.
     #[arg(long, env = "ARBITER_LISTEN", default_value = "127.0.0.1:7089")]
     pub listen: SocketAddr,
@@ -64,11 +72,61 @@ pub struct ServeArgs {
     /// How often finished transactions past retention are collected, in seconds.
     #[arg(long, env = "ARBITER_COLLECT_INTERVAL_SECS", default_value_t = 60)]
     pub collect_interval_secs: u64,
+    /// Most unfinished transactions held at once; beyond it Begin and
+    /// Execute answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_UNFINISHED", default_value_t = 100_000)]
+    pub max_unfinished: usize,
+    /// Largest gRPC request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, env = "ARBITER_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    /// Participant endpoints clients may register (repeatable, or
+    /// comma-separated): host:port, host:*, *.domain:port, 10.0.0.0/8,
+    /// [fd00::/8]:port. Others are PERMISSION_DENIED. Default: any (warned).
+    #[arg(long = "allow-participant", env = "ARBITER_ALLOW_PARTICIPANTS", value_delimiter = ',')]
+    pub allow_participants: Vec<EndpointPattern>,
+    /// A bearer token for the Coordinator service, as name=secret
+    /// (repeatable). With any token set, every call needs one.
+    #[arg(long = "coordinator-token", env = "ARBITER_COORDINATOR_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub coordinator_tokens: Vec<Token>,
+    /// A bearer token for the Admin service (and the Coordinator service),
+    /// as name=secret (repeatable). The name is recorded in the audit log.
+    #[arg(long = "admin-token", env = "ARBITER_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub admin_tokens: Vec<Token>,
+    /// Serve TLS with this certificate chain (PEM file).
+    #[arg(long, env = "ARBITER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM file).
+    #[arg(long, env = "ARBITER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM file): mutual TLS.
+    #[arg(long, env = "ARBITER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA (PEM file) that signs participants' certificates; allows https:// endpoints.
+    #[arg(long, env = "ARBITER_PARTICIPANT_TLS_CA")]
+    pub participant_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file) shown to https:// participants (mutual TLS).
+    #[arg(long, env = "ARBITER_PARTICIPANT_TLS_CERT", requires_all = ["participant_tls_key", "participant_tls_ca"])]
+    pub participant_tls_cert: Option<PathBuf>,
+    /// The private key of --participant-tls-cert (PEM file).
+    #[arg(long, env = "ARBITER_PARTICIPANT_TLS_KEY", requires = "participant_tls_cert")]
+    pub participant_tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
+    #[arg(long, env = "ARBITER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        anyhow::bail!("{what} {} is not a PEM file", path.display());
+    }
+    Ok(bytes)
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> Config {
-        Config {
+    /// The settings, with every referenced file read and checked.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config {
             default_timeout: Duration::from_millis(self.default_timeout_ms),
             max_timeout: Duration::from_millis(self.max_timeout_ms),
             default_call_timeout: Duration::from_millis(self.call_timeout_ms),
@@ -83,12 +141,49 @@ impl ServeArgs {
             max_wait: Duration::from_millis(self.max_wait_ms),
             retention: Duration::from_secs(self.retention_secs),
             collect_interval: Duration::from_secs(self.collect_interval_secs.max(1)),
+            max_unfinished: self.max_unfinished,
+            max_message_bytes: self.max_message_bytes.max(1024),
+            allow_participants: self.allow_participants.clone(),
+            auth: Auth {
+                coordinator: self.coordinator_tokens.clone(),
+                admin: self.admin_tokens.clone(),
+            },
+            tls: self.tls()?,
+            metrics_listen: self.metrics_listen,
             ..Config::default()
+        })
+    }
+
+    fn tls(&self) -> anyhow::Result<Tls> {
+        let mut tls = Tls::default();
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let identity = Identity::from_pem(pem(cert, "--tls-cert")?, pem(key, "--tls-key")?);
+            let mut server = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &self.tls_client_ca {
+                server = server.client_ca_root(Certificate::from_pem(pem(ca, "--tls-client-ca")?));
+            }
+            tls.server = Some(server);
         }
+        if let Some(ca) = &self.participant_tls_ca {
+            let mut client =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca, "--participant-tls-ca")?));
+            if let (Some(cert), Some(key)) = (&self.participant_tls_cert, &self.participant_tls_key) {
+                client = client.identity(Identity::from_pem(
+                    pem(cert, "--participant-tls-cert")?,
+                    pem(key, "--participant-tls-key")?,
+                ));
+            }
+            tls.participants = Some(client);
+        }
+        Ok(tls)
     }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    if config.allow_participants.is_empty() {
+        tracing::warn!("no --allow-participant: clients may register any endpoint, and the coordinator will call it");
+    }
     let storage = if args.in_memory {
         Storage::Memory
     } else {
@@ -97,7 +192,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    server::run(args.config(), storage, listener, shutdown_signal()).await?;
+    server::run(config, storage, listener, shutdown_signal()).await?;
     Ok(())
 }
 

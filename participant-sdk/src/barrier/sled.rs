@@ -90,7 +90,7 @@ use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler,
 /// // whose try never arrived, twice, then deliver the late try.
 /// let stock = barrier.guard(Stock);
 /// let ctx = CallContext { txn_id: "t-lost".into(), branch_id: "1".into(),
-///                         resource: "stock".into(), attempt: 1 };
+///                         resource: "stock".into(), ..Default::default() };
 /// stock.cancel(&ctx, b"3").await?; // empty cancel: recorded, handler not run
 /// stock.cancel(&ctx, b"3").await?; // repeat: no-op
 /// assert!(matches!(stock.try_(&ctx, b"3").await?, Vote::No(_))); // hanging try: refused

@@ -297,6 +297,7 @@ impl<H: PgPrepareHandler> PgTwoPhase<H> {
                 branch_id,
                 resource: String::new(),
                 attempt: 0,
+                traceparent: None,
             };
             let finished = match self.inner.coordinator.resolve(&ctx.txn_id).await {
                 Ok(Resolution::Commit) => self.commit(&ctx).await.map(|()| &mut report.committed),
@@ -343,6 +344,7 @@ mod tests {
             branch_id: "b-1.2".into(),
             resource: String::new(),
             attempt: 1,
+            traceparent: None,
         };
         let g = gid(&ctx).unwrap_or_default();
         assert_eq!(g, "arbiter/0190abcdef:x/b-1.2");
