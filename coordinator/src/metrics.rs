@@ -12,14 +12,21 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+];
 
 /// Starts the exporter's HTTP listener (`GET /metrics`) on `addr`.
 pub fn install(addr: SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("arbiter_log_records_per_flush".into()), BATCH_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("arbiter_log_records_per_flush".into()),
+                BATCH_BUCKETS,
+            )
+        })
         .map_err(|e| format!("metrics: {e}"))?
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
@@ -28,7 +35,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
-    describe_counter!("arbiter_transactions_total", "Transactions finished, by mode and outcome.");
+    describe_counter!(
+        "arbiter_transactions_total",
+        "Transactions finished, by mode and outcome."
+    );
     describe_histogram!(
         "arbiter_transaction_duration_seconds",
         "From begin to final state, by mode and outcome."
@@ -41,17 +51,47 @@ fn describe() {
         "arbiter_branch_calls_total",
         "Calls to participants, by call and result code (OK, a gRPC code, or TIMEOUT)."
     );
-    describe_histogram!("arbiter_branch_call_duration_seconds", "Participant call latency, by call.");
-    describe_counter!("arbiter_retries_total", "Participant calls scheduled for retry, by call.");
-    describe_gauge!("arbiter_unfinished_transactions", "Transactions not yet final.");
-    describe_gauge!("arbiter_stuck_transactions", "Unfinished transactions flagged stuck.");
-    describe_gauge!("arbiter_recovery_pending", "Transactions found unfinished at start and not yet resumed.");
-    describe_counter!("arbiter_recovered_total", "Transactions resumed after a restart.");
-    describe_histogram!("arbiter_log_flush_seconds", "Group-commit write + flush + fdatasync time.");
-    describe_histogram!("arbiter_log_records_per_flush", "Records made durable by one flush.");
+    describe_histogram!(
+        "arbiter_branch_call_duration_seconds",
+        "Participant call latency, by call."
+    );
+    describe_counter!(
+        "arbiter_retries_total",
+        "Participant calls scheduled for retry, by call."
+    );
+    describe_gauge!(
+        "arbiter_unfinished_transactions",
+        "Transactions not yet final."
+    );
+    describe_gauge!(
+        "arbiter_stuck_transactions",
+        "Unfinished transactions flagged stuck."
+    );
+    describe_gauge!(
+        "arbiter_recovery_pending",
+        "Transactions found unfinished at start and not yet resumed."
+    );
+    describe_counter!(
+        "arbiter_recovered_total",
+        "Transactions resumed after a restart."
+    );
+    describe_histogram!(
+        "arbiter_log_flush_seconds",
+        "Group-commit write + flush + fdatasync time."
+    );
+    describe_histogram!(
+        "arbiter_log_records_per_flush",
+        "Records made durable by one flush."
+    );
 }
 
-pub fn transaction_finished(mode: &'static str, committed: bool, total: Duration, decide: Option<Duration>, finish: Option<Duration>) {
+pub fn transaction_finished(
+    mode: &'static str,
+    committed: bool,
+    total: Duration,
+    decide: Option<Duration>,
+    finish: Option<Duration>,
+) {
     let outcome = if committed { "committed" } else { "aborted" };
     counter!("arbiter_transactions_total", "mode" => mode, "outcome" => outcome).increment(1);
     histogram!("arbiter_transaction_duration_seconds", "mode" => mode, "outcome" => outcome)

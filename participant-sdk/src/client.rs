@@ -204,7 +204,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let token = if self.token.is_some() { "<redacted>" } else { "none" };
+        let token = if self.token.is_some() {
+            "<redacted>"
+        } else {
+            "none"
+        };
         write!(f, "Credentials {{ token: {token} }}")
     }
 }
@@ -267,7 +271,9 @@ impl Client {
         }
         let token = match options.token {
             Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                ClientError::InvalidArgument("the token has characters a header cannot carry".into())
+                ClientError::InvalidArgument(
+                    "the token has characters a header cannot carry".into(),
+                )
             })?),
             None => None,
         };

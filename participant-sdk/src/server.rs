@@ -14,10 +14,10 @@ use arbiter_proto::v1::two_phase_participant_server::{
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Server, ServerTlsConfig};
-use tracing::Instrument;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::handler::{
     CallContext, DynHandler, Phase2, Tcc, TccHandler, TwoPhase, TwoPhaseHandler, Vote,

@@ -2,6 +2,7 @@
 //! processes, participants that record every call they see, and polling
 //! helpers with generous deadlines (never fixed sleeps as assertions).
 
+pub mod certs;
 pub mod postgres;
 pub mod process;
 pub mod recorder;

@@ -84,6 +84,8 @@ pub struct ArbiterProcess {
     args: Vec<String>,
     /// `FAILPOINTS` for the next start; `None` runs without failpoints.
     failpoints: Option<String>,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
 }
 
 impl ArbiterProcess {
@@ -97,6 +99,30 @@ impl ArbiterProcess {
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
             failpoints: None,
+            env: Vec::new(),
+        };
+        process.restart().await?;
+        Ok(process)
+    }
+
+    /// Like [`ArbiterProcess::start`], with extra environment variables.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ArbiterProcess> {
+        let port = free_port()?;
+        let mut process = ArbiterProcess {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            failpoints: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         process.restart().await?;
         Ok(process)
@@ -116,6 +142,7 @@ impl ArbiterProcess {
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
             failpoints: Some(failpoints.to_string()),
+            env: Vec::new(),
         };
         process.restart().await?;
         Ok(process)
@@ -177,6 +204,7 @@ impl ArbiterProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

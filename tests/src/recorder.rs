@@ -23,6 +23,7 @@ pub struct Seen {
     pub branch_id: String,
     pub resource: String,
     pub attempt: u32,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -73,6 +74,7 @@ impl Recorder {
                 branch_id: ctx.branch_id.clone(),
                 resource: ctx.resource.clone(),
                 attempt: ctx.attempt,
+                traceparent: ctx.traceparent.clone(),
             });
     }
 

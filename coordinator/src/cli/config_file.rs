@@ -80,7 +80,10 @@ fn file_args(path: &Path, given: Option<&ArgMatches>) -> anyhow::Result<Vec<OsSt
                 )
             })?;
         let source = given.and_then(|m| m.value_source(arg.get_id().as_str()));
-        if matches!(source, Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+        if matches!(
+            source,
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue;
         }
         if !arg.get_action().takes_values() {
@@ -101,7 +104,10 @@ fn file_args(path: &Path, given: Option<&ArgMatches>) -> anyhow::Result<Vec<OsSt
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                _ => bail!("{}: {key} must be a string, a number or a list of them", path.display()),
+                _ => bail!(
+                    "{}: {key} must be a string, a number or a list of them",
+                    path.display()
+                ),
             };
             args.push(OsString::from(format!("--{key}={text}")));
         }
@@ -113,12 +119,15 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let ConfigCommand::Check { file } = args.command;
     let mut argv = vec![OsString::from("arbiter"), OsString::from("serve")];
     argv.extend(file_args(&file, None).map_err(|e| UsageError(format!("{e:#}")))?);
-    let cli = Cli::try_parse_from_args(argv)
-        .map_err(|e| {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
-            UsageError(format!("{}: {first}", file.display()))
-        })?;
+    let cli = Cli::try_parse_from_args(argv).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        UsageError(format!("{}: {first}", file.display()))
+    })?;
     let Command::Serve(serve) = cli.command else {
         bail!("not a serve configuration");
     };
@@ -128,17 +137,59 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let mut out = output::Table::new(vec!["setting", "value"]);
     let rows = [
         ("listen", serve.listen.to_string()),
-        ("data-dir", if serve.in_memory { "(in memory)".into() } else { serve.data_dir.display().to_string() }),
-        ("tls", if config.tls.server.is_some() { if serve.tls_client_ca.is_some() { "on, client certificates required".into() } else { "on".to_string() } } else { "off".into() }),
-        ("participant tls", if config.tls.participants.is_some() { "on".into() } else { "off".into() }),
+        (
+            "data-dir",
+            if serve.in_memory {
+                "(in memory)".into()
+            } else {
+                serve.data_dir.display().to_string()
+            },
+        ),
+        (
+            "tls",
+            if config.tls.server.is_some() {
+                if serve.tls_client_ca.is_some() {
+                    "on, client certificates required".into()
+                } else {
+                    "on".to_string()
+                }
+            } else {
+                "off".into()
+            },
+        ),
+        (
+            "participant tls",
+            if config.tls.participants.is_some() {
+                "on".into()
+            } else {
+                "off".into()
+            },
+        ),
         ("coordinator tokens", names(&config.auth.coordinator)),
         ("admin tokens", names(&config.auth.admin)),
-        ("allow-participant", if config.allow_participants.is_empty() { "(any: not recommended)".into() } else { config.allow_participants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") }),
+        (
+            "allow-participant",
+            if config.allow_participants.is_empty() {
+                "(any: not recommended)".into()
+            } else {
+                config
+                    .allow_participants
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
         ("max-unfinished", config.max_unfinished.to_string()),
         ("max-message-bytes", config.max_message_bytes.to_string()),
         ("max-payload-bytes", config.max_payload_bytes.to_string()),
         ("max-branches", config.max_branches.to_string()),
-        ("metrics-listen", config.metrics_listen.map_or("off".into(), |a| a.to_string())),
+        (
+            "metrics-listen",
+            config
+                .metrics_listen
+                .map_or("off".into(), |a| a.to_string()),
+        ),
     ];
     for (k, v) in rows {
         out.row(vec![k.into(), v.into()]);
@@ -152,7 +203,11 @@ fn names(tokens: &[crate::security::Token]) -> String {
     if tokens.is_empty() {
         "(none)".into()
     } else {
-        tokens.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ")
+        tokens
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

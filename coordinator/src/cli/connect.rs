@@ -36,7 +36,12 @@ pub struct Conn {
     #[arg(long, global = true, env = "ARBITER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM file) for a coordinator that requires one.
-    #[arg(long, global = true, env = "ARBITER_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "ARBITER_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
     pub tls_client_cert: Option<PathBuf>,
     /// The private key of --tls-client-cert (PEM file).
     #[arg(long, global = true, env = "ARBITER_TLS_CLIENT_KEY")]
@@ -48,9 +53,14 @@ pub struct Conn {
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     }
@@ -60,7 +70,8 @@ impl Interceptor for Bearer {
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())).into())
+    std::fs::read(path)
+        .map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())).into())
 }
 
 impl Conn {
@@ -80,14 +91,13 @@ impl Conn {
             }
             endpoint = endpoint.tls_config(tls)?;
         }
-        let token = match &self.token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| UsageError("--token has characters a header cannot carry".into()))?,
-            ),
-            None => None,
-        };
+        let token =
+            match &self.token {
+                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                    UsageError("--token has characters a header cannot carry".into())
+                })?),
+                None => None,
+            };
         let channel = endpoint
             .connect()
             .await

@@ -82,15 +82,29 @@ pub struct ServeArgs {
     /// Participant endpoints clients may register (repeatable, or
     /// comma-separated): host:port, host:*, *.domain:port, 10.0.0.0/8,
     /// [fd00::/8]:port. Others are PERMISSION_DENIED. Default: any (warned).
-    #[arg(long = "allow-participant", env = "ARBITER_ALLOW_PARTICIPANTS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-participant",
+        env = "ARBITER_ALLOW_PARTICIPANTS",
+        value_delimiter = ','
+    )]
     pub allow_participants: Vec<EndpointPattern>,
     /// A bearer token for the Coordinator service, as name=secret
     /// (repeatable). With any token set, every call needs one.
-    #[arg(long = "coordinator-token", env = "ARBITER_COORDINATOR_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "coordinator-token",
+        env = "ARBITER_COORDINATOR_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub coordinator_tokens: Vec<Token>,
     /// A bearer token for the Admin service (and the Coordinator service),
     /// as name=secret (repeatable). The name is recorded in the audit log.
-    #[arg(long = "admin-token", env = "ARBITER_ADMIN_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "admin-token",
+        env = "ARBITER_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub admin_tokens: Vec<Token>,
     /// Serve TLS with this certificate chain (PEM file).
     #[arg(long, env = "ARBITER_TLS_CERT", requires = "tls_key")]
@@ -108,7 +122,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_PARTICIPANT_TLS_CERT", requires_all = ["participant_tls_key", "participant_tls_ca"])]
     pub participant_tls_cert: Option<PathBuf>,
     /// The private key of --participant-tls-cert (PEM file).
-    #[arg(long, env = "ARBITER_PARTICIPANT_TLS_KEY", requires = "participant_tls_cert")]
+    #[arg(
+        long,
+        env = "ARBITER_PARTICIPANT_TLS_KEY",
+        requires = "participant_tls_cert"
+    )]
     pub participant_tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
@@ -116,7 +134,8 @@ pub struct ServeArgs {
 }
 
 fn pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         anyhow::bail!("{what} {} is not a PEM file", path.display());
     }
@@ -165,9 +184,10 @@ impl ServeArgs {
             tls.server = Some(server);
         }
         if let Some(ca) = &self.participant_tls_ca {
-            let mut client =
-                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca, "--participant-tls-ca")?));
-            if let (Some(cert), Some(key)) = (&self.participant_tls_cert, &self.participant_tls_key) {
+            let mut client = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(pem(ca, "--participant-tls-ca")?));
+            if let (Some(cert), Some(key)) = (&self.participant_tls_cert, &self.participant_tls_key)
+            {
                 client = client.identity(Identity::from_pem(
                     pem(cert, "--participant-tls-cert")?,
                     pem(key, "--participant-tls-key")?,
@@ -182,7 +202,9 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if config.allow_participants.is_empty() {
-        tracing::warn!("no --allow-participant: clients may register any endpoint, and the coordinator will call it");
+        tracing::warn!(
+            "no --allow-participant: clients may register any endpoint, and the coordinator will call it"
+        );
     }
     let storage = if args.in_memory {
         Storage::Memory

@@ -391,43 +391,46 @@ impl Inner {
         let inner = self.clone();
         let span = tracing::info_span!("branch_call", txn = %spec.txn_id, branch = %spec.branch_id,
             call = spec.call.rpc_name(spec.mode), attempt = spec.attempt, traceparent = %spec.traceparent);
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            let event = match spec.call {
-                CallKind::Prepare => {
-                    let result = inner.participants.prepare(&spec).await;
-                    if spec.branch == 0 && spec.attempt == 1 {
-                        crate::crash_point!("after-some-phase1-sent");
-                    }
-                    Event::Voted {
-                        branch: spec.branch,
-                        result,
-                    }
-                }
-                CallKind::Commit | CallKind::Rollback => {
-                    match inner.participants.finish(&spec).await {
-                        Ok(()) => {
-                            if spec.branch == 0 && spec.call == CallKind::Commit {
-                                crate::crash_point!("after-some-phase2-sent");
-                            }
-                            if spec.branch == 0 && spec.call == CallKind::Rollback {
-                                crate::crash_point!("after-some-rollbacks-sent");
-                            }
-                            Event::Acked {
-                                branch: spec.branch,
-                            }
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let event = match spec.call {
+                    CallKind::Prepare => {
+                        let result = inner.participants.prepare(&spec).await;
+                        if spec.branch == 0 && spec.attempt == 1 {
+                            crate::crash_point!("after-some-phase1-sent");
                         }
-                        Err(error) => {
-                            tracing::debug!(txn = %spec.txn_id, branch = %spec.branch_id, %error, "phase-2 call failed; will retry");
-                            Event::Phase2Failed {
-                                branch: spec.branch,
-                                error,
-                            }
+                        Event::Voted {
+                            branch: spec.branch,
+                            result,
                         }
                     }
-                }
-            };
-            inner.step_and_perform(&slot, event).await;
-        }, span));
+                    CallKind::Commit | CallKind::Rollback => {
+                        match inner.participants.finish(&spec).await {
+                            Ok(()) => {
+                                if spec.branch == 0 && spec.call == CallKind::Commit {
+                                    crate::crash_point!("after-some-phase2-sent");
+                                }
+                                if spec.branch == 0 && spec.call == CallKind::Rollback {
+                                    crate::crash_point!("after-some-rollbacks-sent");
+                                }
+                                Event::Acked {
+                                    branch: spec.branch,
+                                }
+                            }
+                            Err(error) => {
+                                tracing::debug!(txn = %spec.txn_id, branch = %spec.branch_id, %error, "phase-2 call failed; will retry");
+                                Event::Phase2Failed {
+                                    branch: spec.branch,
+                                    error,
+                                }
+                            }
+                        }
+                    }
+                };
+                inner.step_and_perform(&slot, event).await;
+            },
+            span,
+        ));
     }
 
     fn spawn_retry(

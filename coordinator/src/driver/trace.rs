@@ -22,7 +22,8 @@ pub fn current() -> Option<String> {
 /// The trace id of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id_of(traceparent: &str) -> Option<String> {
     let mut parts = traceparent.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let valid = hex(version, 2)
         && version != "ff"
@@ -51,7 +52,10 @@ mod tests {
     #[test]
     fn traceparents_are_parsed_strictly_and_continued() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id_of(tp).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id_of(tp).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -63,7 +67,10 @@ mod tests {
             assert_eq!(trace_id_of(bad), None, "{bad:?}");
         }
         let child = child("4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(trace_id_of(&child).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id_of(&child).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert_eq!(new_trace_id().len(), 32);
     }
 }

@@ -27,7 +27,10 @@ enum HostPattern {
     Name(String),
     /// `*.suffix`: matches `a.suffix`, `a.b.suffix`, not `suffix` itself.
     Suffix(String),
-    Net { addr: IpAddr, prefix: u8 },
+    Net {
+        addr: IpAddr,
+        prefix: u8,
+    },
 }
 
 impl std::fmt::Display for EndpointPattern {
@@ -47,7 +50,11 @@ impl std::str::FromStr for EndpointPattern {
                 "" => (host, None),
                 _ => (
                     host,
-                    Some(after.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?),
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("expected ':' after ']'"))?,
+                    ),
                 ),
             }
         } else if text.matches(':').count() > 1 {
@@ -60,7 +67,10 @@ impl std::str::FromStr for EndpointPattern {
         };
         let port = match port {
             None | Some("*") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| bad("the port must be a number or *"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port must be a number or *"))?,
+            ),
         };
         let host = if let Some((addr, prefix)) = host.split_once('/') {
             let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP network"))?;
@@ -139,7 +149,11 @@ pub fn allowed(patterns: &[EndpointPattern], endpoint: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri
         .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     patterns.iter().any(|p| p.matches(host, port))
 }
 
@@ -189,7 +203,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_with_the_reason() {
-        for bad in ["", "*", "host:port", "10.0.0.0/33", "[fd00::/8", "*.:80", "a b"] {
+        for bad in [
+            "",
+            "*",
+            "host:port",
+            "10.0.0.0/33",
+            "[fd00::/8",
+            "*.:80",
+            "a b",
+        ] {
             let err = bad.parse::<EndpointPattern>().err();
             assert!(err.is_some(), "{bad:?} should not parse");
         }

@@ -66,8 +66,7 @@ pub struct Auth {
 /// Compares without stopping at the first difference.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -80,9 +79,13 @@ impl Auth {
 
     fn find<'a>(tokens: &'a [Token], secret: &str) -> Option<&'a Token> {
         // Look at every token, so timing does not tell which one matched.
-        tokens
-            .iter()
-            .fold(None, |found, t| if same(&t.secret, secret) { Some(t) } else { found })
+        tokens.iter().fold(None, |found, t| {
+            if same(&t.secret, secret) {
+                Some(t)
+            } else {
+                found
+            }
+        })
     }
 
     /// The caller of a request that needs `role`, or the status refusing it.
@@ -90,14 +93,16 @@ impl Auth {
         if !self.enabled() {
             return Ok(None);
         }
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"))?;
+        let header = metadata.get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
+        })?;
         let secret = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the authorization header is not 'Bearer <token>'"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header is not 'Bearer <token>'")
+            })?;
         if let Some(token) = Self::find(&self.admin, secret) {
             return Ok(Some(Caller(format!("token:{}", token.name))));
         }
@@ -131,8 +136,16 @@ mod tests {
 
     fn auth() -> Auth {
         Auth {
-            coordinator: vec!["svc=coordinator-secret-1".parse().unwrap_or_else(|e| panic!("{e}"))],
-            admin: vec!["ops=admin-secret-0123456".parse().unwrap_or_else(|e| panic!("{e}"))],
+            coordinator: vec![
+                "svc=coordinator-secret-1"
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            admin: vec![
+                "ops=admin-secret-0123456"
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ],
         }
     }
 
@@ -150,19 +163,38 @@ mod tests {
     fn roles_and_refusals() {
         let a = auth();
         let code = |r: Result<Option<Caller>, Status>| r.err().map(|s| s.code());
-        assert_eq!(code(a.check(Role::Coordinator, &with(None))), Some(tonic::Code::Unauthenticated));
-        assert_eq!(code(a.check(Role::Coordinator, &with(Some("wrong")))), Some(tonic::Code::Unauthenticated));
         assert_eq!(
-            a.check(Role::Coordinator, &with(Some("coordinator-secret-1"))).ok().flatten(),
+            code(a.check(Role::Coordinator, &with(None))),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(a.check(Role::Coordinator, &with(Some("wrong")))),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            a.check(Role::Coordinator, &with(Some("coordinator-secret-1")))
+                .ok()
+                .flatten(),
             Some(Caller("token:svc".into()))
         );
-        assert_eq!(code(a.check(Role::Admin, &with(Some("coordinator-secret-1")))), Some(tonic::Code::PermissionDenied));
         assert_eq!(
-            a.check(Role::Admin, &with(Some("admin-secret-0123456"))).ok().flatten(),
+            code(a.check(Role::Admin, &with(Some("coordinator-secret-1")))),
+            Some(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(
+            a.check(Role::Admin, &with(Some("admin-secret-0123456")))
+                .ok()
+                .flatten(),
             Some(Caller("token:ops".into()))
         );
-        assert!(a.check(Role::Coordinator, &with(Some("admin-secret-0123456"))).is_ok());
-        assert_eq!(Auth::default().check(Role::Admin, &with(None)).ok(), Some(None));
+        assert!(
+            a.check(Role::Coordinator, &with(Some("admin-secret-0123456")))
+                .is_ok()
+        );
+        assert_eq!(
+            Auth::default().check(Role::Admin, &with(None)).ok(),
+            Some(None)
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ pub async fn run(
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
     if !auth.enabled() {
-        tracing::warn!("no tokens configured: anyone who can reach this port can run and force transactions");
+        tracing::warn!(
+            "no tokens configured: anyone who can reach this port can run and force transactions"
+        );
     }
     let driver = Driver::new(config, log)?;
     let recovery = driver.load_unfinished()?;
