@@ -116,6 +116,19 @@ enum Step {
 /// The steps of one engine step, to be run by [`Inner::perform`].
 pub struct Steps(Vec<Step>);
 
+/// Metrics of a transaction that just became final.
+fn record_finished(txn: &Txn) {
+    let since = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
+    let finished = txn.finished_at_ms.unwrap_or_else(ids::now_ms);
+    crate::metrics::transaction_finished(
+        txn.mode.name(),
+        txn.state == TxnState::Committed,
+        since(txn.created_at_ms, finished),
+        txn.decided_at_ms.map(|d| since(txn.created_at_ms, d)),
+        txn.decided_at_ms.map(|d| since(d, finished)),
+    );
+}
+
 pub struct Inner {
     pub config: Config,
     policy: engine::Policy,
@@ -332,7 +345,12 @@ impl Inner {
                     }
                 }
                 Step::Lazy(durable) => lazy = Some(durable),
-                Step::Publish(published) => slot.publish(published),
+                Step::Publish(published) => {
+                    if published.state.is_final() {
+                        record_finished(&slot.lock());
+                    }
+                    slot.publish(published)
+                }
                 Step::Call(spec) => {
                     if spec.call == CallKind::Prepare && spec.attempt == 1 {
                         crate::crash_point!("before-phase1-sent");
@@ -475,17 +493,6 @@ impl Inner {
     fn forget(&self, slot: &Arc<Slot>) {
         let (id, state) = {
             let txn = slot.lock();
-            let ms = |from: u64, to: Option<u64>| {
-                to.map(|to| Duration::from_millis(to.saturating_sub(from)))
-            };
-            let finished = txn.finished_at_ms.unwrap_or_else(ids::now_ms);
-            crate::metrics::transaction_finished(
-                txn.mode.name(),
-                txn.state == TxnState::Committed,
-                Duration::from_millis(finished.saturating_sub(txn.created_at_ms)),
-                ms(txn.created_at_ms, txn.decided_at_ms),
-                txn.decided_at_ms.and_then(|d| ms(d, Some(finished))),
-            );
             (txn.id.clone(), txn.state)
         };
         match state {
