@@ -335,3 +335,35 @@ fn config_check_accepts_a_good_file_and_explains_a_bad_one() -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admin_cli_sends_its_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = ArbiterProcess::start(
+        dir.path(),
+        &["--admin-token", "ops=cli-secret-0123456789", "--coordinator-token", "svc=svc-secret-0123456789"],
+    )
+    .await?;
+    let stats = |token: Option<&str>| -> anyhow::Result<(i32, String)> {
+        let mut command = std::process::Command::new(arbiter_bin()?);
+        command.args(["stats", "--addr", &arbiter.endpoint]).env_remove("ARBITER_TOKEN");
+        if let Some(token) = token {
+            command.env("ARBITER_TOKEN", token);
+        }
+        let out = command.output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        ))
+    };
+    let (code, text) = stats(None)?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("missing bearer token"), "{text}");
+    let (code, text) = stats(Some("svc-secret-0123456789"))?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("admin token"), "{text}");
+    let (code, text) = stats(Some("cli-secret-0123456789"))?;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("COMMITTED since start"), "{text}");
+    Ok(())
+}
