@@ -78,40 +78,23 @@ impl PgBank {
 
     /// Sum of committed balances.
     pub async fn total(&self) -> anyhow::Result<i64> {
-        let row = self
-            .barrier
-            .conn()
-            .await?
-            .query_one(
-                "SELECT COALESCE(SUM(balance), 0)::bigint FROM accounts",
-                &[],
-            )
-            .await?;
-        Ok(row.try_get(0)?)
+        self.number("SELECT COALESCE(SUM(balance), 0)::bigint FROM accounts")
+            .await
     }
 
     /// TCC holds not yet confirmed or cancelled.
     pub async fn holds(&self) -> anyhow::Result<i64> {
-        let row = self
-            .barrier
-            .conn()
-            .await?
-            .query_one("SELECT count(*) FROM holds", &[])
-            .await?;
-        Ok(row.try_get(0)?)
+        self.number("SELECT count(*) FROM holds").await
     }
 
     /// Prepared transactions (2PC branches awaiting a decision) in this database.
     pub async fn prepared(&self) -> anyhow::Result<i64> {
-        let row = self
-            .barrier
-            .conn()
-            .await?
-            .query_one(
-                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
-                &[],
-            )
-            .await?;
+        self.number("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()")
+            .await
+    }
+
+    async fn number(&self, sql: &str) -> anyhow::Result<i64> {
+        let row = self.barrier.conn().await?.query_one(sql, &[]).await?;
         Ok(row.try_get(0)?)
     }
 

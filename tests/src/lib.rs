@@ -3,6 +3,7 @@
 //! helpers with generous deadlines (never fixed sleeps as assertions).
 
 pub mod certs;
+pub mod chaos;
 pub mod postgres;
 pub mod process;
 pub mod recorder;

@@ -91,24 +91,31 @@ pub struct ArbiterProcess {
 impl ArbiterProcess {
     /// Starts `arbiter serve` on `data_dir` with `args` and waits until it answers.
     pub async fn start(data_dir: &Path, args: &[&str]) -> anyhow::Result<ArbiterProcess> {
-        let port = free_port()?;
-        let mut process = ArbiterProcess {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            data_dir: data_dir.to_path_buf(),
-            port,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            failpoints: None,
-            env: Vec::new(),
-        };
-        process.restart().await?;
-        Ok(process)
+        Self::launch(data_dir, args, None, &[]).await
+    }
+
+    /// Like [`ArbiterProcess::start`], with `FAILPOINTS` set (e.g. `"after-decision-persisted=return"`).
+    pub async fn start_with_failpoints(
+        data_dir: &Path,
+        args: &[&str],
+        failpoints: &str,
+    ) -> anyhow::Result<ArbiterProcess> {
+        Self::launch(data_dir, args, Some(failpoints), &[]).await
     }
 
     /// Like [`ArbiterProcess::start`], with extra environment variables.
     pub async fn start_with_env(
         data_dir: &Path,
         args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ArbiterProcess> {
+        Self::launch(data_dir, args, None, env).await
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        args: &[&str],
+        failpoints: Option<&str>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ArbiterProcess> {
         let port = free_port()?;
@@ -118,31 +125,11 @@ impl ArbiterProcess {
             data_dir: data_dir.to_path_buf(),
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
-            failpoints: None,
+            failpoints: failpoints.map(str::to_string),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        process.restart().await?;
-        Ok(process)
-    }
-
-    /// Like [`ArbiterProcess::start`], with `FAILPOINTS` set (e.g. `"after-decision-persisted=return"`).
-    pub async fn start_with_failpoints(
-        data_dir: &Path,
-        args: &[&str],
-        failpoints: &str,
-    ) -> anyhow::Result<ArbiterProcess> {
-        let port = free_port()?;
-        let mut process = ArbiterProcess {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            data_dir: data_dir.to_path_buf(),
-            port,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            failpoints: Some(failpoints.to_string()),
-            env: Vec::new(),
         };
         process.restart().await?;
         Ok(process)

@@ -323,6 +323,18 @@ fn write_effect(txn: &mut SledTxn<'_>, ctx: &CallContext, e: Effect) {
     );
 }
 
+/// Reads the branch's effect, changes it, writes it back (in `txn`).
+fn change(
+    txn: &mut SledTxn<'_>,
+    ctx: &CallContext,
+    f: impl FnOnce(&mut Effect),
+) -> Result<(), ParticipantError> {
+    let mut e = read_effect(txn, ctx)?;
+    f(&mut e);
+    write_effect(txn, ctx, e);
+    Ok(())
+}
+
 impl SledHandler for SledEffects {
     async fn prepare(
         &self,
@@ -333,9 +345,7 @@ impl SledHandler for SledEffects {
         if payload == b"no" {
             return Ok(Vote::No("refused".into()));
         }
-        let mut e = read_effect(txn, ctx)?;
-        e.prepared += 1;
-        write_effect(txn, ctx, e);
+        change(txn, ctx, |e| e.prepared += 1)?;
         Ok(Vote::Yes)
     }
     async fn commit(
@@ -344,10 +354,7 @@ impl SledHandler for SledEffects {
         _: &[u8],
         txn: &mut SledTxn<'_>,
     ) -> Result<(), ParticipantError> {
-        let mut e = read_effect(txn, ctx)?;
-        e.applied += 1;
-        write_effect(txn, ctx, e);
-        Ok(())
+        change(txn, ctx, |e| e.applied += 1)
     }
     async fn rollback(
         &self,
@@ -355,10 +362,7 @@ impl SledHandler for SledEffects {
         _: &[u8],
         txn: &mut SledTxn<'_>,
     ) -> Result<(), ParticipantError> {
-        let mut e = read_effect(txn, ctx)?;
-        e.released += 1;
-        write_effect(txn, ctx, e);
-        Ok(())
+        change(txn, ctx, |e| e.released += 1)
     }
 }
 

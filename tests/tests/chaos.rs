@@ -7,13 +7,13 @@
 //! `ARBITER_CHAOS_KILLS` sets the number of kills (default 10; try 100 for a
 //! long run).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arbiter_examples::{AccountRef, Bank, RESOURCE, transfer_txn};
-use arbiter_sdk::{Client, ClientError, ParticipantServer, TxnState};
-use arbiter_tests::{ArbiterProcess, eventually};
+use arbiter_examples::{AccountRef, Bank, RESOURCE};
+use arbiter_sdk::{ParticipantServer, TxnState};
+use arbiter_tests::ArbiterProcess;
+use arbiter_tests::chaos::{final_state, start_transfers};
 
 const WORKERS: usize = 8;
 const START_BALANCE: i64 = 10_000;
@@ -60,39 +60,8 @@ async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
     }
     let initial_total: i64 = banks.iter().map(|b| b.total()).sum();
 
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
     let client = arbiter.client().await?;
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (client, ids, stop, accounts) =
-            (client.clone(), ids.clone(), stop.clone(), accounts.clone());
-        workers.push(tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                seq += 1;
-                let from = fastrand::usize(..accounts.len());
-                let to = (from + 1 + fastrand::usize(..accounts.len() - 1)) % accounts.len();
-                let id = format!("w{w}-{seq}");
-                ids.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(id.clone());
-                let txn = transfer_txn(
-                    fastrand::bool(),
-                    &accounts[from],
-                    &accounts[to],
-                    fastrand::i64(1..=300),
-                )
-                .txn_id(id)
-                .timeout(Duration::from_secs(5));
-                let answered =
-                    tokio::time::timeout(Duration::from_secs(15), client.execute(txn)).await;
-                if !matches!(answered, Ok(Ok(_))) {
-                    tokio::time::sleep(Duration::from_millis(20)).await; // the coordinator is down
-                }
-            }
-        }));
-    }
+    let transfers = start_transfers(&client, &accounts, WORKERS);
 
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(150..600))).await;
@@ -100,15 +69,10 @@ async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
         arbiter.restart().await?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    for worker in workers {
-        worker.await?;
-    }
+    let ids = transfers.stop().await?;
 
     // Faults healed: every transfer the workers tried must end final, or
     // never have begun.
-    let client = arbiter.client().await?;
-    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (mut committed, mut aborted, mut never_began) = (0, 0, 0);
     for id in &ids {
         let state = final_state(&client, id).await;
@@ -146,19 +110,4 @@ async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
     assert!(committed > 0, "some transfers went through");
     drop(services);
     Ok(())
-}
-
-/// The final state of `id` once it has one; `None` if it never began.
-async fn final_state(client: &Client, id: &str) -> Option<TxnState> {
-    eventually(&format!("{id} is final"), || async {
-        match client.get_transaction(id).await {
-            Ok(txn) if matches!(txn.state(), TxnState::Committed | TxnState::Aborted) => {
-                Some(Some(txn.state()))
-            }
-            Ok(_) => None,
-            Err(ClientError::NotFound(_)) => Some(None),
-            Err(_) => None,
-        }
-    })
-    .await
 }

@@ -341,19 +341,30 @@ async fn the_admin_cli_sends_its_token() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let arbiter = ArbiterProcess::start(
         dir.path(),
-        &["--admin-token", "ops=cli-secret-0123456789", "--coordinator-token", "svc=svc-secret-0123456789"],
+        &[
+            "--admin-token",
+            "ops=cli-secret-0123456789",
+            "--coordinator-token",
+            "svc=svc-secret-0123456789",
+        ],
     )
     .await?;
     let stats = |token: Option<&str>| -> anyhow::Result<(i32, String)> {
         let mut command = std::process::Command::new(arbiter_bin()?);
-        command.args(["stats", "--addr", &arbiter.endpoint]).env_remove("ARBITER_TOKEN");
+        command
+            .args(["stats", "--addr", &arbiter.endpoint])
+            .env_remove("ARBITER_TOKEN");
         if let Some(token) = token {
             command.env("ARBITER_TOKEN", token);
         }
         let out = command.output()?;
         Ok((
             out.status.code().unwrap_or(-1),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         ))
     };
     let (code, text) = stats(None)?;

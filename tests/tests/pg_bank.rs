@@ -5,13 +5,13 @@
 //! all balances is unchanged, and no database holds a prepared transaction
 //! or a TCC hold.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arbiter_examples::AccountRef;
 use arbiter_examples::pg_bank::PgBank;
-use arbiter_examples::{AccountRef, transfer_txn};
-use arbiter_sdk::{Client, ClientError, TxnState};
+use arbiter_sdk::TxnState;
+use arbiter_tests::chaos::{final_state, start_transfers};
 use arbiter_tests::postgres::PgCluster;
 use arbiter_tests::{ArbiterProcess, eventually};
 
@@ -62,38 +62,7 @@ async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
     }
     let initial_total = total(&banks).await?;
 
-    let ids = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (client, ids, stop, accounts) =
-            (client.clone(), ids.clone(), stop.clone(), accounts.clone());
-        workers.push(tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                seq += 1;
-                let from = fastrand::usize(..accounts.len());
-                let to = (from + 1 + fastrand::usize(..accounts.len() - 1)) % accounts.len();
-                let id = format!("w{w}-{seq}");
-                ids.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(id.clone());
-                let txn = transfer_txn(
-                    fastrand::bool(),
-                    &accounts[from],
-                    &accounts[to],
-                    fastrand::i64(1..=300),
-                )
-                .txn_id(id)
-                .timeout(Duration::from_secs(5));
-                let answered =
-                    tokio::time::timeout(Duration::from_secs(15), client.execute(txn)).await;
-                if !matches!(answered, Ok(Ok(_))) {
-                    tokio::time::sleep(Duration::from_millis(20)).await; // the coordinator is down
-                }
-            }
-        }));
-    }
+    let transfers = start_transfers(&client, &accounts, WORKERS);
 
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(300..900))).await;
@@ -101,12 +70,8 @@ async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
         arbiter.restart().await?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    for worker in workers {
-        worker.await?;
-    }
+    let ids = transfers.stop().await?;
 
-    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (mut committed, mut aborted, mut never_began) = (0, 0, 0);
     for id in &ids {
         match final_state(&client, id).await {
@@ -149,19 +114,4 @@ async fn total(banks: &[PgBank]) -> anyhow::Result<i64> {
         sum += bank.total().await?;
     }
     Ok(sum)
-}
-
-/// The final state of `id` once it has one; `None` if it never began.
-async fn final_state(client: &Client, id: &str) -> Option<TxnState> {
-    eventually(&format!("{id} is final"), || async {
-        match client.get_transaction(id).await {
-            Ok(txn) if matches!(txn.state(), TxnState::Committed | TxnState::Aborted) => {
-                Some(Some(txn.state()))
-            }
-            Ok(_) => None,
-            Err(ClientError::NotFound(_)) => Some(None),
-            Err(_) => None,
-        }
-    })
-    .await
 }

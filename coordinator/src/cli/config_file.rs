@@ -37,20 +37,20 @@ enum ConfigCommand {
 pub fn parse() -> Cli {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     let matches = Cli::command().get_matches_from(argv.clone());
-    if let Some(("serve", serve)) = matches.subcommand() {
-        if let Some(path) = serve.get_one::<PathBuf>("config") {
-            match file_args(path, Some(serve)) {
-                Ok(extra) => argv.extend(extra),
-                Err(e) => {
-                    eprintln!("arbiter: {e:#}");
-                    std::process::exit(2);
-                }
+    if let Some(("serve", serve)) = matches.subcommand()
+        && let Some(path) = serve.get_one::<PathBuf>("config")
+    {
+        match file_args(path, Some(serve)) {
+            Ok(extra) => argv.extend(extra),
+            Err(e) => {
+                eprintln!("arbiter: {e:#}");
+                std::process::exit(2);
             }
-            let matches = Cli::command()
-                .try_get_matches_from(argv)
-                .unwrap_or_else(|e| e.exit());
-            return Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         }
+        let matches = Cli::command()
+            .try_get_matches_from(argv)
+            .unwrap_or_else(|e| e.exit());
+        return Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     }
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

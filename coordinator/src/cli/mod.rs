@@ -38,7 +38,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Find, inspect and fix transactions (admin).
     Txn(txn::TxnArgs),
     /// The audit trail of admin actions.
@@ -66,7 +66,7 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the parsed command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Txn(args) => txn::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Stats(args) => stats::run(args).await,

@@ -151,10 +151,8 @@ mod tests {
 
     fn with(token: Option<&str>) -> MetadataMap {
         let mut m = MetadataMap::new();
-        if let Some(t) = token {
-            if let Ok(v) = format!("Bearer {t}").parse() {
-                m.insert("authorization", v);
-            }
+        if let Some(Ok(v)) = token.map(|t| format!("Bearer {t}").parse()) {
+            m.insert("authorization", v);
         }
         m
     }
