@@ -75,7 +75,7 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 3600),
             collect_interval: Duration::from_secs(60),
             max_unfinished: 100_000,
-            max_message_bytes: 4 << 20,
+            max_message_bytes: 8 << 20,
             allow_participants: Vec::new(),
             auth: Auth::default(),
             tls: Tls::default(),

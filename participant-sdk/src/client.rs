@@ -265,7 +265,31 @@ impl Client {
         endpoint: impl Into<String>,
         options: ConnectOptions,
     ) -> Result<Client, ClientError> {
-        let mut endpoint = Endpoint::from_shared(endpoint.into())?.tcp_nodelay(true);
+        let (endpoint, credentials) = Self::prepare(endpoint.into(), options)?;
+        let channel = endpoint.connect().await?;
+        Ok(Client {
+            inner: CoordinatorClient::with_interceptor(channel, credentials),
+        })
+    }
+
+    /// Like [`Client::connect_with`], but connects on first use, so a
+    /// participant can start while the coordinator is down (its in-doubt
+    /// resolver then retries until the coordinator answers).
+    pub fn connect_lazy(
+        endpoint: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let (endpoint, credentials) = Self::prepare(endpoint.into(), options)?;
+        Ok(Client {
+            inner: CoordinatorClient::with_interceptor(endpoint.connect_lazy(), credentials),
+        })
+    }
+
+    fn prepare(
+        endpoint: String,
+        options: ConnectOptions,
+    ) -> Result<(Endpoint, Credentials), ClientError> {
+        let mut endpoint = Endpoint::from_shared(endpoint)?.tcp_nodelay(true);
         if let Some(tls) = options.tls {
             endpoint = endpoint.tls_config(tls)?;
         }
@@ -277,10 +301,7 @@ impl Client {
             })?),
             None => None,
         };
-        let channel = endpoint.connect().await?;
-        Ok(Client {
-            inner: CoordinatorClient::with_interceptor(channel, Credentials { token }),
-        })
+        Ok((endpoint, Credentials { token }))
     }
 
     /// The generated gRPC client, for calls this wrapper does not cover.

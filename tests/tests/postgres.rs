@@ -261,3 +261,13 @@ async fn participant_killed_after_prepare_rolls_back_by_in_doubt_resolution() ->
 {
     killed_after_prepare(false).await
 }
+
+#[tokio::test]
+async fn a_participant_starts_while_the_coordinator_is_down() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(10)?;
+    cluster.create_database("east").await?;
+    let dead = format!("http://127.0.0.1:{}", arbiter_tests::process::free_port()?);
+    let bank = BankProcess::start(&cluster.url("east"), &dead)?;
+    assert!(bank.endpoint.starts_with("http://127.0.0.1:"));
+    Ok(())
+}

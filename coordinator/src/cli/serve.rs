@@ -77,7 +77,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_MAX_UNFINISHED", default_value_t = 100_000)]
     pub max_unfinished: usize,
     /// Largest gRPC request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "ARBITER_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "ARBITER_MAX_MESSAGE_BYTES", default_value_t = 8 << 20)]
     pub max_message_bytes: usize,
     /// Participant endpoints clients may register (repeatable, or
     /// comma-separated): host:port, host:*, *.domain:port, 10.0.0.0/8,

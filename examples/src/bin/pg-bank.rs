@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arbiter_examples::pg_bank::PgBank;
-use arbiter_sdk::Client;
+use arbiter_sdk::{Client, ConnectOptions};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -48,9 +48,10 @@ async fn main() -> anyhow::Result<()> {
     for (name, balance) in &args.accounts {
         bank.open_account(name, *balance).await?;
     }
-    let coordinator = Client::connect(args.coordinator.clone())
-        .await
-        .context("connecting to the coordinator")?;
+    // Lazy: the service starts even while the coordinator is down; the
+    // in-doubt resolver retries until it answers.
+    let coordinator = Client::connect_lazy(args.coordinator.clone(), ConnectOptions::new())
+        .context("the coordinator address")?;
     let (server, _adapter) = bank
         .service(
             coordinator,
