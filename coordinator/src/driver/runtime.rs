@@ -407,7 +407,7 @@ impl Inner {
 
     fn spawn_call(self: &Arc<Self>, slot: Arc<Slot>, spec: CallSpec) {
         let inner = self.clone();
-        let span = tracing::info_span!("branch_call", txn = %spec.txn_id, branch = %spec.branch_id,
+        let span = tracing::debug_span!("branch_call", txn = %spec.txn_id, branch = %spec.branch_id,
             call = spec.call.rpc_name(spec.mode), attempt = spec.attempt, traceparent = %spec.traceparent);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
