@@ -84,3 +84,19 @@ pub async fn final_state(client: &Client, id: &str) -> Option<TxnState> {
     })
     .await
 }
+
+/// SIGKILLs `arbiter` `kills` times, each after a random pause in
+/// `pause_ms`, restarting it on the same data dir every time.
+pub async fn kill_repeatedly(
+    arbiter: &mut crate::ArbiterProcess,
+    kills: usize,
+    pause_ms: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(pause_ms.clone()))).await;
+        arbiter.kill().await?;
+        arbiter.restart().await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}

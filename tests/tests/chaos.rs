@@ -8,12 +8,11 @@
 //! long run).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arbiter_examples::{AccountRef, Bank, RESOURCE};
 use arbiter_sdk::{ParticipantServer, TxnState};
 use arbiter_tests::ArbiterProcess;
-use arbiter_tests::chaos::{final_state, start_transfers};
+use arbiter_tests::chaos::{final_state, kill_repeatedly, start_transfers};
 
 const WORKERS: usize = 8;
 const START_BALANCE: i64 = 10_000;
@@ -63,12 +62,7 @@ async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
     let client = arbiter.client().await?;
     let transfers = start_transfers(&client, &accounts, WORKERS);
 
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(150..600))).await;
-        arbiter.kill().await?;
-        arbiter.restart().await?;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill_repeatedly(&mut arbiter, kills, 150..600).await?;
     let ids = transfers.stop().await?;
 
     // Faults healed: every transfer the workers tried must end final, or

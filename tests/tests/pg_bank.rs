@@ -11,7 +11,7 @@ use std::time::Duration;
 use arbiter_examples::AccountRef;
 use arbiter_examples::pg_bank::PgBank;
 use arbiter_sdk::TxnState;
-use arbiter_tests::chaos::{final_state, start_transfers};
+use arbiter_tests::chaos::{final_state, kill_repeatedly, start_transfers};
 use arbiter_tests::postgres::PgCluster;
 use arbiter_tests::{ArbiterProcess, eventually};
 
@@ -64,12 +64,7 @@ async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
 
     let transfers = start_transfers(&client, &accounts, WORKERS);
 
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..900))).await;
-        arbiter.kill().await?;
-        arbiter.restart().await?;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill_repeatedly(&mut arbiter, kills, 300..900).await?;
     let ids = transfers.stop().await?;
 
     let (mut committed, mut aborted, mut never_began) = (0, 0, 0);
