@@ -63,14 +63,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let log: Arc<dyn TxnLog> = match &storage {
-        Storage::Sled(dir) => Arc::new(SledLog::open(dir)?),
-        Storage::Memory => Arc::new(MemoryLog::new()),
-    };
     let max_message = config.max_message_bytes;
     let collect_interval = config.collect_interval;
     let auth = Arc::new(config.auth.clone());
-    let server_tls = config.tls.server.clone();
+    // Everything that can fail on bad settings, before the log is opened.
+    let mut builder = Server::builder();
+    if let Some(tls) = config.tls.server.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(arbiter_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Setup(format!("gRPC reflection: {e}")))?;
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install(addr).map_err(ServeError::Setup)?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
@@ -80,6 +85,10 @@ pub async fn run(
             "no tokens configured: anyone who can reach this port can run and force transactions"
         );
     }
+    let log: Arc<dyn TxnLog> = match &storage {
+        Storage::Sled(dir) => Arc::new(SledLog::open(dir)?),
+        Storage::Memory => Arc::new(MemoryLog::new()),
+    };
     let driver = Driver::new(config, log)?;
     let recovery = driver.load_unfinished()?;
     let recovered = recovery.len();
@@ -122,11 +131,6 @@ pub async fn run(
         .max_decoding_message_size(max_message),
         interceptor(auth, Role::Admin),
     );
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(arbiter_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Setup(format!("gRPC reflection: {e}")))?;
 
     let fatal = Arc::new(std::sync::Mutex::new(None));
     let stop = {
@@ -145,10 +149,6 @@ pub async fn run(
             driver.begin_shutdown();
         }
     };
-    let mut builder = Server::builder();
-    if let Some(tls) = server_tls {
-        builder = builder.tls_config(tls)?;
-    }
     let served = builder
         .add_service(health_service)
         .add_service(reflection)
