@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{Context, bail};
 use arbiter_proto::v1::admin_client::AdminClient;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -69,9 +69,8 @@ impl Interceptor for Bearer {
 /// The admin client the commands use.
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
-fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())).into())
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    crate::security::read_pem(path, what).map_err(|e| UsageError(e).into())
 }
 
 impl Conn {

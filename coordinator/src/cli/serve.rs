@@ -134,12 +134,7 @@ pub struct ServeArgs {
 }
 
 fn pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        anyhow::bail!("{what} {} is not a PEM file", path.display());
-    }
-    Ok(bytes)
+    crate::security::read_pem(path, what).map_err(anyhow::Error::msg)
 }
 
 impl ServeArgs {

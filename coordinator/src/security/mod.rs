@@ -17,3 +17,13 @@ pub struct Tls {
     /// Trust and identity for `https://` participant endpoints.
     pub participants: Option<ClientTlsConfig>,
 }
+
+/// Reads a PEM file named by the setting `what`; refuses anything else.
+pub fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!("{what} {} is not a PEM file", path.display()));
+    }
+    Ok(bytes)
+}

@@ -76,6 +76,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Setup(format!("gRPC reflection: {e}")))?;
+    let metrics = config.metrics_listen.is_some();
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install(addr).map_err(ServeError::Setup)?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
@@ -116,7 +117,8 @@ pub async fn run(
         })
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
-    let gauges = tokio::spawn(update_gauges(driver.clone()));
+    // The gauges scan every live transaction: only when someone scrapes them.
+    let gauges = metrics.then(|| tokio::spawn(update_gauges(driver.clone())));
     let coordinator = InterceptedService::new(
         CoordinatorServer::new(CoordinatorService {
             driver: driver.clone(),
@@ -158,7 +160,9 @@ pub async fn run(
         .await;
     collector.abort();
     resumer.abort();
-    gauges.abort();
+    if let Some(gauges) = gauges {
+        gauges.abort();
+    }
     let closing = driver.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     served?;

@@ -103,6 +103,20 @@ impl Phase1 {
     }
 }
 
+/// The error for a commit/confirm of a branch already rolled back here.
+pub(crate) fn commit_after_rollback() -> crate::ParticipantError {
+    crate::ParticipantError::Internal(
+        "commit/confirm for a branch already rolled back here; resolve it by hand".into(),
+    )
+}
+
+/// The error for a rollback/cancel of a branch already committed here.
+pub(crate) fn rollback_after_commit() -> crate::ParticipantError {
+    crate::ParticipantError::Internal(
+        "rollback/cancel for a branch already committed here; resolve it by hand".into(),
+    )
+}
+
 /// The error for a commit/confirm of a branch that did not vote YES here.
 pub(crate) fn commit_without_yes(found: Option<&Phase1>) -> crate::ParticipantError {
     let found = match found {

@@ -15,7 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use super::{COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_without_yes};
+use super::{
+    COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_after_rollback, commit_without_yes,
+    rollback_after_commit,
+};
 use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 
 /// A participant's embedded state plus its barrier records, in one sled
@@ -267,6 +270,14 @@ impl SledBarrier {
         });
     }
 
+    /// A handler's view of the state for one call.
+    fn txn(&self) -> SledTxn<'_> {
+        SledTxn {
+            state: &self.inner.state,
+            writes: BTreeMap::new(),
+        }
+    }
+
     fn phase1(&self, ctx: &CallContext) -> Result<Option<Phase1>, ParticipantError> {
         let Some(value) = self.record(ctx, PHASE1)? else {
             return Ok(None);
@@ -350,10 +361,7 @@ impl<H: SledHandler> Guarded<H> {
         if let Some(found) = barrier.phase1(ctx)? {
             return Ok(found.repeated_vote());
         }
-        let mut txn = SledTxn {
-            state: &barrier.inner.state,
-            writes: BTreeMap::new(),
-        };
+        let mut txn = barrier.txn();
         let vote = self.handler.prepare(ctx, payload, &mut txn).await?;
         // Only a YES vote holds work; anything else keeps no change.
         let writes = if vote == Vote::Yes {
@@ -373,18 +381,13 @@ impl<H: SledHandler> Guarded<H> {
             return Ok(());
         }
         if barrier.record(ctx, ROLLBACK)?.is_some() {
-            return Err(ParticipantError::Internal(
-                "commit/confirm for a branch already rolled back here; resolve it by hand".into(),
-            ));
+            return Err(commit_after_rollback());
         }
         match barrier.phase1(ctx)? {
             Some(found) if found.holds_work() => {}
             other => return Err(commit_without_yes(other.as_ref())),
         }
-        let mut txn = SledTxn {
-            state: &barrier.inner.state,
-            writes: BTreeMap::new(),
-        };
+        let mut txn = barrier.txn();
         self.handler.commit(ctx, payload, &mut txn).await?;
         barrier
             .apply(ctx, txn.writes, vec![(COMMIT, String::new())])
@@ -398,9 +401,7 @@ impl<H: SledHandler> Guarded<H> {
             return Ok(());
         }
         if barrier.record(ctx, COMMIT)?.is_some() {
-            return Err(ParticipantError::Internal(
-                "rollback/cancel for a branch already committed here; resolve it by hand".into(),
-            ));
+            return Err(rollback_after_commit());
         }
         let done = (ROLLBACK, String::new());
         match barrier.phase1(ctx)? {
@@ -413,10 +414,7 @@ impl<H: SledHandler> Guarded<H> {
                 barrier.apply(ctx, BTreeMap::new(), vec![done]).await
             }
             Some(_) => {
-                let mut txn = SledTxn {
-                    state: &barrier.inner.state,
-                    writes: BTreeMap::new(),
-                };
+                let mut txn = barrier.txn();
                 self.handler.rollback(ctx, payload, &mut txn).await?;
                 barrier.apply(ctx, txn.writes, vec![done]).await
             }

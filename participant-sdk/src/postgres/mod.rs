@@ -27,7 +27,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, NoTls, Transaction};
 
-use crate::barrier::{COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_without_yes};
+use crate::barrier::{
+    COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_after_rollback, commit_without_yes,
+    rollback_after_commit,
+};
 use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 
 /// The barrier of a participant with a PostgreSQL database, and its
@@ -343,9 +346,7 @@ impl<H: PgHandler> PgGuarded<H> {
             return Ok(());
         }
         if has(&*txn, ctx, ROLLBACK).await? {
-            return Err(ParticipantError::Internal(
-                "commit/confirm for a branch already rolled back here; resolve it by hand".into(),
-            ));
+            return Err(commit_after_rollback());
         }
         match phase1(&*txn, ctx).await? {
             Some(found) if found.holds_work() => {}
@@ -367,9 +368,7 @@ impl<H: PgHandler> PgGuarded<H> {
             return Ok(());
         }
         if has(&*txn, ctx, COMMIT).await? {
-            return Err(ParticipantError::Internal(
-                "rollback/cancel for a branch already committed here; resolve it by hand".into(),
-            ));
+            return Err(rollback_after_commit());
         }
         if phase1(&*txn, ctx).await?.is_some_and(|f| f.holds_work()) {
             self.handler.rollback(ctx, payload, &txn).await?;

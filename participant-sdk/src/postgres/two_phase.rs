@@ -32,7 +32,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::error::SqlState;
 
 use super::{PgBarrier, insert, phase1};
-use crate::barrier::{PHASE1, Phase1, commit_without_yes};
+use crate::barrier::{PHASE1, Phase1, commit_without_yes, rollback_after_commit};
 use crate::client::{Client, Resolution};
 use crate::handler::{CallContext, ParticipantError, TwoPhaseHandler, Vote};
 
@@ -262,9 +262,7 @@ impl<H: PgPrepareHandler> PgTwoPhase<H> {
         if !insert(&*txn, ctx, PHASE1, &Phase1::RolledBack.encode()).await? {
             match phase1(&*txn, ctx).await? {
                 Some(found) if found.holds_work() => {
-                    return Err(ParticipantError::Internal(
-                        "rollback for a branch already committed here; resolve it by hand".into(),
-                    ));
+                    return Err(rollback_after_commit());
                 }
                 _ => {}
             }
