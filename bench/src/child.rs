@@ -140,6 +140,14 @@ fn clock_ticks() -> f64 {
 }
 
 /// Resident memory of a process, in MiB.
+/// Bytes the process has caused to be written to storage (`write_bytes` of
+/// `/proc/PID/io`), log files and sled's own rewrites included.
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = io.lines().find(|l| l.starts_with("write_bytes:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

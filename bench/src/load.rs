@@ -68,13 +68,15 @@ async fn one_txn(
         ModeArg::Tcc => Mode::Tcc,
     };
     let branch = |i: usize| {
-        let payload: &[u8] = if abort && i == 0 {
+        let marker: &[u8] = if abort && i == 0 {
             b"no"
         } else if i + args.read_only_branches >= args.branches {
             b"ro"
         } else {
             b"+1"
         };
+        let mut payload = marker.to_vec();
+        payload.resize(args.payload_bytes.max(marker.len()), b'.');
         Branch::new(&endpoints[i % endpoints.len()], RESOURCE).payload(payload)
     };
     match args.api {
@@ -110,13 +112,14 @@ async fn one_txn(
     }
 }
 
-async fn admin_log_counts(admin: &mut AdminClient<tonic::transport::Channel>) -> (u64, u64) {
+/// The coordinator's log counters: (batches, records, bytes).
+async fn admin_log_counts(admin: &mut AdminClient<tonic::transport::Channel>) -> (u64, u64, u64) {
     match admin.stats(pb::StatsRequest {}).await {
         Ok(s) => {
             let s = s.into_inner();
-            (s.log_batches, s.log_records)
+            (s.log_batches, s.log_records, s.log_bytes)
         }
-        Err(_) => (0, 0),
+        Err(_) => (0, 0, 0),
     }
 }
 
@@ -174,9 +177,11 @@ pub async fn measure(
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = setup.pid().and_then(child::cpu_seconds);
     let log_before = admin_log_counts(&mut admin).await;
+    let disk_before = setup.pid().and_then(child::write_bytes);
     tokio::time::sleep_until(end.into()).await;
     let cpu_after = setup.pid().and_then(child::cpu_seconds);
     let log_after = admin_log_counts(&mut admin).await;
+    let disk_after = setup.pid().and_then(child::write_bytes);
     let rss = setup.pid().and_then(child::rss_mib);
 
     let mut total = Tally::default();
@@ -193,6 +198,8 @@ pub async fn measure(
     let measured = total.committed + total.aborted;
     let participant_calls = setup.participants.calls() - calls_before;
     let (batches, records) = (log_after.0 - log_before.0, log_after.1 - log_before.1);
+    let log_bytes = log_after.2 - log_before.2;
+    let per_tx = |bytes: u64| bytes as f64 / measured.max(1) as f64;
     Ok(Report {
         mode: match args.mode {
             ModeArg::TwoPhase => "2pc",
@@ -217,6 +224,10 @@ pub async fn measure(
         echo_rpc_per_s,
         flushes_per_tx: batches as f64 / measured.max(1) as f64,
         records_per_flush: records as f64 / batches.max(1) as f64,
+        log_bytes_per_tx: per_tx(log_bytes),
+        disk_bytes_per_tx: disk_before
+            .zip(disk_after)
+            .map(|(b, a)| per_tx(a.saturating_sub(b))),
         cpu_cores: cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / seconds),
         rss_mib: rss,
     })

@@ -92,6 +92,9 @@ pub struct RunArgs {
     /// so get no phase-2 call.
     #[arg(long, global = true, default_value_t = 0)]
     pub read_only_branches: usize,
+    /// Bytes of each branch's payload (at least its 2-byte vote marker).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub payload_bytes: usize,
     /// Client connections to the coordinator (and to the echo server, so the
     /// ceiling is measured the same way).
     #[arg(long, global = true, default_value_t = 1)]

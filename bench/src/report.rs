@@ -23,6 +23,12 @@ pub struct Report {
     pub echo_rpc_per_s: Option<f64>,
     pub flushes_per_tx: f64,
     pub records_per_flush: f64,
+    /// Bytes of keys and values the coordinator handed to its log per
+    /// finished transaction.
+    pub log_bytes_per_tx: f64,
+    /// Bytes the coordinator process wrote to storage per finished
+    /// transaction (from `/proc`; sled's own rewrites included).
+    pub disk_bytes_per_tx: Option<f64>,
     pub cpu_cores: Option<f64>,
     pub rss_mib: Option<f64>,
 }
@@ -71,6 +77,12 @@ impl Report {
             self.flushes_per_tx, self.records_per_flush
         );
         println!(
+            "  log bytes/tx     {:.0}   (disk writes {} bytes/tx)",
+            self.log_bytes_per_tx,
+            self.disk_bytes_per_tx
+                .map_or("-".to_string(), |b| format!("{b:.0}"))
+        );
+        println!(
             "  coordinator      CPU {} cores ({} µs per tx), RSS {}",
             opt(self.cpu_cores, ""),
             self.cpu_us_per_tx()
@@ -99,6 +111,8 @@ impl Report {
             "rpc_efficiency": self.efficiency(),
             "flushes_per_tx": self.flushes_per_tx,
             "records_per_flush": self.records_per_flush,
+            "log_bytes_per_tx": self.log_bytes_per_tx,
+            "disk_bytes_per_tx": self.disk_bytes_per_tx,
             "coordinator_cpu_cores": self.cpu_cores,
             "coordinator_cpu_us_per_tx": self.cpu_us_per_tx(),
             "coordinator_rss_mib": self.rss_mib,

@@ -37,6 +37,7 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
             "retry_queue_depth": s.retry_queue_depth,
             "log_batches": s.log_batches,
             "log_records": s.log_records,
+            "log_bytes": s.log_bytes,
         })),
         Format::Table => {
             for c in &s.unfinished {
@@ -52,10 +53,11 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
             );
             say!("{:<26}{}", "retry queue", s.retry_queue_depth);
             say!(
-                "{:<26}{} records in {} flushes ({per_flush:.1} per flush)",
+                "{:<26}{} records in {} flushes ({per_flush:.1} per flush), {} bytes",
                 "log writes",
                 s.log_records,
-                s.log_batches
+                s.log_batches,
+                s.log_bytes
             );
         }
     }

@@ -71,6 +71,7 @@ pub struct Stats {
     pub retry_queue_depth: u64,
     pub log_batches: u64,
     pub log_records: u64,
+    pub log_bytes: u64,
 }
 
 /// How much of the log one `list` call reads at most before it hands back a
@@ -268,6 +269,7 @@ impl Driver {
             aborted_since_start: self.inner.aborted.load(Ordering::Relaxed),
             log_batches: self.writer_stats().batches.load(Ordering::Relaxed),
             log_records: self.writer_stats().records.load(Ordering::Relaxed),
+            log_bytes: self.writer_stats().bytes.load(Ordering::Relaxed),
             ..Stats::default()
         };
         let mut counts = [0u64; 4];

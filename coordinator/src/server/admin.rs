@@ -243,6 +243,7 @@ impl Admin for AdminService {
             retry_queue_depth: stats.retry_queue_depth,
             log_batches: stats.log_batches,
             log_records: stats.log_records,
+            log_bytes: stats.log_bytes,
         }))
     }
 }

@@ -27,7 +27,7 @@ impl MemoryLog {
 }
 
 impl TxnLog for MemoryLog {
-    fn write(&self, batch: &[Write], _sync: bool) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write], _sync: bool) -> Result<u64, StoreError> {
         let mut map = self.map();
         for write in batch {
             let record = match write {
@@ -48,7 +48,7 @@ impl TxnLog for MemoryLog {
                 }
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {

@@ -102,7 +102,8 @@ pub trait TxnLog: Send + Sync + 'static {
     /// transaction replaces an earlier one). With `sync`, returns only once
     /// all of them, and every earlier unsynced write, are durable; without,
     /// they are visible to reads at once and durable with the next sync.
-    fn write(&self, batch: &[Write], sync: bool) -> Result<(), StoreError>;
+    /// Returns the bytes of keys and values it stored (for the statistics).
+    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError>;
 
     /// The latest record of one transaction, if the log has it.
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError>;

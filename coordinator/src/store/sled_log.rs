@@ -180,29 +180,41 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl TxnLog for SledLog {
-    fn write(&self, batch: &[Write], sync: bool) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
         let mut ops = sled::Batch::default();
+        let mut bytes = 0u64;
+        let mut insert = |ops: &mut sled::Batch, key: Vec<u8>, value: Vec<u8>| {
+            bytes += (key.len() + value.len()) as u64;
+            ops.insert(key, value);
+        };
         for write in batch {
             let record = match write {
                 Write::Txn(record) => record,
                 Write::Audit(entry) => {
-                    ops.insert(keys::audit_key(entry), keys::encode_audit(entry)?);
+                    insert(&mut ops, keys::audit_key(entry), keys::encode_audit(entry)?);
                     continue;
                 }
             };
-            ops.insert(keys::txn_key(&record.txn_id), record.value.as_slice());
+            insert(
+                &mut ops,
+                keys::txn_key(&record.txn_id),
+                record.value.clone(),
+            );
             match record.finished_at_ms {
-                None => ops.insert(keys::unfinished_key(&record.txn_id), &[][..]),
+                None => insert(&mut ops, keys::unfinished_key(&record.txn_id), Vec::new()),
                 Some(at) => {
                     ops.remove(keys::unfinished_key(&record.txn_id));
-                    ops.insert(keys::finished_key(at, &record.txn_id), &[][..]);
+                    insert(&mut ops, keys::finished_key(at, &record.txn_id), Vec::new());
                 }
             }
         }
         self.db
             .apply_batch(ops)
             .map_err(sled_err("writing a batch"))?;
-        if sync { self.sync() } else { Ok(()) }
+        if sync {
+            self.sync()?;
+        }
+        Ok(bytes)
     }
 
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {

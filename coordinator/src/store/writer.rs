@@ -39,6 +39,8 @@ enum Msg {
 pub struct WriterStats {
     pub batches: AtomicU64,
     pub records: AtomicU64,
+    /// Bytes of keys and values written.
+    pub bytes: AtomicU64,
 }
 
 pub struct LogWriter {
@@ -140,6 +142,9 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
                 Some(err) => Err(err.clone()),
                 None => log.write(&records, sync),
             };
+            let result = result.map(|bytes| {
+                stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            });
             if sync && result.is_ok() {
                 crate::metrics::log_flush(started.elapsed(), records.len());
             }
