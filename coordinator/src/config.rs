@@ -54,6 +54,8 @@ pub struct Config {
     pub tls: Tls,
     /// Serve Prometheus metrics on this address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Start on a damaged log anyway (an operator's explicit, audited choice).
+    pub accept_damaged_log: bool,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             auth: Auth::default(),
             tls: Tls::default(),
             metrics_listen: None,
+            accept_damaged_log: false,
         }
     }
 }

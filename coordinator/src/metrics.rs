@@ -83,6 +83,10 @@ fn describe() {
         "arbiter_log_records_per_flush",
         "Records made durable by one flush."
     );
+    describe_counter!(
+        "arbiter_log_damaged_reads_total",
+        "Reads that met a damaged record (checksum or decoding failed); that transaction is reported, the rest served."
+    );
 }
 
 pub fn transaction_finished(
@@ -124,6 +128,10 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn log_damaged_read() {
+    counter!("arbiter_log_damaged_reads_total").increment(1);
 }
 
 pub fn log_flush(took: Duration, records: usize) {

@@ -131,6 +131,12 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Start even though the log failed its start-up check (damaged records,
+    /// or behind what was acknowledged), accepting that the transactions the
+    /// refusal named may be lost or wrong. Logged and recorded in the audit
+    /// log; command line only (not from a file or the environment).
+    #[arg(long)]
+    pub accept_damaged_log: bool,
 }
 
 fn pem(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -164,6 +170,7 @@ impl ServeArgs {
             },
             tls: self.tls()?,
             metrics_listen: self.metrics_listen,
+            accept_damaged_log: self.accept_damaged_log,
             ..Config::default()
         })
     }

@@ -312,6 +312,41 @@ impl Driver {
         }
     }
 
+    /// Records in the audit log what opening the log did that an operator
+    /// must be able to trace later: an upgrade, accepted damage.
+    pub async fn audit_open(&self, opened: &crate::store::OpenReport) -> Result<(), DriverError> {
+        if let Some(up) = &opened.upgraded {
+            let result = format!(
+                "format 1 -> {}: {} transactions, {} audit entries",
+                crate::store::record::FORMAT,
+                up.transactions,
+                up.audit_entries
+            );
+            self.audit_write(
+                "upgrade-log",
+                "",
+                "",
+                "binary upgrade",
+                "arbiter serve",
+                &result,
+            )
+            .await?;
+        }
+        if let Some(damage) = &opened.accepted_damage {
+            let reason = format!("started with --accept-damaged-log despite:{damage}");
+            self.audit_write(
+                "accept-damaged-log",
+                "",
+                "",
+                &reason,
+                "arbiter serve",
+                "started",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn audit_write(
         &self,
         action: &str,

@@ -23,6 +23,10 @@ pub enum DriverError {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A record of this transaction in the log is damaged: it cannot be
+    /// read, and nothing about it may be guessed.
+    #[error("{0}")]
+    DataLoss(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -46,6 +50,10 @@ impl From<StoreError> for DriverError {
             StoreError::Closed => {
                 DriverError::Unavailable("the coordinator is shutting down".into())
             }
+            StoreError::Corrupt(m) => DriverError::DataLoss(format!(
+                "the transaction log holds a damaged record ({m}); its outcome cannot be \
+                 read here and must not be presumed: see the coordinator's log"
+            )),
             other => DriverError::Unavailable(format!("transaction log unavailable: {other}")),
         }
     }

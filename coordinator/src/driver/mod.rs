@@ -56,9 +56,30 @@ impl Recovery {
 }
 
 /// A live transaction, or the stored record of a finished one.
+///
+/// **Stored only ⇒ final.** Recovery makes every unfinished transaction of
+/// the log live before anything is served, and a transaction stays live
+/// until its final state is in the log; so one found only in the log is
+/// final, and may be answered from the log without the engine. [`stored`]
+/// checks that rule rather than trusting it.
 enum Found {
     Live(Arc<Slot>),
     Stored(Txn),
+}
+
+/// Applies the "stored only ⇒ final" rule to a transaction read from the log.
+/// An unfinished one is live by the rule: it was begun between the look-up
+/// in memory and the read, so the live one is the answer.
+fn stored(inner: &Inner, txn: Txn) -> Result<Found, DriverError> {
+    if txn.state.is_final() {
+        return Ok(Found::Stored(txn));
+    }
+    inner.live(&txn.id).map(Found::Live).ok_or_else(|| {
+        DriverError::Internal(format!(
+            "transaction {} is unfinished in the log but not being driven",
+            txn.id
+        ))
+    })
 }
 
 #[derive(Clone)]
@@ -82,7 +103,7 @@ impl Driver {
         let mut slots = Vec::with_capacity(txns.len());
         for txn in txns {
             let id = txn.id.clone();
-            match self.inner.insert(Slot::new(txn), &id) {
+            match self.inner.insert(Slot::recovered(txn), &id) {
                 Ok(slot) | Err(slot) => slots.push(slot),
             }
         }
@@ -214,7 +235,7 @@ impl Driver {
                     .repeated_begin(Found::Live(existing), mode, &[])
                     .map(|()| (id, None));
             }
-            self.inner.persist(&txn)?
+            self.inner.persist(&slot, &txn)?
         };
         self.inner.arm_timer(&slot, deadline_ms);
         let result = durable
@@ -430,7 +451,10 @@ impl Driver {
         if let Some(slot) = self.inner.live(txn_id) {
             return Ok(Some(Found::Live(slot)));
         }
-        Ok(self.inner.log.get(txn_id)?.map(Found::Stored))
+        match self.inner.log.get(txn_id)? {
+            None => Ok(None),
+            Some(txn) => stored(&self.inner, txn).map(Some),
+        }
     }
 
     fn find(&self, txn_id: &str) -> Result<Found, DriverError> {

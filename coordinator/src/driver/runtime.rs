@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::driver::participants::{CallSpec, Participants};
 use crate::driver::{DriverError, backoff, ids};
 use crate::engine::{self, Action, CallKind, Durability, Event, Txn, TxnState};
-use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write};
+use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write, Written};
 
 const SHARDS: usize = 64;
 
@@ -41,15 +41,25 @@ pub struct Slot {
     timer: Mutex<Option<AbortHandle>>,
     /// The W3C trace id its participant calls carry.
     trace_id: String,
+    /// What the log holds of it, so each record carries only what changed.
+    /// Locked only while `txn` is locked.
+    written: Mutex<Written>,
 }
 
 impl Slot {
-    pub fn new(txn: Txn) -> Arc<Slot> {
-        Slot::traced(txn, None)
+    /// A transaction read back from the log.
+    pub fn recovered(txn: Txn) -> Arc<Slot> {
+        let written = Written::all_of(&txn);
+        Slot::with(txn, None, written)
     }
 
-    /// A slot whose calls continue trace `trace_id` (a new trace if `None`).
+    /// A new transaction whose calls continue trace `trace_id` (a new trace
+    /// if `None`); nothing of it is in the log yet.
     pub fn traced(txn: Txn, trace_id: Option<String>) -> Arc<Slot> {
+        Slot::with(txn, trace_id, Written::default())
+    }
+
+    fn with(txn: Txn, trace_id: Option<String>, written: Written) -> Arc<Slot> {
         let published = Published {
             state: txn.state,
             reason: txn.reason.clone(),
@@ -59,6 +69,7 @@ impl Slot {
             published: watch::Sender::new(published),
             timer: Mutex::new(None),
             trace_id: trace_id.unwrap_or_else(super::trace::new_trace_id),
+            written: Mutex::new(written),
         })
     }
 
@@ -206,17 +217,24 @@ impl Inner {
             .collect()
     }
 
+    /// What the log needs to catch up with the slot's transaction `txn`,
+    /// which the caller holds locked.
+    fn record(slot: &Slot, txn: &Txn) -> Result<Write, DriverError> {
+        let mut written = slot.written.lock().unwrap_or_else(|p| p.into_inner());
+        Record::of(txn, &mut written)
+            .map(Write::Txn)
+            .map_err(|e| DriverError::Internal(e.to_string()))
+    }
+
     /// Queues the slot's transaction as it is now; the caller holds its lock.
-    pub fn persist(&self, txn: &Txn) -> Result<Durable, DriverError> {
-        let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;
-        Ok(self.writer.submit(Write::Txn(record)))
+    pub fn persist(&self, slot: &Slot, txn: &Txn) -> Result<Durable, DriverError> {
+        Ok(self.writer.submit(Self::record(slot, txn)?))
     }
 
     /// Like [`Inner::persist`] for a record recovery can rebuild: written at
     /// once, made durable by the next flush.
-    fn persist_lazy(&self, txn: &Txn) -> Result<Durable, DriverError> {
-        let record = Record::of(txn).map_err(|e| DriverError::Internal(e.to_string()))?;
-        Ok(self.writer.submit_lazy(Write::Txn(record)))
+    fn persist_lazy(&self, slot: &Slot, txn: &Txn) -> Result<Durable, DriverError> {
+        Ok(self.writer.submit_lazy(Self::record(slot, txn)?))
     }
 
     /// Runs one engine step on the event `make_event` builds from the current
@@ -256,7 +274,7 @@ impl Inner {
                         }
                         _ => {}
                     }
-                    Step::Durable(self.persist(&txn)?, txn.state)
+                    Step::Durable(self.persist(slot, &txn)?, txn.state)
                 }
                 Action::Persist(Durability::Lazy) => {
                     match txn.state {
@@ -264,7 +282,7 @@ impl Inner {
                         TxnState::Aborted => crate::crash_point!("before-aborted-persisted"),
                         _ => {}
                     }
-                    Step::Lazy(self.persist_lazy(&txn)?)
+                    Step::Lazy(self.persist_lazy(slot, &txn)?)
                 }
                 Action::Publish => Step::Publish(Published {
                     state: txn.state,
@@ -544,7 +562,7 @@ mod tests {
     fn readers_never_see_a_decision_before_it_is_published() {
         let mut txn = Txn::new("t".into(), Mode::TwoPhase, 1_000, 5);
         txn.state = TxnState::Preparing;
-        let slot = Slot::new(txn);
+        let slot = Slot::traced(txn, None);
         {
             // The engine decided; the decision record is still being written.
             let mut txn = slot.lock();

@@ -1,10 +1,9 @@
-//! The transaction and branch records the engine works on. Plain data with serde
-//! derives; the on-disk encoding of these types is owned by `store::keys`.
-
-use serde::{Deserialize, Serialize};
+//! The transaction and branch records the engine works on. Plain data: the
+//! log stores them in a schema of its own (`store::record`), converted at the
+//! store's boundary, so these types can change freely.
 
 /// How the coordinator talks to a transaction's participants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Prepare, then commit or rollback.
     TwoPhase,
@@ -22,7 +21,7 @@ impl Mode {
 }
 
 /// Where a transaction is in its life. See the diagram in `engine`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnState {
     Active,
     Preparing,
@@ -66,7 +65,7 @@ impl TxnState {
 }
 
 /// Where one branch is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BranchState {
     Registered,
     Prepared,
@@ -90,7 +89,7 @@ impl BranchState {
 }
 
 /// One participant call site of a transaction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Branch {
     pub id: String,
     /// Endpoint URI of the participant, already validated.
@@ -125,7 +124,6 @@ pub struct Branch {
     pub heuristic: Option<String>,
     /// A call to this branch is outstanding; its answer is still to come.
     /// Never persisted: after a restart nothing is in flight.
-    #[serde(skip)]
     pub in_flight: bool,
 }
 
@@ -168,7 +166,7 @@ impl Branch {
 }
 
 /// A whole transaction, as kept in memory and in the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Txn {
     pub id: String,
     pub mode: Mode,
@@ -241,7 +239,7 @@ pub enum VoteResult {
 pub const MAX_HISTORY: usize = 16;
 
 /// One finished call to a branch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
     /// When the answer (or the failure) came.
     pub at_ms: u64,
@@ -254,7 +252,7 @@ pub struct Attempt {
 }
 
 /// Which participant call; the mode picks the RPC (prepare = try, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallKind {
     Prepare,
     Commit,

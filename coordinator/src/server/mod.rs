@@ -23,7 +23,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::Config;
 use crate::driver::{Driver, DriverError};
 use crate::security::{Role, interceptor};
-use crate::store::{MemoryLog, SledLog, StoreError, TxnLog};
+use crate::store::{MemoryLog, OpenOptions, OpenReport, SledLog, StoreError, TxnLog};
 use admin::AdminService;
 use coordinator::CoordinatorService;
 
@@ -86,11 +86,21 @@ pub async fn run(
             "no tokens configured: anyone who can reach this port can run and force transactions"
         );
     }
-    let log: Arc<dyn TxnLog> = match &storage {
-        Storage::Sled(dir) => Arc::new(SledLog::open(dir)?),
-        Storage::Memory => Arc::new(MemoryLog::new()),
+    let options = OpenOptions {
+        accept_damage: config.accept_damaged_log,
+    };
+    let (log, opened): (Arc<dyn TxnLog>, OpenReport) = match &storage {
+        Storage::Sled(dir) => {
+            let dir = dir.clone();
+            let (log, report) = tokio::task::spawn_blocking(move || SledLog::open(&dir, options))
+                .await
+                .map_err(|e| ServeError::Setup(format!("opening the log: {e}")))??;
+            (Arc::new(log), report)
+        }
+        Storage::Memory => (Arc::new(MemoryLog::new()), OpenReport::default()),
     };
     let driver = Driver::new(config, log)?;
+    driver.audit_open(&opened).await?;
     let recovery = driver.load_unfinished()?;
     let recovered = recovery.len();
     crate::metrics::recovery_pending(recovered);

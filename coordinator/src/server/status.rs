@@ -16,6 +16,7 @@ impl From<DriverError> for Status {
             DriverError::PermissionDenied(m) => Status::permission_denied(m.clone()),
             DriverError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             DriverError::Unavailable(m) => Status::unavailable(m.clone()),
+            DriverError::DataLoss(m) => Status::data_loss(m.clone()),
             DriverError::Internal(m) => Status::internal(m.clone()),
         }
     }

@@ -1,33 +1,94 @@
-//! The on-disk layout: every key prefix and the versioned value encoding.
+//! The on-disk layout: every key prefix, and the index entries that go with a
+//! transaction's records. Every backend stores exactly these keys, and index
+//! maintenance happens here only ([`index_ops`], [`collect_ops`]).
 //!
 //! A prefix byte, once assigned, is never reused for anything else.
 //!
-//! | prefix | key                                   | value                   |
-//! |--------|---------------------------------------|-------------------------|
-//! | `0x00` | `0x00` `meta-name`                    | metadata (format, ...)  |
-//! | `0x01` | `0x01` txn id                         | encoded [`Txn`]         |
-//! | `0x02` | `0x02` txn id                         | empty: unfinished index |
-//! | `0x03` | `0x03` finished-at (u64 BE) txn id    | empty: retention index  |
-//! | `0x04` | `0x04` at (u64 BE) seq (u64 BE)       | encoded [`AuditEntry`]  |
+//! | prefix | key                                   | value (see `record`)        | since    |
+//! |--------|---------------------------------------|-----------------------------|----------|
+//! | `0x00` | `0x00` meta-name                      | [`MetaNumber`]: `format`, `batch` | 1  |
+//! | `0x01` | `0x01` txn id                         | format 1 only: a whole `Txn` (postcard); retired | 1 |
+//! | `0x02` | `0x02` txn id                         | empty, sealed: unfinished index | 1    |
+//! | `0x03` | `0x03` finished-at (u64 BE) txn id    | empty, sealed: retention index  | 1    |
+//! | `0x04` | `0x04` at (u64 BE) seq (u64 BE)       | [`AuditRecord`]             | 1        |
+//! | `0x05` | `0x05` txn id                         | [`TxnHeader`]               | 2        |
+//! | `0x06` | `0x06` txn id `0x00` index (u32 BE)   | [`BranchSpec`]              | 2        |
+//! | `0x07` | `0x07` txn id `0x00` index (u32 BE)   | [`BranchStatus`]            | 2        |
 //!
-//! Values start with a version byte. Version 1 is `postcard` of [`Txn`] (or
-//! of [`AuditEntry`] under `0x04`). A new
-//! layout of `Txn` gets a new version byte, and the decoder keeps reading the
-//! old ones.
+//! Transaction ids never contain `0x00` (checked by [`check_id`]), so the
+//! branch keys of one transaction are exactly the keys under
+//! `prefix id 0x00`, in registration order.
+//!
+//! [`MetaNumber`]: crate::store::record::MetaNumber
+//! [`AuditRecord`]: crate::store::record::AuditRecord
+//! [`TxnHeader`]: crate::store::record::TxnHeader
+//! [`BranchSpec`]: crate::store::record::BranchSpec
+//! [`BranchStatus`]: crate::store::record::BranchStatus
 
-use crate::engine::Txn;
+use crate::store::record::{Op, seal_empty};
 use crate::store::{AuditEntry, StoreError};
 
 pub const META: u8 = 0x00;
-pub const TXN: u8 = 0x01;
+/// Format 1's whole-transaction records; read only by the upgrade.
+pub const TXN_V1: u8 = 0x01;
 pub const UNFINISHED: u8 = 0x02;
 pub const FINISHED: u8 = 0x03;
 pub const AUDIT: u8 = 0x04;
+pub const HEADER: u8 = 0x05;
+pub const SPEC: u8 = 0x06;
+pub const STATUS: u8 = 0x07;
 
-const VALUE_V1: u8 = 1;
+/// Meta key of the format number.
+pub const META_FORMAT: &str = "format";
+/// Meta key of the number of the last durable (synced) batch.
+pub const META_BATCH: &str = "batch";
 
-pub fn txn_key(txn_id: &str) -> Vec<u8> {
-    prefixed(TXN, txn_id.as_bytes())
+/// Ids with `0x00` would break the branch key layout.
+pub fn check_id(txn_id: &str) -> Result<(), StoreError> {
+    if txn_id.is_empty() || txn_id.as_bytes().contains(&0) {
+        return Err(StoreError::Refused(format!(
+            "transaction id {txn_id:?} cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
+pub fn header_key(txn_id: &str) -> Vec<u8> {
+    prefixed(HEADER, txn_id.as_bytes())
+}
+
+pub fn v1_txn_key(txn_id: &str) -> Vec<u8> {
+    prefixed(TXN_V1, txn_id.as_bytes())
+}
+
+/// Start of the branch keys (`SPEC` or `STATUS`) of one transaction.
+pub fn branch_prefix(prefix: u8, txn_id: &str) -> Vec<u8> {
+    let mut key = prefixed(prefix, txn_id.as_bytes());
+    key.push(0);
+    key
+}
+
+fn branch_key(prefix: u8, txn_id: &str, index: usize) -> Vec<u8> {
+    let mut key = branch_prefix(prefix, txn_id);
+    key.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+    key
+}
+
+pub fn spec_key(txn_id: &str, index: usize) -> Vec<u8> {
+    branch_key(SPEC, txn_id, index)
+}
+
+pub fn status_key(txn_id: &str, index: usize) -> Vec<u8> {
+    branch_key(STATUS, txn_id, index)
+}
+
+/// The branch index of a spec or status key under `branch_prefix`.
+pub fn parse_branch_index(prefix_len: usize, key: &[u8]) -> Result<usize, StoreError> {
+    let rest = key.get(prefix_len..).unwrap_or_default();
+    let bytes: [u8; 4] = rest
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("a bad branch key {}", describe(key))))?;
+    Ok(u32::from_be_bytes(bytes) as usize)
 }
 
 pub fn unfinished_key(txn_id: &str) -> Vec<u8> {
@@ -52,8 +113,8 @@ pub fn finished_bound(before_ms: u64) -> Vec<u8> {
 
 /// Splits a retention-index key into (finished-at, txn id).
 pub fn parse_finished_key(key: &[u8]) -> Result<(u64, String), StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("bad retention index key {key:02x?}"));
-    if key.len() < 9 || key[0] != FINISHED {
+    let corrupt = || StoreError::Corrupt(format!("a bad retention index key {}", describe(key)));
+    if key.len() < 10 || key[0] != FINISHED {
         return Err(corrupt());
     }
     let mut at = [0u8; 8];
@@ -62,14 +123,28 @@ pub fn parse_finished_key(key: &[u8]) -> Result<(u64, String), StoreError> {
     Ok((u64::from_be_bytes(at), id.to_string()))
 }
 
-/// The txn id of an unfinished-index key.
-pub fn parse_unfinished_key(key: &[u8]) -> Result<String, StoreError> {
+/// The txn id of a key `prefix id` (header, unfinished index, format-1 record).
+pub fn parse_id_key(prefix: u8, key: &[u8]) -> Result<String, StoreError> {
     match key.split_first() {
-        Some((&UNFINISHED, id)) => std::str::from_utf8(id)
+        Some((&p, id)) if p == prefix && !id.is_empty() && !id.contains(&0) => {
+            std::str::from_utf8(id)
+                .map(str::to_string)
+                .map_err(|_| StoreError::Corrupt(format!("a bad key {}", describe(key))))
+        }
+        _ => Err(StoreError::Corrupt(format!("a bad key {}", describe(key)))),
+    }
+}
+
+/// The txn id of a spec or status key.
+pub fn parse_branch_owner(key: &[u8]) -> Result<String, StoreError> {
+    let end = key.len().saturating_sub(5);
+    match key.get(end) {
+        Some(0) if end > 1 => std::str::from_utf8(&key[1..end])
             .map(str::to_string)
-            .map_err(|_| StoreError::Corrupt(format!("bad unfinished index key {key:02x?}"))),
+            .map_err(|_| StoreError::Corrupt(format!("a bad branch key {}", describe(key)))),
         _ => Err(StoreError::Corrupt(format!(
-            "bad unfinished index key {key:02x?}"
+            "a bad branch key {}",
+            describe(key)
         ))),
     }
 }
@@ -82,33 +157,86 @@ pub fn audit_key(entry: &AuditEntry) -> Vec<u8> {
     key
 }
 
-/// The txn id of a transaction key.
-pub fn parse_txn_key(key: &[u8]) -> Result<String, StoreError> {
-    match key.split_first() {
-        Some((&TXN, id)) => std::str::from_utf8(id)
-            .map(str::to_string)
-            .map_err(|_| StoreError::Corrupt(format!("bad transaction key {key:02x?}"))),
-        _ => Err(StoreError::Corrupt(format!(
-            "bad transaction key {key:02x?}"
-        ))),
-    }
-}
-
-/// Key range of transactions for a scan after `after`: (start, end), end exclusive.
-pub fn txn_scan_range(after: Option<&str>, newest_first: bool) -> (Vec<u8>, Vec<u8>) {
+/// Key range of transaction headers for a scan after `after`: (start, end),
+/// end exclusive.
+pub fn header_scan_range(after: Option<&str>, newest_first: bool) -> (Vec<u8>, Vec<u8>) {
     match (after, newest_first) {
-        (None, _) => (vec![TXN], vec![TXN + 1]),
+        (None, _) => (vec![HEADER], vec![HEADER + 1]),
         (Some(id), false) => {
-            let mut start = txn_key(id);
+            let mut start = header_key(id);
             start.push(0); // just past `id`
-            (start, vec![TXN + 1])
+            (start, vec![HEADER + 1])
         }
-        (Some(id), true) => (vec![TXN], txn_key(id)),
+        (Some(id), true) => (vec![HEADER], header_key(id)),
     }
 }
 
 pub fn meta_key(name: &str) -> Vec<u8> {
     prefixed(META, name.as_bytes())
+}
+
+/// The index entries to write with a transaction's records: it joins the
+/// unfinished index when first written, and moves to the retention index
+/// when it finishes.
+pub fn index_ops(txn_id: &str, finished_at_ms: Option<u64>, first: bool) -> Vec<Op> {
+    match finished_at_ms {
+        Some(at) => {
+            let finished = finished_key(at, txn_id);
+            vec![
+                Op::Delete(unfinished_key(txn_id)),
+                Op::Put(finished.clone(), seal_empty(&finished)),
+            ]
+        }
+        None if first => {
+            let key = unfinished_key(txn_id);
+            vec![Op::Put(key.clone(), seal_empty(&key))]
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The deletes that remove a finished transaction, found under its
+/// retention-index key, with `branches` branches.
+pub fn collect_ops(retention_key: &[u8], txn_id: &str, branches: usize) -> Vec<Op> {
+    let mut ops = vec![
+        Op::Delete(retention_key.to_vec()),
+        Op::Delete(header_key(txn_id)),
+    ];
+    for i in 0..branches {
+        ops.push(Op::Delete(spec_key(txn_id, i)));
+        ops.push(Op::Delete(status_key(txn_id, i)));
+    }
+    ops
+}
+
+/// A key as an operator can read it in a message: the prefix's name and
+/// the printable rest.
+pub fn describe(key: &[u8]) -> String {
+    let Some((&prefix, rest)) = key.split_first() else {
+        return "(empty)".to_string();
+    };
+    let name = match prefix {
+        META => "meta",
+        TXN_V1 => "txn-v1",
+        UNFINISHED => "unfinished",
+        FINISHED => "finished",
+        AUDIT => "audit",
+        HEADER => "txn",
+        SPEC => "branch-spec",
+        STATUS => "branch-status",
+        _ => "unknown",
+    };
+    let text: String = rest
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                (b as char).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
+        .collect();
+    format!("{name}/{text}")
 }
 
 fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -118,70 +246,9 @@ fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
-pub fn encode_txn(txn: &Txn) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(txn, vec![VALUE_V1])
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode transaction {}: {e}", txn.id)))
-}
-
-pub fn encode_audit(entry: &AuditEntry) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(entry, vec![VALUE_V1])
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode an audit entry: {e}")))
-}
-
-pub fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
-    match value.split_first() {
-        Some((&VALUE_V1, body)) => postcard::from_bytes(body)
-            .map_err(|e| StoreError::Corrupt(format!("undecodable audit entry: {e}"))),
-        _ => Err(StoreError::Corrupt(
-            "audit entry has an unknown format".to_string(),
-        )),
-    }
-}
-
-pub fn decode_txn(value: &[u8]) -> Result<Txn, StoreError> {
-    match value.split_first() {
-        Some((&VALUE_V1, body)) => postcard::from_bytes(body)
-            .map_err(|e| StoreError::Corrupt(format!("undecodable transaction record: {e}"))),
-        Some((version, _)) => Err(StoreError::Corrupt(format!(
-            "transaction record has unknown format version {version}"
-        ))),
-        None => Err(StoreError::Corrupt("empty transaction record".to_string())),
-    }
-}
-
 #[cfg(test)]
-#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::engine::{Branch, Mode};
-
-    #[test]
-    fn txn_round_trips_through_the_v1_encoding() {
-        let mut txn = Txn::new("t1".into(), Mode::Tcc, 5_000, 42);
-        txn.branches.push(Branch::new(
-            "1".into(),
-            "http://127.0.0.1:9".into(),
-            "stock.reserve".into(),
-            vec![0, 1, 2, 255],
-            1_000,
-        ));
-        let bytes = encode_txn(&txn).expect("encodes");
-        assert_eq!(bytes[0], 1);
-        assert_eq!(decode_txn(&bytes), Ok(txn));
-    }
-
-    #[test]
-    fn unknown_versions_and_garbage_are_corrupt_not_panics() {
-        assert!(matches!(decode_txn(&[]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(
-            decode_txn(&[9, 1, 2]),
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode_txn(&[1, 0xff]),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
 
     #[test]
     fn retention_keys_sort_by_time_and_parse_back() {
@@ -192,5 +259,34 @@ mod tests {
         assert!(a < finished_bound(6) && b >= finished_bound(6));
         assert_eq!(parse_finished_key(&b), Ok((6, "aaa".to_string())));
         assert!(parse_finished_key(&[3, 1]).is_err());
+    }
+
+    #[test]
+    fn branch_keys_sort_in_registration_order_and_name_their_owner() {
+        let keys: Vec<Vec<u8>> = (0..300).map(|i| spec_key("t-1", i)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let prefix = branch_prefix(SPEC, "t-1");
+        assert!(keys.iter().all(|k| k.starts_with(&prefix)));
+        // "t-1" and "t-10" never share branch keys.
+        assert!(!spec_key("t-10", 0).starts_with(&prefix));
+        assert_eq!(parse_branch_index(prefix.len(), &keys[257]), Ok(257));
+        assert_eq!(parse_branch_owner(&keys[3]), Ok("t-1".to_string()));
+        assert!(parse_branch_owner(&[SPEC, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn ids_with_nul_are_refused() {
+        assert!(check_id("a\0b").is_err());
+        assert!(check_id("").is_err());
+        assert!(check_id("ok-1").is_ok());
+    }
+
+    #[test]
+    fn keys_read_well_in_messages() {
+        assert_eq!(describe(&header_key("t-1")), "txn/t-1");
+        assert_eq!(
+            describe(&spec_key("t", 1)),
+            "branch-spec/t\\x00\\x00\\x00\\x00\\x01"
+        );
     }
 }

@@ -1,22 +1,22 @@
-//! An in-memory [`TxnLog`]: same key layout as the sled log, nothing on disk.
+//! An in-memory [`Kv`]: the same layout as the sled log, nothing on disk.
 //! For tests and for running the coordinator without durability.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::engine::Txn;
-use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
+use crate::store::StoreError;
+use crate::store::kv::{Kv, KvLog, Visitor};
+use crate::store::record::Op;
+
+/// The in-memory transaction log.
+pub type MemoryLog = KvLog<MemoryKv>;
 
 #[derive(Default)]
-pub struct MemoryLog {
+pub struct MemoryKv {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
-impl MemoryLog {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
+impl MemoryKv {
     fn map(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
         // A panic while holding the lock cannot leave the map half-updated in a
         // way that matters more than losing the process, so keep going.
@@ -26,92 +26,67 @@ impl MemoryLog {
     }
 }
 
-impl TxnLog for MemoryLog {
-    fn write(&self, batch: &[Write], _sync: bool) -> Result<u64, StoreError> {
-        let mut map = self.map();
-        for write in batch {
-            let record = match write {
-                Write::Txn(record) => record,
-                Write::Audit(entry) => {
-                    map.insert(keys::audit_key(entry), keys::encode_audit(entry)?);
-                    continue;
+impl KvLog<MemoryKv> {
+    pub fn new() -> MemoryLog {
+        KvLog::over(MemoryKv::default(), 0, None)
+    }
+}
+
+impl Default for KvLog<MemoryKv> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Kv for MemoryKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.map().get(key).cloned())
+    }
+
+    fn visit(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        f: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        if start >= end {
+            return Ok(());
+        }
+        let map = self.map();
+        let range = map.range(start.to_vec()..end.to_vec());
+        if reverse {
+            for (k, v) in range.rev() {
+                if f(k, v).is_break() {
+                    break;
                 }
-            };
-            map.insert(keys::txn_key(&record.txn_id), record.value.clone());
-            match record.finished_at_ms {
-                None => {
-                    map.insert(keys::unfinished_key(&record.txn_id), Vec::new());
-                }
-                Some(at) => {
-                    map.remove(&keys::unfinished_key(&record.txn_id));
-                    map.insert(keys::finished_key(at, &record.txn_id), Vec::new());
+            }
+        } else {
+            for (k, v) in range {
+                if f(k, v).is_break() {
+                    break;
                 }
             }
         }
-        Ok(0)
+        Ok(())
     }
 
-    fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {
-        match self.map().get(&keys::txn_key(txn_id)) {
-            Some(value) => keys::decode_txn(value).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn unfinished(&self) -> Result<Vec<Txn>, StoreError> {
-        let map = self.map();
-        let start = vec![keys::UNFINISHED];
-        let end = vec![keys::UNFINISHED + 1];
-        let mut out = Vec::new();
-        for key in map.range(start..end).map(|(k, _)| k) {
-            let id = keys::parse_unfinished_key(key)?;
-            let value = map.get(&keys::txn_key(&id)).ok_or_else(|| {
-                StoreError::Corrupt(format!("unfinished index names missing transaction {id}"))
-            })?;
-            out.push(keys::decode_txn(value)?);
-        }
-        Ok(out)
-    }
-
-    fn collect_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut map = self.map();
-        let start = vec![keys::FINISHED];
-        let doomed: Vec<Vec<u8>> = map
-            .range(start..keys::finished_bound(before_ms))
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in &doomed {
-            let (_, id) = keys::parse_finished_key(key)?;
-            map.remove(key);
-            map.remove(&keys::txn_key(&id));
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    map.insert(k.clone(), v.clone());
+                }
+                Op::Delete(k) => {
+                    map.remove(k);
+                }
+            }
         }
-        Ok(doomed.len())
+        Ok(())
     }
 
-    fn scan(
-        &self,
-        after: Option<&str>,
-        newest_first: bool,
-        limit: usize,
-    ) -> Result<Vec<Txn>, StoreError> {
-        let map = self.map();
-        let (start, end) = keys::txn_scan_range(after, newest_first);
-        let range = map.range(start..end);
-        let values: Vec<&Vec<u8>> = if newest_first {
-            range.rev().take(limit).map(|(_, v)| v).collect()
-        } else {
-            range.take(limit).map(|(_, v)| v).collect()
-        };
-        values.into_iter().map(|v| keys::decode_txn(v)).collect()
-    }
-
-    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let map = self.map();
-        map.range(vec![keys::AUDIT]..vec![keys::AUDIT + 1])
-            .rev()
-            .take(limit)
-            .map(|(_, v)| keys::decode_audit(v))
-            .collect()
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }

@@ -1,53 +1,45 @@
 //! Durable storage of transactions.
 //!
 //! Everything goes through the [`TxnLog`] trait, so that the engine and driver
-//! never see sled (and a replicated backend can be added later). Two backends
-//! implement it, [`SledLog`] (the default) and [`MemoryLog`], and both run the
-//! same [`conformance`] suite. [`keys`] owns the on-disk layout. [`LogWriter`] is
-//! the single writer that batches records into group commits.
+//! never see sled (and a replicated backend can be added later). [`KvLog`]
+//! implements it once over any ordered key-value store ([`kv::Kv`]): sled
+//! ([`SledLog`], the default) and memory ([`MemoryLog`]); both run the same
+//! conformance suite (`coordinator/tests/store_conformance.rs`). [`keys`] owns
+//! the on-disk layout, [`record`] the log's own schema and its checksums.
+//! [`LogWriter`] is the single writer that batches records into group commits.
 //!
 //! # Durability rule
 //! [`TxnLog::write`] must not return `Ok` before every record of the batch is
 //! on stable storage (for sled: `flush` *and* an fdatasync of its files). The
 //! driver only acknowledges a registration, or sends commit/confirm, after the
 //! record saying so came back `Ok` from the writer.
+//!
+//! # Integrity rule
+//! Every stored value is sealed with a checksum and checked on every read. A
+//! log is checked whole before it is served, and refused when it is damaged
+//! or behind the acknowledged mark (`hwm`); damage met while serving is
+//! reported for that transaction and the rest is served.
 
-pub mod conformance;
+mod guard;
+mod hwm;
 pub mod keys;
+pub mod kv;
 mod memory;
+pub mod open;
+pub mod record;
 mod sled_log;
 mod writer;
 
+pub use kv::KvLog;
 pub use memory::MemoryLog;
-pub use sled_log::SledLog;
+pub use record::{Record, Written};
+pub use sled_log::{OpenOptions, OpenReport, SledLog};
 pub use writer::{Durable, LogWriter, WriterStats};
-
-use serde::{Deserialize, Serialize};
 
 use crate::engine::Txn;
 
-/// One transaction as written to the log: its id, its encoded value, and what
-/// the indexes need to know.
-#[derive(Clone, Debug)]
-pub struct Record {
-    pub txn_id: String,
-    pub value: Vec<u8>,
-    /// `Some` once the transaction is committed or aborted.
-    pub finished_at_ms: Option<u64>,
-}
-
-impl Record {
-    pub fn of(txn: &Txn) -> Result<Record, StoreError> {
-        Ok(Record {
-            txn_id: txn.id.clone(),
-            value: keys::encode_txn(txn)?,
-            finished_at_ms: txn.finished_at_ms,
-        })
-    }
-}
-
 /// One admin action that changed something, kept durably for the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at_ms: u64,
     /// Orders entries written in the same millisecond; unique per entry.
@@ -71,14 +63,19 @@ pub enum Write {
     Audit(AuditEntry),
 }
 
-/// Storage failures. All of them are fatal for the coordinator: once the log
-/// cannot be written, nothing may be acknowledged any more.
+/// Storage failures. A failed write is fatal for the coordinator: once the
+/// log cannot be written, nothing may be acknowledged any more. A damaged
+/// record met on a read concerns that record only.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O failed while {op}: {message}")]
     Io { op: &'static str, message: String },
-    #[error("the log is damaged: {0}")]
+    /// One record failed its checks.
+    #[error("the log holds a damaged record: {0}")]
     Corrupt(String),
+    /// The log as a whole is damaged; it is not served.
+    #[error("{0}")]
+    Damaged(String),
     #[error("refusing to use the data directory: {0}")]
     Refused(String),
     #[error("the log is closed")]
@@ -97,18 +94,27 @@ impl StoreError {
 /// A durable, ordered log of transaction records. Implementations must be safe
 /// to call from many threads, but [`TxnLog::write`] is only ever called by one
 /// thread at a time (the [`LogWriter`]).
+///
+/// Reads return transactions as the log holds them. What only the log holds
+/// (no live copy in the driver) is final: see `driver::Found`.
 pub trait TxnLog: Send + Sync + 'static {
-    /// Stores every record of `batch`, in order (a later record for the same
-    /// transaction replaces an earlier one). With `sync`, returns only once
-    /// all of them, and every earlier unsynced write, are durable; without,
-    /// they are visible to reads at once and durable with the next sync.
-    /// Returns the bytes of keys and values it stored (for the statistics).
+    /// Stores every record of `batch`, in order. With `sync`, returns only
+    /// once all of them, and every earlier unsynced write, are durable;
+    /// without, they are visible to reads at once and durable with the next
+    /// sync. Returns the bytes of keys and values it stored.
     fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError>;
 
-    /// The latest record of one transaction, if the log has it.
+    /// Brings the acknowledged mark up to what is durable (called at least
+    /// once a second while idle, and when closing).
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The latest state of one transaction, if the log has it.
     fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError>;
 
-    /// Every transaction that is not yet committed or aborted.
+    /// Every transaction that is not yet committed or aborted. One that
+    /// cannot be read is reported and left out.
     fn unfinished(&self) -> Result<Vec<Txn>, StoreError>;
 
     /// Deletes up to `limit` transactions that finished before `before_ms`
@@ -119,6 +125,7 @@ pub trait TxnLog: Send + Sync + 'static {
 
     /// Up to `limit` transactions in id order (ids sort by creation time),
     /// starting after the id `after` (exclusive), oldest first or newest first.
+    /// Damaged ones are reported and left out.
     fn scan(
         &self,
         after: Option<&str>,
@@ -128,4 +135,9 @@ pub trait TxnLog: Send + Sync + 'static {
 
     /// The latest `limit` audit entries, newest first.
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Damaged records met while serving, since start.
+    fn damaged_reads(&self) -> u64 {
+        0
+    }
 }

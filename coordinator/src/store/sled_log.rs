@@ -1,14 +1,18 @@
-//! The sled-backed [`TxnLog`], the default.
+//! The sled-backed log, the default: [`SledKv`] under [`KvLog`], and how a
+//! data directory is opened.
 //!
 //! Durability: sled's `flush` writes its buffers with `sync_file_range`, which
 //! is not a full sync, and it writes large values to `blobs/` files without any
 //! sync at all. So after each flush this log fdatasyncs sled's main file and
 //! fsyncs every blob file it has not synced before (and the blob directory).
 //!
-//! The data directory carries a marker file. A directory with the marker but
-//! without sled's files, or a non-empty directory without the marker, is
-//! refused: the coordinator must never start on an empty log in place of a
-//! damaged or foreign one.
+//! Opening refuses, with one message naming what is wrong, a directory that
+//! is foreign, a log of a newer format, and a log that is damaged: sled
+//! cannot open it (or panics trying), a record fails its check, or the log's
+//! batch counter is behind the acknowledged mark ([`hwm`]). An operator may
+//! accept a damaged log knowingly ([`OpenOptions::accept_damage`]).
+//!
+//! [`hwm`]: crate::store::hwm
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -17,13 +21,19 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::engine::Txn;
-use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
+use crate::store::hwm::{self, Hwm, Reading};
+use crate::store::kv::{Kv, KvLog, Visitor};
+use crate::store::open::{self, Checked};
+use crate::store::record::{self, FORMAT, Op};
+use crate::store::{StoreError, keys};
 
 const MARKER: &str = "ARBITER_LOG";
-const MARKER_CONTENT: &str = "arbiter transaction log, format 1\n";
+const MARKER_CONTENT: &str = "arbiter transaction log\n";
 
-pub struct SledLog {
+/// The sled-backed transaction log.
+pub type SledLog = KvLog<SledKv>;
+
+pub struct SledKv {
     db: sled::Db,
     dir: PathBuf,
     /// sled's log file, kept open for fdatasync after each flush.
@@ -42,10 +52,26 @@ fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     }
 }
 
-impl SledLog {
-    /// Opens (or, for a missing or empty directory, creates) the log in `dir`.
-    pub fn open(dir: &Path) -> Result<SledLog, StoreError> {
-        let fresh = prepare_dir(dir)?;
+/// How to open a data directory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Start on a damaged log anyway: damaged records are left alone and
+    /// reported, the acknowledged mark is reset to what the log holds.
+    pub accept_damage: bool,
+}
+
+/// What opening found, for the start-up log and the audit trail.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub upgraded: Option<open::Upgraded>,
+    pub records: u64,
+    pub transactions: u64,
+    /// Damage accepted with [`OpenOptions::accept_damage`], one line each.
+    pub accepted_damage: Option<String>,
+}
+
+impl SledKv {
+    fn open(dir: &Path) -> Result<SledKv, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -54,7 +80,7 @@ impl SledLog {
             .flush_every_ms(None)
             .open()
             .map_err(|e| {
-                StoreError::Refused(format!(
+                StoreError::Damaged(format!(
                     "sled cannot open the log in {}: {e}",
                     dir.display()
                 ))
@@ -64,28 +90,12 @@ impl SledLog {
             .write(true)
             .open(dir.join("db"))
             .map_err(StoreError::io("opening sled's db file"))?;
-        let log = SledLog {
+        Ok(SledKv {
             db,
             dir: dir.to_path_buf(),
             db_file,
             synced_blobs: Mutex::new(HashSet::new()),
-        };
-        if fresh {
-            log.db
-                .insert(keys::meta_key("format"), &[1u8][..])
-                .map_err(sled_err("writing the format marker"))?;
-            log.sync()?;
-            write_marker(dir)?;
-        }
-        Ok(log)
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(sled_err("flushing sled"))?;
-        self.db_file
-            .sync_data()
-            .map_err(StoreError::io("fdatasync of sled's db file"))?;
-        self.sync_new_blobs()
+        })
     }
 
     fn sync_new_blobs(&self) -> Result<(), StoreError> {
@@ -118,17 +128,181 @@ impl SledLog {
         *synced = present;
         Ok(())
     }
+}
 
-    fn decode_at(&self, key: &[u8]) -> Result<Option<Txn>, StoreError> {
-        match self
-            .db
+impl Kv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
             .get(key)
-            .map_err(sled_err("reading a transaction"))?
-        {
-            Some(value) => keys::decode_txn(&value).map(Some),
-            None => Ok(None),
-        }
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(sled_err("reading the log"))
     }
+
+    fn visit(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        f: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        if start >= end {
+            return Ok(());
+        }
+        let range = self.db.range(start..end);
+        let mut each = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, v) = item.map_err(sled_err("scanning the log"))?;
+            Ok::<_, StoreError>(f(&k, &v))
+        };
+        if reverse {
+            for item in range.rev() {
+                if each(item)?.is_break() {
+                    break;
+                }
+            }
+        } else {
+            for item in range {
+                if each(item)?.is_break() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+                Op::Delete(k) => batch.remove(k.as_slice()),
+            }
+        }
+        self.db
+            .apply_batch(batch)
+            .map_err(sled_err("writing a batch"))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(sled_err("flushing sled"))?;
+        self.db_file
+            .sync_data()
+            .map_err(StoreError::io("fdatasync of sled's db file"))?;
+        self.sync_new_blobs()
+    }
+}
+
+impl KvLog<SledKv> {
+    /// Opens (or, for a missing or empty directory, creates) the log in `dir`.
+    pub fn open(dir: &Path, options: OpenOptions) -> Result<(SledLog, OpenReport), StoreError> {
+        let fresh = prepare_dir(dir)?;
+        crate::store::guard::no_panic(&format!("opening the log in {}", dir.display()), || {
+            let kv = SledKv::open(dir)?;
+            if fresh {
+                return create(dir, kv);
+            }
+            open_existing(dir, kv, options)
+        })
+    }
+}
+
+fn create(dir: &Path, kv: SledKv) -> Result<(SledLog, OpenReport), StoreError> {
+    kv.apply(&[
+        record::meta_op(keys::META_FORMAT, FORMAT),
+        record::meta_op(keys::META_BATCH, 0),
+    ])?;
+    kv.sync()?;
+    let hwm = Hwm::create(dir, 0)?;
+    write_marker(dir)?;
+    Ok((KvLog::over(kv, 0, Some(hwm)), OpenReport::default()))
+}
+
+fn open_existing(
+    dir: &Path,
+    kv: SledKv,
+    options: OpenOptions,
+) -> Result<(SledLog, OpenReport), StoreError> {
+    let mut report = OpenReport::default();
+    let format = open::format_of(&kv)?.ok_or_else(|| {
+        StoreError::Damaged(format!(
+            "{}: the log does not say its format (its metadata is missing)",
+            dir.display()
+        ))
+    })?;
+    open::check_format(format)?;
+    if format == 1 {
+        let upgraded = open::upgrade_v1(&kv)?;
+        tracing::info!(
+            transactions = upgraded.transactions,
+            audit_entries = upgraded.audit_entries,
+            "upgraded the log from format 1 to format {FORMAT}"
+        );
+        report.upgraded = Some(upgraded);
+    }
+    let mut checked = open::check_all(&kv);
+    let batch = checked.batch.unwrap_or_else(|| {
+        checked
+            .problems
+            .insert(0, "the log's batch counter is missing".to_string());
+        0
+    });
+    let mark = match Hwm::read(dir) {
+        // Format 1 had no mark: the upgrade starts it.
+        Reading::Missing if report.upgraded.is_some() => None,
+        Reading::Missing => {
+            checked.problems.insert(0, format!(
+                "the acknowledged mark {} is missing, so the log cannot be checked for lost writes",
+                dir.join(hwm::FILE).display()
+            ));
+            None
+        }
+        Reading::Unreadable(why) => {
+            checked
+                .problems
+                .insert(0, format!("the acknowledged mark is unreadable: {why}"));
+            None
+        }
+        Reading::Value(mark) => Some(mark),
+    };
+    if let Some(mark) = mark.filter(|&m| batch < m) {
+        checked.problems.insert(
+            0,
+            format!(
+                "the log ends at batch {batch}, but batch {mark} was acknowledged ({}): \
+             writes the coordinator acknowledged are missing (a truncated or restored `db` file?)",
+                dir.join(hwm::FILE).display()
+            ),
+        );
+    }
+    report.records = checked.records;
+    report.transactions = checked.transactions;
+    if !checked.is_clean() {
+        refuse_or_accept(dir, &checked, options, &mut report)?;
+    }
+    let hwm = Hwm::create(dir, batch)?;
+    Ok((KvLog::over(kv, batch, Some(hwm)), report))
+}
+
+fn refuse_or_accept(
+    dir: &Path,
+    checked: &Checked,
+    options: OpenOptions,
+    report: &mut OpenReport,
+) -> Result<(), StoreError> {
+    let problems = checked.describe();
+    if !options.accept_damage {
+        return Err(StoreError::Damaged(format!(
+            "the transaction log in {} is damaged; Arbiter will not serve it:{problems}\n\
+             Restore the data directory from a backup. To start on it anyway, accepting that \
+             the transactions named above may be lost or wrong, start once with \
+             --accept-damaged-log (recorded in the audit log).",
+            dir.display()
+        )));
+    }
+    tracing::warn!(
+        "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
+    );
+    report.accepted_damage = Some(problems);
+    Ok(())
 }
 
 /// Checks the directory; returns whether it is new (needs the marker).
@@ -145,10 +319,11 @@ fn prepare_dir(dir: &Path) -> Result<bool, StoreError> {
             if has_marker {
                 for required in ["db", "conf"] {
                     if !dir.join(required).is_file() {
-                        return refuse(format!(
-                            "the log's file `{required}` is missing; the log is damaged \
-                             (restore it from a backup; Arbiter will not start on an empty log)"
-                        ));
+                        return Err(StoreError::Damaged(format!(
+                            "{}: the log's file `{required}` is missing; the log is damaged \
+                             (restore it from a backup; Arbiter will not start on an empty log)",
+                            dir.display()
+                        )));
                     }
                 }
                 Ok(false)
@@ -177,114 +352,4 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StoreError::io("fsync of a directory"))
-}
-
-impl TxnLog for SledLog {
-    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
-        let mut ops = sled::Batch::default();
-        let mut bytes = 0u64;
-        let mut insert = |ops: &mut sled::Batch, key: Vec<u8>, value: Vec<u8>| {
-            bytes += (key.len() + value.len()) as u64;
-            ops.insert(key, value);
-        };
-        for write in batch {
-            let record = match write {
-                Write::Txn(record) => record,
-                Write::Audit(entry) => {
-                    insert(&mut ops, keys::audit_key(entry), keys::encode_audit(entry)?);
-                    continue;
-                }
-            };
-            insert(
-                &mut ops,
-                keys::txn_key(&record.txn_id),
-                record.value.clone(),
-            );
-            match record.finished_at_ms {
-                None => insert(&mut ops, keys::unfinished_key(&record.txn_id), Vec::new()),
-                Some(at) => {
-                    ops.remove(keys::unfinished_key(&record.txn_id));
-                    insert(&mut ops, keys::finished_key(at, &record.txn_id), Vec::new());
-                }
-            }
-        }
-        self.db
-            .apply_batch(ops)
-            .map_err(sled_err("writing a batch"))?;
-        if sync {
-            self.sync()?;
-        }
-        Ok(bytes)
-    }
-
-    fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {
-        self.decode_at(&keys::txn_key(txn_id))
-    }
-
-    fn unfinished(&self) -> Result<Vec<Txn>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.db.scan_prefix([keys::UNFINISHED]) {
-            let (key, _) = entry.map_err(sled_err("scanning unfinished transactions"))?;
-            let id = keys::parse_unfinished_key(&key)?;
-            let txn = self.get(&id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("unfinished index names missing transaction {id}"))
-            })?;
-            out.push(txn);
-        }
-        Ok(out)
-    }
-
-    fn collect_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let mut ops = sled::Batch::default();
-        let mut count = 0;
-        for entry in self
-            .db
-            .range(vec![keys::FINISHED]..keys::finished_bound(before_ms))
-            .take(limit)
-        {
-            let (key, _) = entry.map_err(sled_err("scanning finished transactions"))?;
-            let (_, id) = keys::parse_finished_key(&key)?;
-            ops.remove(key);
-            ops.remove(keys::txn_key(&id));
-            count += 1;
-        }
-        self.db
-            .apply_batch(ops)
-            .map_err(sled_err("collecting finished transactions"))?;
-        Ok(count)
-    }
-
-    fn scan(
-        &self,
-        after: Option<&str>,
-        newest_first: bool,
-        limit: usize,
-    ) -> Result<Vec<Txn>, StoreError> {
-        let (start, end) = keys::txn_scan_range(after, newest_first);
-        let range = self.db.range(start..end);
-        let entries: Vec<sled::Result<(sled::IVec, sled::IVec)>> = if newest_first {
-            range.rev().take(limit).collect()
-        } else {
-            range.take(limit).collect()
-        };
-        entries
-            .into_iter()
-            .map(|entry| {
-                let (_, value) = entry.map_err(sled_err("scanning transactions"))?;
-                keys::decode_txn(&value)
-            })
-            .collect()
-    }
-
-    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        self.db
-            .range(vec![keys::AUDIT]..vec![keys::AUDIT + 1])
-            .rev()
-            .take(limit)
-            .map(|entry| {
-                let (_, value) = entry.map_err(sled_err("reading the audit log"))?;
-                keys::decode_audit(&value)
-            })
-            .collect()
-    }
 }

@@ -114,7 +114,17 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
     // Writes applied without a sync since the last sync.
     let mut unsynced = false;
     loop {
-        let Ok(first) = rx.recv() else { return };
+        let first = match rx.recv_timeout(crate::store::hwm::EVERY) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                checkpoint(&*log, &mut poisoned);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                checkpoint(&*log, &mut poisoned);
+                return;
+            }
+        };
         let mut closing = false;
         let mut sync = false;
         let mut next = Some(first);
@@ -168,7 +178,19 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
             }
         }
         if closing {
+            checkpoint(&*log, &mut poisoned);
             return;
         }
+    }
+}
+
+/// Brings the acknowledged mark up to date, unless a write already failed.
+fn checkpoint(log: &dyn TxnLog, poisoned: &mut Option<StoreError>) {
+    if poisoned.is_some() {
+        return;
+    }
+    if let Err(err) = log.checkpoint() {
+        tracing::error!(error = %err, "writing the acknowledged mark failed; nothing more will be acknowledged");
+        *poisoned = Some(err);
     }
 }

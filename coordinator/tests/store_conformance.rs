@@ -1,9 +1,16 @@
-//! The behaviour every [`TxnLog`] must have. Each backend's tests call
-//! [`run_all`] with a factory for fresh, empty logs; a backend that can be
-//! reopened also passes [`reopen_keeps_everything`].
+//! The behaviour every [`TxnLog`] must have. Each backend runs [`run_all`]
+//! with a factory for fresh, empty logs; a backend that can be reopened also
+//! passes [`reopen_keeps_everything`]. Lives with the tests, not in the
+//! release library.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use crate::engine::{Branch, BranchState, Mode, Txn, TxnState};
-use crate::store::{AuditEntry, Record, TxnLog, Write};
+use std::sync::Arc;
+
+use arbiter::engine::{Attempt, Branch, BranchState, CallKind, Mode, Txn, TxnState};
+use arbiter::store::{
+    AuditEntry, LogWriter, MemoryLog, OpenOptions, Record, SledLog, StoreError, TxnLog, Write,
+    Written,
+};
 
 /// A transaction with two branches, in `state`.
 pub fn sample_txn(id: &str, state: TxnState, finished_at_ms: Option<u64>) -> Txn {
@@ -24,8 +31,9 @@ pub fn sample_txn(id: &str, state: TxnState, finished_at_ms: Option<u64>) -> Txn
     txn
 }
 
+/// A transaction's full record, as its first write would be.
 pub fn record(txn: &Txn) -> Write {
-    match Record::of(txn) {
+    match Record::of(txn, &mut Written::default()) {
         Ok(record) => Write::Txn(record),
         Err(e) => panic!("sample transaction does not encode: {e}"),
     }
@@ -46,6 +54,58 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn TxnLog>) {
     unknown_id_is_none(fresh().as_ref());
     scans_page_in_id_order_both_ways(fresh().as_ref());
     audit_entries_come_back_newest_first(fresh().as_ref());
+    records_of_changes_fold_back_into_the_whole(fresh().as_ref());
+}
+
+/// A transaction written step by step (each record only what changed since
+/// the last) reads back whole at every step.
+pub fn records_of_changes_fold_back_into_the_whole(log: &dyn TxnLog) {
+    let mut written = Written::default();
+    let mut txn = sample_txn("steps", TxnState::Active, None);
+    let mut write = |txn: &Txn| {
+        let record = Record::of(txn, &mut written).expect_ok("encode");
+        let ops = record.ops.len();
+        log.write(&[Write::Txn(record)], true).expect_ok("write");
+        assert_eq!(log.get(&txn.id).expect_ok("get").as_ref(), Some(txn));
+        ops
+    };
+    let first = write(&txn);
+    txn.branches.push(Branch::new(
+        "3".into(),
+        "http://127.0.0.1:9003".into(),
+        "r".into(),
+        vec![9; 5_000],
+        1_000,
+    ));
+    txn.state = TxnState::Preparing;
+    let with_branch = write(&txn);
+    assert_eq!(with_branch, 3, "header, the new spec and its status");
+    txn.branches[0].state = BranchState::Committed;
+    txn.branches[0].history.push(Attempt {
+        at_ms: 7,
+        call: CallKind::Commit,
+        attempt: 1,
+        ok: true,
+        result: "acknowledged".into(),
+    });
+    txn.state = TxnState::Committing;
+    txn.decided_at_ms = Some(6);
+    assert_eq!(
+        write(&txn),
+        2,
+        "header and one status: no payload rewritten"
+    );
+    txn.state = TxnState::Committed;
+    txn.finished_at_ms = Some(8);
+    write(&txn);
+    assert!(first > with_branch);
+    assert!(log.unfinished().expect_ok("unfinished").is_empty());
+    assert_eq!(log.collect_finished(9, 10).expect_ok("collect"), 1);
+    assert_eq!(log.get("steps").expect_ok("get"), None);
+    assert!(
+        log.scan(None, false, 10).expect_ok("scan").is_empty(),
+        "nothing of it is left"
+    );
 }
 
 pub fn scans_page_in_id_order_both_ways(log: &dyn TxnLog) {
@@ -208,122 +268,123 @@ impl<T, E: std::fmt::Display> ExpectOk<T> for Result<T, E> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{LogWriter, MemoryLog, SledLog};
-    use std::sync::Arc;
+fn open_sled(path: &std::path::Path) -> SledLog {
+    SledLog::open(path, OpenOptions::default())
+        .expect_ok("open")
+        .0
+}
 
-    #[test]
-    fn memory_log_conforms() {
-        run_all(&|| Box::new(MemoryLog::new()));
-    }
+#[test]
+fn memory_log_conforms() {
+    run_all(&|| Box::new(MemoryLog::new()));
+}
 
-    #[test]
-    fn sled_log_conforms() {
-        let dirs = std::cell::RefCell::new(Vec::new());
-        run_all(&|| {
-            let dir = tempfile::tempdir().expect_ok("tempdir");
-            let log = SledLog::open(&dir.path().join("log")).expect_ok("open");
-            dirs.borrow_mut().push(dir);
-            Box::new(log)
-        });
-    }
-
-    #[test]
-    fn sled_log_keeps_everything_across_reopen() {
+#[test]
+fn sled_log_conforms() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    run_all(&|| {
         let dir = tempfile::tempdir().expect_ok("tempdir");
-        let path = dir.path().join("log");
-        let first = SledLog::open(&path).expect_ok("open");
-        reopen_keeps_everything(Box::new(first), &|| {
-            Box::new(SledLog::open(&path).expect_ok("reopen"))
-        });
-    }
+        let log = open_sled(&dir.path().join("log"));
+        dirs.borrow_mut().push(dir);
+        Box::new(log)
+    });
+}
 
-    #[test]
-    fn sled_log_refuses_foreign_and_damaged_directories() {
-        let dir = tempfile::tempdir().expect_ok("tempdir");
-        std::fs::write(dir.path().join("notes.txt"), "hello").expect_ok("write");
-        let err = SledLog::open(dir.path()).err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("holds no Arbiter log")));
+#[test]
+fn sled_log_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().expect_ok("tempdir");
+    let path = dir.path().join("log");
+    let first = open_sled(&path);
+    reopen_keeps_everything(Box::new(first), &|| Box::new(open_sled(&path)));
+}
 
-        let path = dir.path().join("log");
-        drop(SledLog::open(&path).expect_ok("open"));
-        std::fs::remove_file(path.join("db")).expect_ok("remove db");
-        let err = SledLog::open(&path).err().map(|e| e.to_string());
-        assert!(
-            err.is_some_and(|e| e.contains("damaged")),
-            "damaged log refused"
-        );
-    }
+#[test]
+fn sled_log_refuses_foreign_and_damaged_directories() {
+    let dir = tempfile::tempdir().expect_ok("tempdir");
+    std::fs::write(dir.path().join("notes.txt"), "hello").expect_ok("write");
+    let err = SledLog::open(dir.path(), OpenOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.contains("holds no Arbiter log")));
 
-    #[test]
-    fn writer_completes_callers_once_durable_and_batches() {
-        let dir = tempfile::tempdir().expect_ok("tempdir");
-        let log: Arc<dyn TxnLog> = Arc::new(SledLog::open(dir.path()).expect_ok("open"));
-        let writer = LogWriter::start(log.clone()).expect_ok("start");
-        let pending: Vec<_> = (0..200)
-            .map(|i| {
-                writer.submit(record(&sample_txn(
-                    &format!("t{i:03}"),
-                    TxnState::Active,
-                    None,
-                )))
-            })
-            .collect();
-        for durable in pending {
-            durable
-                .blocking_recv()
-                .expect_ok("writer answered")
-                .expect_ok("durable");
-        }
-        assert_eq!(log.unfinished().expect_ok("unfinished").len(), 200);
-        let stats = writer.stats();
-        let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(
-            stats.records.load(std::sync::atomic::Ordering::Relaxed),
-            200
-        );
-        assert!((1..=200).contains(&batches));
-        writer.close();
-        let late = writer.submit(record(&sample_txn("late", TxnState::Active, None)));
-        assert_eq!(
-            late.blocking_recv().expect_ok("answered"),
-            Err(crate::store::StoreError::Closed)
-        );
-    }
+    let path = dir.path().join("log");
+    drop(open_sled(&path));
+    std::fs::remove_file(path.join("db")).expect_ok("remove db");
+    let err = SledLog::open(&path, OpenOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.is_some_and(|e| e.contains("damaged")),
+        "damaged log refused"
+    );
+}
 
-    #[test]
-    fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
-        let dir = tempfile::tempdir().expect_ok("tempdir");
-        let path = dir.path().join("log");
-        let log: Arc<dyn TxnLog> = Arc::new(SledLog::open(&path).expect_ok("open"));
-        let writer = LogWriter::start(log.clone()).expect_ok("start");
-        let done = sample_txn("done", TxnState::Committed, Some(5));
-        writer
-            .submit_lazy(record(&done))
+#[test]
+fn writer_completes_callers_once_durable_and_batches() {
+    let dir = tempfile::tempdir().expect_ok("tempdir");
+    let log: Arc<dyn TxnLog> = Arc::new(open_sled(dir.path()));
+    let writer = LogWriter::start(log.clone()).expect_ok("start");
+    let pending: Vec<_> = (0..200)
+        .map(|i| {
+            writer.submit(record(&sample_txn(
+                &format!("t{i:03}"),
+                TxnState::Active,
+                None,
+            )))
+        })
+        .collect();
+    for durable in pending {
+        durable
             .blocking_recv()
-            .expect_ok("answered")
-            .expect_ok("written");
-        let stats = writer.stats();
-        assert_eq!(
-            stats.batches.load(std::sync::atomic::Ordering::Relaxed),
-            0,
-            "no flush for a lazy write"
-        );
-        assert_eq!(
-            log.get("done").expect_ok("get"),
-            Some(done.clone()),
-            "readable at once"
-        );
-        writer.close();
-        drop(writer);
-        drop(log);
-        let reopened = SledLog::open(&path).expect_ok("reopen");
-        assert_eq!(
-            reopened.get("done").expect_ok("get"),
-            Some(done),
-            "close made it durable"
-        );
+            .expect_ok("writer answered")
+            .expect_ok("durable");
     }
+    assert_eq!(log.unfinished().expect_ok("unfinished").len(), 200);
+    let stats = writer.stats();
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        stats.records.load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
+    assert!((1..=200).contains(&batches));
+    writer.close();
+    let late = writer.submit(record(&sample_txn("late", TxnState::Active, None)));
+    assert_eq!(
+        late.blocking_recv().expect_ok("answered"),
+        Err(StoreError::Closed)
+    );
+}
+
+#[test]
+fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
+    let dir = tempfile::tempdir().expect_ok("tempdir");
+    let path = dir.path().join("log");
+    let log: Arc<dyn TxnLog> = Arc::new(open_sled(&path));
+    let writer = LogWriter::start(log.clone()).expect_ok("start");
+    let done = sample_txn("done", TxnState::Committed, Some(5));
+    writer
+        .submit_lazy(record(&done))
+        .blocking_recv()
+        .expect_ok("answered")
+        .expect_ok("written");
+    let stats = writer.stats();
+    assert_eq!(
+        stats.batches.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no flush for a lazy write"
+    );
+    assert_eq!(
+        log.get("done").expect_ok("get"),
+        Some(done.clone()),
+        "readable at once"
+    );
+    writer.close();
+    drop(writer);
+    drop(log);
+    let reopened = open_sled(&path);
+    assert_eq!(
+        reopened.get("done").expect_ok("get"),
+        Some(done),
+        "close made it durable"
+    );
 }

@@ -1,0 +1,286 @@
+//! The transaction log over any ordered key-value store: sled on disk, a
+//! `BTreeMap` in memory. A backend only implements [`Kv`] (get, ordered visit,
+//! atomic apply, sync); everything else, the key layout, index maintenance,
+//! folding records back into transactions and the durable batch counter, is
+//! written once here.
+
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::engine::Txn;
+use crate::store::hwm::Hwm;
+use crate::store::record::{self, BranchSpec, BranchStatus, Op, TxnHeader};
+use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
+
+/// What [`Kv::visit`] calls with each key and value.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
+/// A key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value store with atomic batches.
+pub trait Kv: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Calls `f` for each key in `start..end`, in key order (or reverse),
+    /// until it says `Break`.
+    fn visit(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        f: &mut Visitor<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Applies every op, all or none.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// Makes everything applied so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// The end (exclusive) of the keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// Collects the key-value pairs under `prefix`.
+pub fn pairs_under<K: Kv + ?Sized>(kv: &K, prefix: &[u8]) -> Result<Vec<Pair>, StoreError> {
+    let mut out = Vec::new();
+    kv.visit(prefix, &prefix_end(prefix), false, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+/// Reads one transaction and folds its records; `None` if it has no header.
+pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreError> {
+    let key = keys::header_key(txn_id);
+    let Some(value) = kv.get(&key)? else {
+        return Ok(None);
+    };
+    let header = TxnHeader::decode(&key, &value)?;
+    let mut specs = Vec::new();
+    let spec_prefix = keys::branch_prefix(keys::SPEC, txn_id);
+    for (i, (k, v)) in pairs_under(kv, &spec_prefix)?.into_iter().enumerate() {
+        check_position(txn_id, &spec_prefix, &k, i)?;
+        specs.push(BranchSpec::decode(&k, &v)?);
+    }
+    let mut statuses = Vec::new();
+    let status_prefix = keys::branch_prefix(keys::STATUS, txn_id);
+    for (i, (k, v)) in pairs_under(kv, &status_prefix)?.into_iter().enumerate() {
+        check_position(txn_id, &status_prefix, &k, i)?;
+        statuses.push(BranchStatus::decode(&k, &v)?);
+    }
+    record::fold(txn_id, header, specs, statuses).map(Some)
+}
+
+fn check_position(txn_id: &str, prefix: &[u8], key: &[u8], i: usize) -> Result<(), StoreError> {
+    let at = keys::parse_branch_index(prefix.len(), key)?;
+    if at != i {
+        return Err(StoreError::Corrupt(format!(
+            "transaction {txn_id}: branch record {i} is missing (found {at} in its place)"
+        )));
+    }
+    Ok(())
+}
+
+/// The transaction log over a [`Kv`].
+pub struct KvLog<K: Kv> {
+    pub(crate) kv: K,
+    /// Number of the last durable batch; every synced write stores the next
+    /// one under the meta key `batch`, in the same atomic apply.
+    batch: AtomicU64,
+    /// The acknowledged high-water mark kept outside the store, if any.
+    hwm: Option<Mutex<Hwm>>,
+    /// Damaged records met while serving (reads that failed their checks).
+    damaged: AtomicU64,
+}
+
+impl<K: Kv> KvLog<K> {
+    pub(crate) fn over(kv: K, batch: u64, hwm: Option<Hwm>) -> KvLog<K> {
+        KvLog {
+            kv,
+            batch: AtomicU64::new(batch),
+            hwm: hwm.map(Mutex::new),
+            damaged: AtomicU64::new(0),
+        }
+    }
+
+    /// A damaged record was met while serving: report it and go on with the rest.
+    fn damaged_read(&self, what: &str, error: &StoreError) {
+        self.damaged.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::log_damaged_read();
+        tracing::error!(%error, "damaged record in the transaction log while reading {what}; serving the rest");
+    }
+
+    fn checked<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e @ StoreError::Corrupt(_)) = &result {
+            self.damaged_read(what, e);
+        }
+        result
+    }
+
+    fn hwm_update(&self, force: bool) -> Result<(), StoreError> {
+        let Some(hwm) = &self.hwm else { return Ok(()) };
+        let mut hwm = hwm.lock().unwrap_or_else(|p| p.into_inner());
+        let batch = self.batch.load(Ordering::Acquire);
+        if hwm.value() < batch && (force || hwm.due()) {
+            hwm.store(batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl<K: Kv> TxnLog for KvLog<K> {
+    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
+        let mut ops = Vec::with_capacity(batch.len() * 4 + 1);
+        for write in batch {
+            match write {
+                Write::Txn(record) => ops.extend(record.ops.iter().cloned()),
+                Write::Audit(entry) => ops.push(record::audit_op(entry)),
+            }
+        }
+        let next = self.batch.load(Ordering::Acquire) + 1;
+        if sync {
+            ops.push(record::meta_op(keys::META_BATCH, next));
+        }
+        let bytes = ops.iter().map(|op| op.size() as u64).sum();
+        self.kv.apply(&ops)?;
+        if sync {
+            self.kv.sync()?;
+            self.batch.store(next, Ordering::Release);
+            self.hwm_update(false)?;
+        }
+        Ok(bytes)
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.hwm_update(true)
+    }
+
+    fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {
+        self.checked(&format!("transaction {txn_id}"), load(&self.kv, txn_id))
+    }
+
+    fn unfinished(&self) -> Result<Vec<Txn>, StoreError> {
+        let mut ids = Vec::new();
+        let start = [keys::UNFINISHED];
+        self.kv
+            .visit(&start, &prefix_end(&start), false, &mut |k, _| {
+                ids.push(keys::parse_id_key(keys::UNFINISHED, k));
+                ControlFlow::Continue(())
+            })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Damage was found (and refused, or knowingly accepted) at start;
+            // a transaction that cannot be read is reported and left alone.
+            let loaded = id.and_then(|id| match load(&self.kv, &id)? {
+                Some(txn) => Ok(txn),
+                None => Err(StoreError::Corrupt(format!(
+                    "the unfinished index names transaction {id}, which the log does not hold"
+                ))),
+            });
+            match loaded {
+                Ok(txn) => out.push(txn),
+                Err(e @ StoreError::Corrupt(_)) => self.damaged_read("unfinished transactions", &e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn collect_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        self.kv.visit(
+            &[keys::FINISHED],
+            &keys::finished_bound(before_ms),
+            false,
+            &mut |k, _| {
+                doomed.push(k.to_vec());
+                if doomed.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        let mut ops = Vec::new();
+        for key in &doomed {
+            let (_, id) = keys::parse_finished_key(key)?;
+            ops.push(Op::Delete(key.clone()));
+            ops.push(Op::Delete(keys::header_key(&id)));
+            for prefix in [keys::SPEC, keys::STATUS] {
+                for (k, _) in pairs_under(&self.kv, &keys::branch_prefix(prefix, &id))? {
+                    ops.push(Op::Delete(k));
+                }
+            }
+        }
+        self.kv.apply(&ops)?;
+        Ok(doomed.len())
+    }
+
+    fn scan(
+        &self,
+        after: Option<&str>,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Txn>, StoreError> {
+        let (start, end) = keys::header_scan_range(after, newest_first);
+        let mut ids = Vec::new();
+        self.kv.visit(&start, &end, newest_first, &mut |k, _| {
+            ids.push(k.to_vec());
+            if ids.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for key in ids {
+            let loaded = keys::parse_id_key(keys::HEADER, &key)
+                .and_then(|id| load(&self.kv, &id))
+                .transpose();
+            match loaded {
+                Some(Ok(txn)) => out.push(txn),
+                Some(Err(e @ StoreError::Corrupt(_))) => self.damaged_read("a listing", &e),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut damaged = Vec::new();
+        self.kv
+            .visit(&[keys::AUDIT], &[keys::AUDIT + 1], true, &mut |k, v| {
+                match record::decode_audit(k, v) {
+                    Ok(entry) => out.push(entry),
+                    Err(e) => damaged.push(e),
+                }
+                if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })?;
+        for e in &damaged {
+            self.damaged_read("the audit log", e);
+        }
+        Ok(out)
+    }
+
+    fn damaged_reads(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,305 @@
+//! What happens before a log is served: its format is read (a newer one is
+//! refused, format 1 is upgraded in place), and every record is checked: its
+//! seal, its decoding, and that the indexes and the transactions agree.
+
+use std::ops::ControlFlow;
+
+use crate::store::kv::{Kv, Pair, load, prefix_end};
+use crate::store::record::{self, FORMAT, Op, Record, TxnHeader, Written, v1};
+use crate::store::{StoreError, keys};
+
+/// Most problems listed in a refusal; the rest are counted.
+const LISTED: usize = 20;
+/// Keys read per step of a scan.
+const CHUNK: usize = 1024;
+
+/// The format number a log says it has; `None` when it says nothing.
+pub fn format_of<K: Kv>(kv: &K) -> Result<Option<u64>, StoreError> {
+    let key = keys::meta_key(keys::META_FORMAT);
+    match kv.get(&key)? {
+        None => Ok(None),
+        // Format 1 stored the bare number.
+        Some(value) if value == [1] => Ok(Some(1)),
+        Some(value) => record::decode_meta(&key, &value).map(Some),
+    }
+}
+
+/// Refuses a format newer than this binary's.
+pub fn check_format(format: u64) -> Result<(), StoreError> {
+    if format > FORMAT {
+        return Err(StoreError::Refused(format!(
+            "the log has format {format}, written by a newer Arbiter; this binary reads formats 1 to {FORMAT}. \
+             Run a release that knows format {format}, or restore the backup taken before the upgrade"
+        )));
+    }
+    Ok(())
+}
+
+/// Calls `f` with the pairs in `start..end`, [`CHUNK`] at a time, outside
+/// the store's iteration (so `f` may read the store).
+fn in_chunks<K: Kv>(
+    kv: &K,
+    start: &[u8],
+    end: &[u8],
+    mut f: impl FnMut(Vec<Pair>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut from = start.to_vec();
+    loop {
+        let mut pairs = Vec::with_capacity(CHUNK);
+        kv.visit(&from, end, false, &mut |k, v| {
+            pairs.push((k.to_vec(), v.to_vec()));
+            if pairs.len() >= CHUNK {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        let Some((last, _)) = pairs.last() else {
+            return Ok(());
+        };
+        from = last.clone();
+        from.push(0);
+        let full = pairs.len() >= CHUNK;
+        f(pairs)?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// What an upgrade from format 1 did.
+#[derive(Debug, Default)]
+pub struct Upgraded {
+    pub transactions: usize,
+    pub audit_entries: usize,
+    /// Format-1 records that could not be read; left in place for the check
+    /// to report.
+    pub unreadable: usize,
+}
+
+/// Rewrites a format-1 log as format 2, a chunk of records per atomic apply,
+/// then marks it format 2 and syncs. Safe to run again after a crash: what
+/// was converted is gone from the format-1 keys.
+pub fn upgrade_v1<K: Kv>(kv: &K) -> Result<Upgraded, StoreError> {
+    let mut done = Upgraded::default();
+    in_chunks(kv, &[keys::TXN_V1], &[keys::TXN_V1 + 1], |pairs| {
+        let mut ops = Vec::new();
+        for (key, value) in pairs {
+            match v1::decode_txn(&value) {
+                Ok(txn) => {
+                    ops.extend(Record::of(&txn, &mut Written::default())?.ops);
+                    ops.push(Op::Delete(key));
+                    done.transactions += 1;
+                }
+                Err(_) => done.unreadable += 1,
+            }
+        }
+        kv.apply(&ops)
+    })?;
+    in_chunks(kv, &[keys::AUDIT], &[keys::AUDIT + 1], |pairs| {
+        let mut ops = Vec::new();
+        for (_, value) in pairs.iter().filter(|(_, v)| v1::is_v1(v)) {
+            match v1::decode_audit(value) {
+                Ok(entry) => {
+                    ops.push(record::audit_op(&entry));
+                    done.audit_entries += 1;
+                }
+                Err(_) => done.unreadable += 1,
+            }
+        }
+        kv.apply(&ops)
+    })?;
+    kv.apply(&[
+        record::meta_op(keys::META_FORMAT, FORMAT),
+        record::meta_op(keys::META_BATCH, 0),
+    ])?;
+    kv.sync()?;
+    Ok(done)
+}
+
+/// What the check of every record found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub records: u64,
+    pub transactions: u64,
+    /// The last durable batch the log holds (meta `batch`).
+    pub batch: Option<u64>,
+    pub problems: Vec<String>,
+    pub more_problems: usize,
+}
+
+impl Checked {
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < LISTED {
+            self.problems.push(what);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+
+    fn note<T>(&mut self, result: Result<T, StoreError>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(e.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems, one a line.
+    pub fn describe(&self) -> String {
+        let mut text: String = self.problems.iter().map(|p| format!("\n  - {p}")).collect();
+        if self.more_problems > 0 {
+            text.push_str(&format!("\n  - ... and {} more", self.more_problems));
+        }
+        text
+    }
+}
+
+fn header_of<K: Kv>(kv: &K, id: &str) -> Result<Option<TxnHeader>, StoreError> {
+    let key = keys::header_key(id);
+    kv.get(&key)?
+        .map(|v| TxnHeader::decode(&key, &v))
+        .transpose()
+}
+
+/// Reads every record of the log and checks it. Reading errors of the store
+/// itself (a missing page or blob) are problems too.
+pub fn check_all<K: Kv>(kv: &K) -> Checked {
+    let mut c = Checked::default();
+    if let Err(e) = check_into(kv, &mut c) {
+        c.problem(format!("the log cannot be read to the end: {e}"));
+    }
+    c
+}
+
+fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
+    in_chunks(kv, &[keys::META], &[keys::META + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            let value = c.note(record::decode_meta(&k, &v));
+            if k == keys::meta_key(keys::META_BATCH) {
+                c.batch = value;
+            }
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::TXN_V1], &[keys::TXN_V1 + 1], |pairs| {
+        for (k, _) in pairs {
+            c.records += 1;
+            c.problem(format!(
+                "a format-1 record that could not be upgraded at key {}",
+                keys::describe(&k)
+            ));
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::UNFINISHED], &[keys::UNFINISHED + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            let Some(id) = c.note(
+                record::unseal(&k, &v).and_then(|_| keys::parse_id_key(keys::UNFINISHED, &k)),
+            ) else {
+                continue;
+            };
+            match header_of(kv, &id) {
+                Ok(Some(h)) if h.finished_at_ms.is_none() => {}
+                Ok(Some(_)) => c.problem(format!(
+                    "transaction {id} is finished but still in the unfinished index"
+                )),
+                Ok(None) => c.problem(format!(
+                    "the unfinished index names transaction {id}, which the log does not hold"
+                )),
+                Err(e) => c.problem(e.to_string()),
+            }
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::FINISHED], &[keys::FINISHED + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            let Some((at, id)) =
+                c.note(record::unseal(&k, &v).and_then(|_| keys::parse_finished_key(&k)))
+            else {
+                continue;
+            };
+            match header_of(kv, &id) {
+                Ok(Some(h)) if h.finished_at_ms == Some(at) => {}
+                Ok(Some(_)) => c.problem(format!(
+                    "the retention index disagrees with transaction {id}"
+                )),
+                Ok(None) => c.problem(format!(
+                    "the retention index names transaction {id}, which the log does not hold"
+                )),
+                Err(e) => c.problem(e.to_string()),
+            }
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::AUDIT], &[keys::AUDIT + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            c.note(record::decode_audit(&k, &v));
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::HEADER], &[keys::HEADER + 1], |pairs| {
+        for (k, _) in pairs {
+            c.records += 1;
+            c.transactions += 1;
+            let Some(id) = c.note(keys::parse_id_key(keys::HEADER, &k)) else {
+                continue;
+            };
+            let Some(Some(txn)) = c.note(load(kv, &id)) else {
+                continue;
+            };
+            let index = match txn.finished_at_ms {
+                Some(at) => keys::finished_key(at, &id),
+                None => keys::unfinished_key(&id),
+            };
+            if kv.get(&index)?.is_none() {
+                c.problem(format!(
+                    "transaction {id} is missing from its index ({})",
+                    keys::describe(&index)
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    for prefix in [keys::SPEC, keys::STATUS] {
+        let mut owner: Option<(String, u32)> = None;
+        in_chunks(kv, &[prefix], &[prefix + 1], |pairs| {
+            for (k, _) in pairs {
+                c.records += 1;
+                let Some(id) = c.note(keys::parse_branch_owner(&k)) else {
+                    continue;
+                };
+                if owner.as_ref().map(|(o, _)| o) != Some(&id) {
+                    let branches = header_of(kv, &id).ok().flatten().map_or(0, |h| h.branches);
+                    owner = Some((id.clone(), branches));
+                }
+                let branches = owner.as_ref().map_or(0, |(_, n)| *n);
+                let at = keys::parse_branch_index(keys::branch_prefix(prefix, &id).len(), &k);
+                if !matches!(at, Ok(i) if i < branches as usize) {
+                    c.problem(format!(
+                        "a branch record {} that belongs to no transaction",
+                        keys::describe(&k)
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let end = prefix_end(&[keys::STATUS]);
+    kv.visit(&end, &[u8::MAX; 256], false, &mut |k, _| {
+        c.records += 1;
+        c.problem(format!("an unknown key {}", keys::describe(k)));
+        ControlFlow::Continue(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,560 @@
+//! The log's own schema (format 2): what each stored value holds, how it is
+//! sealed with a checksum, and how it converts to and from the engine's types.
+//!
+//! The engine's [`Txn`] is never written as it is: a transaction is stored as
+//! one small [`TxnHeader`], one [`BranchSpec`] per branch (participant,
+//! resource, payload: written once, when the branch is registered) and one
+//! [`BranchStatus`] per branch (its vote, acks, attempts: rewritten only when
+//! that branch changed). [`Written`] remembers what a live transaction already
+//! has in the log, so that [`Record::of`] emits only what changed.
+//!
+//! # Encoding, and the rule for evolving it
+//! Bodies are protobuf messages (prost derives, no `.proto` file): a decoder
+//! skips fields it does not know, and a field missing from an older record
+//! reads as its default. Every value is sealed as
+//! `[format version: u8][body][CRC-32 of key ‖ version ‖ body: u32 LE]`, so a
+//! flipped byte, a value moved to another key, or a truncated value is found
+//! on every read.
+//!
+//! 1. A field's tag keeps its meaning forever; a removed field's tag is
+//!    listed as reserved in its message and never reused.
+//! 2. A new field gets a new tag, and its absence (the protobuf default, or
+//!    `None`) must mean what records written before it meant.
+//! 3. Enum numbers (`*_code` functions below) are never renumbered or reused.
+//! 4. A change that an older binary would misread (a new enum value, a field
+//!    whose absence would mislead) bumps [`FORMAT`]: older binaries then refuse
+//!    the data directory at start instead of guessing.
+//! 5. Golden-bytes tests (`tests.rs`) freeze every record type; an encoding
+//!    change that breaks them is a format change, and gets a new version.
+//!
+//! Format 1 (postcard of the engine's structs) is read by [`v1`] only, to
+//! upgrade old data directories in place.
+
+#[cfg(test)]
+mod tests;
+pub mod v1;
+
+use prost::Message;
+
+use crate::engine::{Attempt, Branch, BranchState, CallKind, Mode, Txn, TxnState};
+use crate::store::{AuditEntry, StoreError, keys};
+
+/// The log format this binary writes.
+pub const FORMAT: u64 = 2;
+/// Version byte of every format-2 value.
+const VALUE_V2: u8 = 2;
+
+/// One stored change: put a value, or delete a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    /// Bytes of key and value.
+    pub fn size(&self) -> usize {
+        match self {
+            Op::Put(k, v) => k.len() + v.len(),
+            Op::Delete(k) => k.len(),
+        }
+    }
+}
+
+/// Seals `body` for `key`: version byte, body, checksum.
+pub fn seal(key: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(body.len() + 5);
+    value.push(VALUE_V2);
+    value.extend_from_slice(body);
+    let crc = checksum(key, &value);
+    value.extend_from_slice(&crc.to_le_bytes());
+    value
+}
+
+/// Checks a sealed value and returns its body.
+pub fn unseal<'v>(key: &[u8], value: &'v [u8]) -> Result<&'v [u8], StoreError> {
+    let damaged =
+        |what: &str| StoreError::Corrupt(format!("{what} at key {}", keys::describe(key)));
+    if value.len() < 5 {
+        return Err(damaged("a truncated value"));
+    }
+    let (sealed, crc) = value.split_at(value.len() - 4);
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(crc);
+    if checksum(key, sealed) != u32::from_le_bytes(stored) {
+        return Err(damaged("a checksum mismatch"));
+    }
+    match sealed[0] {
+        VALUE_V2 => Ok(&sealed[1..]),
+        other => Err(damaged(&format!("an unknown value version {other}"))),
+    }
+}
+
+fn checksum(key: &[u8], sealed: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(sealed);
+    hasher.finalize()
+}
+
+/// A sealed value with no body (index entries).
+pub fn seal_empty(key: &[u8]) -> Vec<u8> {
+    seal(key, &[])
+}
+
+fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, StoreError> {
+    let body = unseal(key, value)?;
+    M::decode(body).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "an undecodable record at key {}: {e}",
+            keys::describe(key)
+        ))
+    })
+}
+
+/// A transaction without its branches.
+#[derive(Clone, PartialEq, Message)]
+pub struct TxnHeader {
+    #[prost(uint32, tag = "1")]
+    pub mode: u32,
+    #[prost(uint32, tag = "2")]
+    pub state: u32,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+    #[prost(uint64, tag = "4")]
+    pub timeout_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub created_at_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub updated_at_ms: u64,
+    #[prost(uint64, optional, tag = "7")]
+    pub decided_at_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "8")]
+    pub finished_at_ms: Option<u64>,
+    #[prost(uint64, optional, tag = "9")]
+    pub stuck_since_ms: Option<u64>,
+    /// How many branches (each with a spec and a status record).
+    #[prost(uint32, tag = "10")]
+    pub branches: u32,
+}
+
+/// What a branch is: written once, when it is registered.
+#[derive(Clone, PartialEq, Message)]
+pub struct BranchSpec {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub participant: String,
+    #[prost(string, tag = "3")]
+    pub resource: String,
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: Vec<u8>,
+    #[prost(uint64, tag = "5")]
+    pub call_timeout_ms: u64,
+}
+
+/// Where a branch is: rewritten when it changes.
+#[derive(Clone, PartialEq, Message)]
+pub struct BranchStatus {
+    #[prost(uint32, tag = "1")]
+    pub state: u32,
+    #[prost(uint32, tag = "2")]
+    pub attempts: u32,
+    #[prost(uint32, tag = "3")]
+    pub phase_attempts: u32,
+    #[prost(string, optional, tag = "4")]
+    pub last_error: Option<String>,
+    #[prost(bool, tag = "5")]
+    pub prepare_sent: bool,
+    #[prost(uint64, optional, tag = "6")]
+    pub failing_since_ms: Option<u64>,
+    #[prost(message, repeated, tag = "7")]
+    pub history: Vec<AttemptRecord>,
+    #[prost(uint32, tag = "8")]
+    pub retry_seq: u32,
+    #[prost(uint32, tag = "9")]
+    pub backoff_from: u32,
+    #[prost(uint64, optional, tag = "10")]
+    pub next_retry_at_ms: Option<u64>,
+    #[prost(string, optional, tag = "11")]
+    pub heuristic: Option<String>,
+}
+
+/// One call to a branch and what it returned.
+#[derive(Clone, PartialEq, Message)]
+pub struct AttemptRecord {
+    #[prost(uint64, tag = "1")]
+    pub at_ms: u64,
+    #[prost(uint32, tag = "2")]
+    pub call: u32,
+    #[prost(uint32, tag = "3")]
+    pub attempt: u32,
+    #[prost(bool, tag = "4")]
+    pub ok: bool,
+    #[prost(string, tag = "5")]
+    pub result: String,
+}
+
+/// One audit entry.
+#[derive(Clone, PartialEq, Message)]
+pub struct AuditRecord {
+    #[prost(uint64, tag = "1")]
+    pub at_ms: u64,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    #[prost(string, tag = "3")]
+    pub action: String,
+    #[prost(string, tag = "4")]
+    pub txn_id: String,
+    #[prost(string, tag = "5")]
+    pub branch_id: String,
+    #[prost(string, tag = "6")]
+    pub reason: String,
+    #[prost(string, tag = "7")]
+    pub caller: String,
+    #[prost(string, tag = "8")]
+    pub result: String,
+}
+
+/// A number kept under a meta key (the format, the last durable batch).
+#[derive(Clone, PartialEq, Message)]
+pub struct MetaNumber {
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
+}
+
+// Enum numbers: never renumbered, never reused (rule 3).
+
+fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::TwoPhase => 1,
+        Mode::Tcc => 2,
+    }
+}
+
+fn mode_of(code: u32) -> Result<Mode, String> {
+    match code {
+        1 => Ok(Mode::TwoPhase),
+        2 => Ok(Mode::Tcc),
+        other => Err(format!("unknown mode {other}")),
+    }
+}
+
+fn txn_state_code(state: TxnState) -> u32 {
+    match state {
+        TxnState::Active => 1,
+        TxnState::Preparing => 2,
+        TxnState::Committing => 3,
+        TxnState::Aborting => 4,
+        TxnState::Committed => 5,
+        TxnState::Aborted => 6,
+    }
+}
+
+fn txn_state_of(code: u32) -> Result<TxnState, String> {
+    Ok(match code {
+        1 => TxnState::Active,
+        2 => TxnState::Preparing,
+        3 => TxnState::Committing,
+        4 => TxnState::Aborting,
+        5 => TxnState::Committed,
+        6 => TxnState::Aborted,
+        other => return Err(format!("unknown transaction state {other}")),
+    })
+}
+
+fn branch_state_code(state: BranchState) -> u32 {
+    match state {
+        BranchState::Registered => 1,
+        BranchState::Prepared => 2,
+        BranchState::ReadOnly => 3,
+        BranchState::Rejected => 4,
+        BranchState::Committed => 5,
+        BranchState::RolledBack => 6,
+    }
+}
+
+fn branch_state_of(code: u32) -> Result<BranchState, String> {
+    Ok(match code {
+        1 => BranchState::Registered,
+        2 => BranchState::Prepared,
+        3 => BranchState::ReadOnly,
+        4 => BranchState::Rejected,
+        5 => BranchState::Committed,
+        6 => BranchState::RolledBack,
+        other => return Err(format!("unknown branch state {other}")),
+    })
+}
+
+fn call_code(call: CallKind) -> u32 {
+    match call {
+        CallKind::Prepare => 1,
+        CallKind::Commit => 2,
+        CallKind::Rollback => 3,
+    }
+}
+
+fn call_of(code: u32) -> Result<CallKind, String> {
+    Ok(match code {
+        1 => CallKind::Prepare,
+        2 => CallKind::Commit,
+        3 => CallKind::Rollback,
+        other => return Err(format!("unknown call kind {other}")),
+    })
+}
+
+impl TxnHeader {
+    pub fn of(txn: &Txn) -> TxnHeader {
+        TxnHeader {
+            mode: mode_code(txn.mode),
+            state: txn_state_code(txn.state),
+            reason: txn.reason.clone(),
+            timeout_ms: txn.timeout_ms,
+            created_at_ms: txn.created_at_ms,
+            updated_at_ms: txn.updated_at_ms,
+            decided_at_ms: txn.decided_at_ms,
+            finished_at_ms: txn.finished_at_ms,
+            stuck_since_ms: txn.stuck_since_ms,
+            branches: u32::try_from(txn.branches.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<TxnHeader, StoreError> {
+        decode(key, value)
+    }
+}
+
+impl BranchSpec {
+    pub fn of(branch: &Branch) -> BranchSpec {
+        BranchSpec {
+            id: branch.id.clone(),
+            participant: branch.participant.clone(),
+            resource: branch.resource.clone(),
+            payload: branch.payload.clone(),
+            call_timeout_ms: branch.call_timeout_ms,
+        }
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<BranchSpec, StoreError> {
+        decode(key, value)
+    }
+}
+
+impl BranchStatus {
+    pub fn of(branch: &Branch) -> BranchStatus {
+        BranchStatus {
+            state: branch_state_code(branch.state),
+            attempts: branch.attempts,
+            phase_attempts: branch.phase_attempts,
+            last_error: branch.last_error.clone(),
+            prepare_sent: branch.prepare_sent,
+            failing_since_ms: branch.failing_since_ms,
+            history: branch
+                .history
+                .iter()
+                .map(|a| AttemptRecord {
+                    at_ms: a.at_ms,
+                    call: call_code(a.call),
+                    attempt: a.attempt,
+                    ok: a.ok,
+                    result: a.result.clone(),
+                })
+                .collect(),
+            retry_seq: branch.retry_seq,
+            backoff_from: branch.backoff_from,
+            next_retry_at_ms: branch.next_retry_at_ms,
+            heuristic: branch.heuristic.clone(),
+        }
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<BranchStatus, StoreError> {
+        decode(key, value)
+    }
+}
+
+/// Folds the records of one transaction back into the engine's [`Txn`].
+pub fn fold(
+    id: &str,
+    header: TxnHeader,
+    specs: Vec<BranchSpec>,
+    statuses: Vec<BranchStatus>,
+) -> Result<Txn, StoreError> {
+    let bad = |why: String| StoreError::Corrupt(format!("transaction {id}: {why}"));
+    let expected = header.branches as usize;
+    if specs.len() != expected || statuses.len() != expected {
+        return Err(bad(format!(
+            "the header names {expected} branches but the log holds {} specs and {} statuses",
+            specs.len(),
+            statuses.len()
+        )));
+    }
+    let mut branches = Vec::with_capacity(expected);
+    for (spec, status) in specs.into_iter().zip(statuses) {
+        let mut branch = Branch::new(
+            spec.id,
+            spec.participant,
+            spec.resource,
+            spec.payload,
+            spec.call_timeout_ms,
+        );
+        branch.state = branch_state_of(status.state).map_err(&bad)?;
+        branch.attempts = status.attempts;
+        branch.phase_attempts = status.phase_attempts;
+        branch.last_error = status.last_error;
+        branch.prepare_sent = status.prepare_sent;
+        branch.failing_since_ms = status.failing_since_ms;
+        branch.history = status
+            .history
+            .into_iter()
+            .map(|a| {
+                Ok(Attempt {
+                    at_ms: a.at_ms,
+                    call: call_of(a.call)?,
+                    attempt: a.attempt,
+                    ok: a.ok,
+                    result: a.result,
+                })
+            })
+            .collect::<Result<_, String>>()
+            .map_err(&bad)?;
+        branch.retry_seq = status.retry_seq;
+        branch.backoff_from = status.backoff_from;
+        branch.next_retry_at_ms = status.next_retry_at_ms;
+        branch.heuristic = status.heuristic;
+        branches.push(branch);
+    }
+    let mut txn = Txn::new(
+        id.to_string(),
+        mode_of(header.mode).map_err(&bad)?,
+        header.timeout_ms,
+        header.created_at_ms,
+    );
+    txn.state = txn_state_of(header.state).map_err(&bad)?;
+    txn.reason = header.reason;
+    txn.updated_at_ms = header.updated_at_ms;
+    txn.decided_at_ms = header.decided_at_ms;
+    txn.finished_at_ms = header.finished_at_ms;
+    txn.stuck_since_ms = header.stuck_since_ms;
+    txn.branches = branches;
+    Ok(txn)
+}
+
+impl AuditRecord {
+    pub fn of(entry: &AuditEntry) -> AuditRecord {
+        AuditRecord {
+            at_ms: entry.at_ms,
+            seq: entry.seq,
+            action: entry.action.clone(),
+            txn_id: entry.txn_id.clone(),
+            branch_id: entry.branch_id.clone(),
+            reason: entry.reason.clone(),
+            caller: entry.caller.clone(),
+            result: entry.result.clone(),
+        }
+    }
+}
+
+/// The sealed record of an audit entry, under its key.
+pub fn audit_op(entry: &AuditEntry) -> Op {
+    let key = keys::audit_key(entry);
+    let value = seal(&key, &AuditRecord::of(entry).encode_to_vec());
+    Op::Put(key, value)
+}
+
+pub fn decode_audit(key: &[u8], value: &[u8]) -> Result<AuditEntry, StoreError> {
+    let r: AuditRecord = decode(key, value)?;
+    Ok(AuditEntry {
+        at_ms: r.at_ms,
+        seq: r.seq,
+        action: r.action,
+        txn_id: r.txn_id,
+        branch_id: r.branch_id,
+        reason: r.reason,
+        caller: r.caller,
+        result: r.result,
+    })
+}
+
+/// A meta number, sealed under its key.
+pub fn meta_op(name: &str, value: u64) -> Op {
+    let key = keys::meta_key(name);
+    let value = seal(&key, &MetaNumber { value }.encode_to_vec());
+    Op::Put(key, value)
+}
+
+pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    decode::<MetaNumber>(key, value).map(|m| m.value)
+}
+
+/// What the log already holds of one live transaction, so that the next
+/// [`Record`] carries only what changed.
+#[derive(Debug, Default)]
+pub struct Written {
+    header: Option<Vec<u8>>,
+    specs: usize,
+    statuses: Vec<Vec<u8>>,
+}
+
+impl Written {
+    /// For a transaction read back from the log: all of it is there.
+    pub fn all_of(txn: &Txn) -> Written {
+        Written {
+            header: Some(TxnHeader::of(txn).encode_to_vec()),
+            specs: txn.branches.len(),
+            statuses: txn
+                .branches
+                .iter()
+                .map(|b| BranchStatus::of(b).encode_to_vec())
+                .collect(),
+        }
+    }
+}
+
+/// The writes that bring the log up to date with one transaction.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub txn_id: String,
+    pub ops: Vec<Op>,
+}
+
+impl Record {
+    /// The records `txn` needs beyond what `written` says the log holds;
+    /// updates `written` to match.
+    pub fn of(txn: &Txn, written: &mut Written) -> Result<Record, StoreError> {
+        keys::check_id(&txn.id)?;
+        let mut ops = Vec::with_capacity(4);
+        let header = TxnHeader::of(txn).encode_to_vec();
+        let first = written.header.is_none();
+        if written.header.as_ref() != Some(&header) {
+            let key = keys::header_key(&txn.id);
+            ops.push(Op::Put(key.clone(), seal(&key, &header)));
+            written.header = Some(header);
+        }
+        for (i, branch) in txn.branches.iter().enumerate().skip(written.specs) {
+            let key = keys::spec_key(&txn.id, i);
+            ops.push(Op::Put(
+                key.clone(),
+                seal(&key, &BranchSpec::of(branch).encode_to_vec()),
+            ));
+        }
+        written.specs = txn.branches.len();
+        for (i, branch) in txn.branches.iter().enumerate() {
+            let status = BranchStatus::of(branch).encode_to_vec();
+            if written.statuses.get(i) == Some(&status) {
+                continue;
+            }
+            let key = keys::status_key(&txn.id, i);
+            ops.push(Op::Put(key.clone(), seal(&key, &status)));
+            if i < written.statuses.len() {
+                written.statuses[i] = status;
+            } else {
+                written.statuses.push(status);
+            }
+        }
+        ops.extend(keys::index_ops(&txn.id, txn.finished_at_ms, first));
+        Ok(Record {
+            txn_id: txn.id.clone(),
+            ops,
+        })
+    }
+}
