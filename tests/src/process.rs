@@ -86,6 +86,20 @@ pub struct ArbiterProcess {
     failpoints: Option<String>,
     /// Extra environment variables.
     env: Vec<(String, String)>,
+    /// Where stderr goes; inherited when `None`.
+    stderr: Option<PathBuf>,
+    /// How the process last exited during start-up.
+    last_exit: Option<std::process::ExitStatus>,
+}
+
+/// How a start that the coordinator may refuse ended.
+pub enum Start {
+    Serving(ArbiterProcess),
+    /// It exited before serving: its exit code and what it wrote to stderr.
+    Refused {
+        code: Option<i32>,
+        stderr: String,
+    },
 }
 
 impl ArbiterProcess {
@@ -130,9 +144,71 @@ impl ArbiterProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stderr: None,
+            last_exit: None,
         };
         process.restart().await?;
         Ok(process)
+    }
+
+    /// Starts `arbiter serve` on `data_dir` with `args`, stderr going to
+    /// `stderr`: serving, or refused (exited before answering).
+    pub async fn try_start(data_dir: &Path, args: &[&str], stderr: &Path) -> anyhow::Result<Start> {
+        let port = free_port()?;
+        let mut process = ArbiterProcess {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            failpoints: None,
+            env: Vec::new(),
+            stderr: Some(stderr.to_path_buf()),
+            last_exit: None,
+        };
+        process.spawn()?;
+        // The port accepts connections before the log is open: wait for an
+        // answer from the server itself, or for the exit.
+        let ready = async {
+            process.wait_ready().await?;
+            let deadline = Instant::now() + crate::PATIENCE;
+            loop {
+                if !process.is_running()? {
+                    bail!("arbiter exited during start-up");
+                }
+                let Ok(client) = process.client().await else {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    continue;
+                };
+                match client.get_transaction("start-probe").await {
+                    Err(arbiter_sdk::ClientError::NotFound(_)) => return Ok(()),
+                    Ok(_) => return Ok(()),
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    Err(e) => bail!("arbiter did not answer in time: {e}"),
+                }
+            }
+        };
+        let ready: anyhow::Result<()> = ready.await;
+        match ready {
+            Ok(()) => Ok(Start::Serving(process)),
+            Err(e) => {
+                if process.child.is_some()
+                    && process
+                        .exited_within(Duration::from_secs(10))
+                        .await?
+                        .is_none()
+                {
+                    return Err(e);
+                }
+                let code = process.last_exit.and_then(|s| s.code());
+                Ok(Start::Refused {
+                    code,
+                    stderr: std::fs::read_to_string(stderr).unwrap_or_default(),
+                })
+            }
+        }
     }
 
     /// Failpoints for the next [`ArbiterProcess::restart`].
@@ -145,8 +221,9 @@ impl ArbiterProcess {
         let Some(child) = self.child.as_mut() else {
             return Ok(false);
         };
-        if child.try_wait()?.is_some() {
+        if let Some(status) = child.try_wait()? {
             self.child = None;
+            self.last_exit = Some(status);
             return Ok(false);
         }
         Ok(true)
@@ -165,6 +242,7 @@ impl ArbiterProcess {
             };
             if let Some(status) = child.try_wait()? {
                 self.child = None;
+                self.last_exit = Some(status);
                 return Ok(Some(status));
             }
             if Instant::now() > deadline {
@@ -176,6 +254,11 @@ impl ArbiterProcess {
 
     /// Starts the process again (same port, data dir and arguments).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
         if self.child.is_some() {
             bail!("arbiter is still running");
         }
@@ -194,10 +277,14 @@ impl ArbiterProcess {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(match &self.stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path)?),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .context("starting arbiter")?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     fn child(&mut self) -> anyhow::Result<&mut Child> {
@@ -209,6 +296,7 @@ impl ArbiterProcess {
         loop {
             if let Some(status) = self.child()?.try_wait()? {
                 self.child = None;
+                self.last_exit = Some(status);
                 bail!("arbiter exited during start-up with {status}");
             }
             if Client::connect(self.endpoint.clone()).await.is_ok() {

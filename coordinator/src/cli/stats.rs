@@ -38,6 +38,7 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
             "log_batches": s.log_batches,
             "log_records": s.log_records,
             "log_bytes": s.log_bytes,
+            "log_damaged_reads": s.log_damaged_reads,
         })),
         Format::Table => {
             for c in &s.unfinished {
@@ -59,6 +60,13 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
                 s.log_batches,
                 s.log_bytes
             );
+            if s.log_damaged_reads > 0 {
+                say!(
+                    "{:<26}{} (see the coordinator's log)",
+                    "DAMAGED log reads",
+                    s.log_damaged_reads
+                );
+            }
         }
     }
     Ok(())

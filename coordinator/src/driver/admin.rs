@@ -72,6 +72,7 @@ pub struct Stats {
     pub log_batches: u64,
     pub log_records: u64,
     pub log_bytes: u64,
+    pub log_damaged_reads: u64,
 }
 
 /// How much of the log one `list` call reads at most before it hands back a
@@ -270,6 +271,7 @@ impl Driver {
             log_batches: self.writer_stats().batches.load(Ordering::Relaxed),
             log_records: self.writer_stats().records.load(Ordering::Relaxed),
             log_bytes: self.writer_stats().bytes.load(Ordering::Relaxed),
+            log_damaged_reads: self.inner.log.damaged_reads(),
             ..Stats::default()
         };
         let mut counts = [0u64; 4];

@@ -244,6 +244,7 @@ impl Admin for AdminService {
             log_batches: stats.log_batches,
             log_records: stats.log_records,
             log_bytes: stats.log_bytes,
+            log_damaged_reads: stats.log_damaged_reads,
         }))
     }
 }

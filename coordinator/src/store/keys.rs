@@ -6,7 +6,7 @@
 //!
 //! | prefix | key                                   | value (see `record`)        | since    |
 //! |--------|---------------------------------------|-----------------------------|----------|
-//! | `0x00` | `0x00` meta-name                      | [`MetaNumber`]: `format`, `batch` | 1  |
+//! | `0x00` | `0x00` meta-name                      | [`MetaNumber`]: `format`, `batch`; `AcceptedDamage`: `accepted-damage` | 1  |
 //! | `0x01` | `0x01` txn id                         | format 1 only: a whole `Txn` (postcard); retired | 1 |
 //! | `0x02` | `0x02` txn id                         | empty, sealed: unfinished index | 1    |
 //! | `0x03` | `0x03` finished-at (u64 BE) txn id    | empty, sealed: retention index  | 1    |
@@ -42,6 +42,8 @@ pub const STATUS: u8 = 0x07;
 pub const META_FORMAT: &str = "format";
 /// Meta key of the number of the last durable (synced) batch.
 pub const META_BATCH: &str = "batch";
+/// Meta key of the damage an operator accepted (`open::AcceptedDamage`).
+pub const META_ACCEPTED: &str = "accepted-damage";
 
 /// Ids with `0x00` would break the branch key layout.
 pub fn check_id(txn_id: &str) -> Result<(), StoreError> {

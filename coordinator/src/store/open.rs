@@ -10,6 +10,8 @@ use crate::store::{StoreError, keys};
 
 /// Most problems listed in a refusal; the rest are counted.
 const LISTED: usize = 20;
+/// Most record problems kept (and remembered once accepted).
+const KEPT: usize = 100_000;
 /// Keys read per step of a scan.
 const CHUNK: usize = 1024;
 
@@ -25,12 +27,12 @@ pub fn format_of<K: Kv>(kv: &K) -> Result<Option<u64>, StoreError> {
 }
 
 /// Refuses a format newer than this binary's.
-pub fn check_format(format: u64) -> Result<(), StoreError> {
+pub fn check_format(format: u64) -> Result<(), String> {
     if format > FORMAT {
-        return Err(StoreError::Refused(format!(
+        return Err(format!(
             "the log has format {format}, written by a newer Arbiter; this binary reads formats 1 to {FORMAT}. \
              Run a release that knows format {format}, or restore the backup taken before the upgrade"
-        )));
+        ));
     }
     Ok(())
 }
@@ -124,13 +126,15 @@ pub struct Checked {
     pub transactions: u64,
     /// The last durable batch the log holds (meta `batch`).
     pub batch: Option<u64>,
+    /// Damaged or inconsistent records, one line each.
     pub problems: Vec<String>,
+    /// Problems beyond [`KEPT`].
     pub more_problems: usize,
 }
 
 impl Checked {
     fn problem(&mut self, what: String) {
-        if self.problems.len() < LISTED {
+        if self.problems.len() < KEPT {
             self.problems.push(what);
         } else {
             self.more_problems += 1;
@@ -146,19 +150,49 @@ impl Checked {
             }
         }
     }
+}
 
-    pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
+/// Problems as lines of a message: the first [`LISTED`], then a count.
+pub fn describe(problems: &[String], more: usize) -> String {
+    let mut text: String = problems
+        .iter()
+        .take(LISTED)
+        .map(|p| format!("\n  - {p}"))
+        .collect();
+    let rest = problems.len().saturating_sub(LISTED) + more;
+    if rest > 0 {
+        text.push_str(&format!("\n  - ... and {rest} more"));
     }
+    text
+}
 
-    /// The problems, one a line.
-    pub fn describe(&self) -> String {
-        let mut text: String = self.problems.iter().map(|p| format!("\n  - {p}")).collect();
-        if self.more_problems > 0 {
-            text.push_str(&format!("\n  - ... and {} more", self.more_problems));
+/// Damage an operator accepted earlier (`--accept-damaged-log`): the problem
+/// lines of that start, kept in the log so later starts do not refuse it again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AcceptedDamage {
+    #[prost(string, repeated, tag = "1")]
+    pub problems: Vec<String>,
+}
+
+pub fn accepted_damage<K: Kv>(kv: &K) -> Result<Vec<String>, StoreError> {
+    let key = keys::meta_key(keys::META_ACCEPTED);
+    match kv.get(&key)? {
+        None => Ok(Vec::new()),
+        Some(value) => {
+            let body = record::unseal(&key, &value)?;
+            <AcceptedDamage as prost::Message>::decode(body)
+                .map(|a| a.problems)
+                .map_err(|e| StoreError::Corrupt(format!("the accepted-damage list: {e}")))
         }
-        text
     }
+}
+
+/// Remembers `problems` as accepted, durably.
+pub fn accept_damage<K: Kv>(kv: &K, problems: Vec<String>) -> Result<(), StoreError> {
+    let key = keys::meta_key(keys::META_ACCEPTED);
+    let body = prost::Message::encode_to_vec(&AcceptedDamage { problems });
+    kv.apply(&[Op::Put(key.clone(), record::seal(&key, &body))])?;
+    kv.sync()
 }
 
 fn header_of<K: Kv>(kv: &K, id: &str) -> Result<Option<TxnHeader>, StoreError> {
@@ -182,6 +216,10 @@ fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
     in_chunks(kv, &[keys::META], &[keys::META + 1], |pairs| {
         for (k, v) in pairs {
             c.records += 1;
+            if k == keys::meta_key(keys::META_ACCEPTED) {
+                c.note(record::unseal(&k, &v));
+                continue;
+            }
             let value = c.note(record::decode_meta(&k, &v));
             if k == keys::meta_key(keys::META_BATCH) {
                 c.batch = value;

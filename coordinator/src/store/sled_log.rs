@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use crate::store::hwm::{self, Hwm, Reading};
 use crate::store::kv::{Kv, KvLog, Visitor};
-use crate::store::open::{self, Checked};
+use crate::store::open;
 use crate::store::record::{self, FORMAT, Op};
 use crate::store::{StoreError, keys};
 
@@ -228,7 +228,8 @@ fn open_existing(
             dir.display()
         ))
     })?;
-    open::check_format(format)?;
+    open::check_format(format)
+        .map_err(|e| StoreError::Refused(format!("{}: {e}", dir.display())))?;
     if format == 1 {
         let upgraded = open::upgrade_v1(&kv)?;
         tracing::info!(
@@ -238,71 +239,73 @@ fn open_existing(
         );
         report.upgraded = Some(upgraded);
     }
-    let mut checked = open::check_all(&kv);
+    let checked = open::check_all(&kv);
+    report.records = checked.records;
+    report.transactions = checked.transactions;
+    // Problems of the log as a whole come first; they are never remembered.
+    let mut whole = Vec::new();
     let batch = checked.batch.unwrap_or_else(|| {
-        checked
-            .problems
-            .insert(0, "the log's batch counter is missing".to_string());
+        whole.push("the log's batch counter is missing".to_string());
         0
     });
     let mark = match Hwm::read(dir) {
         // Format 1 had no mark: the upgrade starts it.
         Reading::Missing if report.upgraded.is_some() => None,
         Reading::Missing => {
-            checked.problems.insert(0, format!(
+            whole.push(format!(
                 "the acknowledged mark {} is missing, so the log cannot be checked for lost writes",
                 dir.join(hwm::FILE).display()
             ));
             None
         }
         Reading::Unreadable(why) => {
-            checked
-                .problems
-                .insert(0, format!("the acknowledged mark is unreadable: {why}"));
+            whole.push(format!("the acknowledged mark is unreadable: {why}"));
             None
         }
         Reading::Value(mark) => Some(mark),
     };
     if let Some(mark) = mark.filter(|&m| batch < m) {
-        checked.problems.insert(
-            0,
-            format!(
-                "the log ends at batch {batch}, but batch {mark} was acknowledged ({}): \
+        whole.push(format!(
+            "the log ends at batch {batch}, but batch {mark} was acknowledged ({}): \
              writes the coordinator acknowledged are missing (a truncated or restored `db` file?)",
-                dir.join(hwm::FILE).display()
-            ),
+            dir.join(hwm::FILE).display()
+        ));
+    }
+    let accepted = open::accepted_damage(&kv).unwrap_or_default();
+    let (known, new): (Vec<String>, Vec<String>) = checked
+        .problems
+        .iter()
+        .cloned()
+        .partition(|p| accepted.contains(p));
+    if !known.is_empty() {
+        tracing::warn!(
+            records = known.len(),
+            "the log still holds damaged records accepted earlier with --accept-damaged-log; \
+             their transactions answer DATA_LOSS:{}",
+            open::describe(&known, 0)
         );
     }
-    report.records = checked.records;
-    report.transactions = checked.transactions;
-    if !checked.is_clean() {
-        refuse_or_accept(dir, &checked, options, &mut report)?;
+    if !whole.is_empty() || !new.is_empty() || checked.more_problems > 0 {
+        let mut listed = whole;
+        listed.extend(new);
+        let problems = open::describe(&listed, checked.more_problems);
+        if !options.accept_damage {
+            return Err(StoreError::Damaged(format!(
+                "the transaction log in {} is damaged; Arbiter will not serve it:{problems}\n\
+                 Restore the data directory from a backup. To start on it anyway, accepting that \
+                 the transactions named above may be lost or wrong, start once with \
+                 --accept-damaged-log (recorded in the audit log).",
+                dir.display()
+            )));
+        }
+        tracing::warn!(
+            "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
+        );
+        open::accept_damage(&kv, checked.problems.clone())?;
+        report.accepted_damage = Some(problems);
     }
     let hwm = Hwm::create(dir, batch)?;
     Ok((KvLog::over(kv, batch, Some(hwm)), report))
-}
-
-fn refuse_or_accept(
-    dir: &Path,
-    checked: &Checked,
-    options: OpenOptions,
-    report: &mut OpenReport,
-) -> Result<(), StoreError> {
-    let problems = checked.describe();
-    if !options.accept_damage {
-        return Err(StoreError::Damaged(format!(
-            "the transaction log in {} is damaged; Arbiter will not serve it:{problems}\n\
-             Restore the data directory from a backup. To start on it anyway, accepting that \
-             the transactions named above may be lost or wrong, start once with \
-             --accept-damaged-log (recorded in the audit log).",
-            dir.display()
-        )));
-    }
-    tracing::warn!(
-        "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
-    );
-    report.accepted_damage = Some(problems);
-    Ok(())
 }
 
 /// Checks the directory; returns whether it is new (needs the marker).
