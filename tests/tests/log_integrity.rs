@@ -227,14 +227,14 @@ async fn a_damaged_record_is_refused_and_once_accepted_only_its_transaction_is_l
     let dir = root.path().join("log");
     let ids = committed_log(&dir, 10, 100).await?;
     let victim = &ids[4];
-    // A branch status record of one transaction, with one bit flipped.
+    // The record of one transaction, with one bit flipped.
     let db = sled::open(&dir)?;
     let key = db
-        .scan_prefix([0x07])
+        .scan_prefix([0x05])
         .keys()
         .filter_map(Result::ok)
         .find(|k| k.windows(victim.len()).any(|w| w == victim.as_bytes()))
-        .expect("the victim has status records");
+        .expect("the victim has a record");
     let mut value = db.get(&key)?.expect("a value").to_vec();
     value[2] ^= 0x10;
     db.insert(&key, value)?;

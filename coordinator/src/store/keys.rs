@@ -11,19 +11,17 @@
 //! | `0x02` | `0x02` txn id                         | empty, sealed: unfinished index | 1    |
 //! | `0x03` | `0x03` finished-at (u64 BE) txn id    | empty, sealed: retention index  | 1    |
 //! | `0x04` | `0x04` at (u64 BE) seq (u64 BE)       | [`AuditRecord`]             | 1        |
-//! | `0x05` | `0x05` txn id                         | [`TxnHeader`]               | 2        |
-//! | `0x06` | `0x06` txn id `0x00` index (u32 BE)   | [`BranchSpec`]              | 2        |
-//! | `0x07` | `0x07` txn id `0x00` index (u32 BE)   | [`BranchStatus`]            | 2        |
+//! | `0x05` | `0x05` txn id                         | [`TxnRecord`]: state and branch statuses | 2 |
+//! | `0x06` | `0x06` txn id `0x00` first branch (u32 BE) | [`BranchSpecs`]: branches registered together | 2 |
 //!
 //! Transaction ids never contain `0x00` (checked by [`check_id`]), so the
-//! branch keys of one transaction are exactly the keys under
-//! `prefix id 0x00`, in registration order.
+//! spec keys of one transaction are exactly the keys under `0x06 id 0x00`,
+//! in registration order.
 //!
 //! [`MetaNumber`]: crate::store::record::MetaNumber
 //! [`AuditRecord`]: crate::store::record::AuditRecord
-//! [`TxnHeader`]: crate::store::record::TxnHeader
-//! [`BranchSpec`]: crate::store::record::BranchSpec
-//! [`BranchStatus`]: crate::store::record::BranchStatus
+//! [`TxnRecord`]: crate::store::record::TxnRecord
+//! [`BranchSpecs`]: crate::store::record::BranchSpecs
 
 use crate::store::record::{Op, seal_empty};
 use crate::store::{AuditEntry, StoreError};
@@ -36,7 +34,8 @@ pub const FINISHED: u8 = 0x03;
 pub const AUDIT: u8 = 0x04;
 pub const HEADER: u8 = 0x05;
 pub const SPEC: u8 = 0x06;
-pub const STATUS: u8 = 0x07;
+/// The first prefix not assigned yet.
+pub const UNASSIGNED: u8 = 0x07;
 
 /// Meta key of the format number.
 pub const META_FORMAT: &str = "format";
@@ -63,28 +62,21 @@ pub fn v1_txn_key(txn_id: &str) -> Vec<u8> {
     prefixed(TXN_V1, txn_id.as_bytes())
 }
 
-/// Start of the branch keys (`SPEC` or `STATUS`) of one transaction.
-pub fn branch_prefix(prefix: u8, txn_id: &str) -> Vec<u8> {
-    let mut key = prefixed(prefix, txn_id.as_bytes());
+/// Start of the spec keys of one transaction.
+pub fn spec_prefix(txn_id: &str) -> Vec<u8> {
+    let mut key = prefixed(SPEC, txn_id.as_bytes());
     key.push(0);
     key
 }
 
-fn branch_key(prefix: u8, txn_id: &str, index: usize) -> Vec<u8> {
-    let mut key = branch_prefix(prefix, txn_id);
-    key.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+/// The key of the specs registered together from branch `first`.
+pub fn spec_key(txn_id: &str, first: usize) -> Vec<u8> {
+    let mut key = spec_prefix(txn_id);
+    key.extend_from_slice(&u32::try_from(first).unwrap_or(u32::MAX).to_be_bytes());
     key
 }
 
-pub fn spec_key(txn_id: &str, index: usize) -> Vec<u8> {
-    branch_key(SPEC, txn_id, index)
-}
-
-pub fn status_key(txn_id: &str, index: usize) -> Vec<u8> {
-    branch_key(STATUS, txn_id, index)
-}
-
-/// The branch index of a spec or status key under `branch_prefix`.
+/// The first branch of a spec key under `spec_prefix`.
 pub fn parse_branch_index(prefix_len: usize, key: &[u8]) -> Result<usize, StoreError> {
     let rest = key.get(prefix_len..).unwrap_or_default();
     let bytes: [u8; 4] = rest
@@ -137,7 +129,7 @@ pub fn parse_id_key(prefix: u8, key: &[u8]) -> Result<String, StoreError> {
     }
 }
 
-/// The txn id of a spec or status key.
+/// The txn id of a spec key.
 pub fn parse_branch_owner(key: &[u8]) -> Result<String, StoreError> {
     let end = key.len().saturating_sub(5);
     match key.get(end) {
@@ -197,20 +189,6 @@ pub fn index_ops(txn_id: &str, finished_at_ms: Option<u64>, first: bool) -> Vec<
     }
 }
 
-/// The deletes that remove a finished transaction, found under its
-/// retention-index key, with `branches` branches.
-pub fn collect_ops(retention_key: &[u8], txn_id: &str, branches: usize) -> Vec<Op> {
-    let mut ops = vec![
-        Op::Delete(retention_key.to_vec()),
-        Op::Delete(header_key(txn_id)),
-    ];
-    for i in 0..branches {
-        ops.push(Op::Delete(spec_key(txn_id, i)));
-        ops.push(Op::Delete(status_key(txn_id, i)));
-    }
-    ops
-}
-
 /// A key as an operator can read it in a message: the prefix's name and
 /// the printable rest.
 pub fn describe(key: &[u8]) -> String {
@@ -224,8 +202,7 @@ pub fn describe(key: &[u8]) -> String {
         FINISHED => "finished",
         AUDIT => "audit",
         HEADER => "txn",
-        SPEC => "branch-spec",
-        STATUS => "branch-status",
+        SPEC => "branch-specs",
         _ => "unknown",
     };
     let text: String = rest
@@ -264,10 +241,10 @@ mod tests {
     }
 
     #[test]
-    fn branch_keys_sort_in_registration_order_and_name_their_owner() {
+    fn spec_keys_sort_in_registration_order_and_name_their_owner() {
         let keys: Vec<Vec<u8>> = (0..300).map(|i| spec_key("t-1", i)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        let prefix = branch_prefix(SPEC, "t-1");
+        let prefix = spec_prefix("t-1");
         assert!(keys.iter().all(|k| k.starts_with(&prefix)));
         // "t-1" and "t-10" never share branch keys.
         assert!(!spec_key("t-10", 0).starts_with(&prefix));
@@ -288,7 +265,7 @@ mod tests {
         assert_eq!(describe(&header_key("t-1")), "txn/t-1");
         assert_eq!(
             describe(&spec_key("t", 1)),
-            "branch-spec/t\\x00\\x00\\x00\\x00\\x01"
+            "branch-specs/t\\x00\\x00\\x00\\x00\\x01"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::Txn;
 use crate::store::hwm::Hwm;
-use crate::store::record::{self, BranchSpec, BranchStatus, Op, TxnHeader};
+use crate::store::record::{self, BranchSpecs, Op, TxnRecord};
 use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
 
 /// What [`Kv::visit`] calls with each key and value.
@@ -61,36 +61,20 @@ pub fn pairs_under<K: Kv + ?Sized>(kv: &K, prefix: &[u8]) -> Result<Vec<Pair>, S
     Ok(out)
 }
 
-/// Reads one transaction and folds its records; `None` if it has no header.
+/// Reads one transaction and folds its records; `None` if it has none.
 pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreError> {
     let key = keys::header_key(txn_id);
     let Some(value) = kv.get(&key)? else {
         return Ok(None);
     };
-    let header = TxnHeader::decode(&key, &value)?;
-    let mut specs = Vec::new();
-    let spec_prefix = keys::branch_prefix(keys::SPEC, txn_id);
-    for (i, (k, v)) in pairs_under(kv, &spec_prefix)?.into_iter().enumerate() {
-        check_position(txn_id, &spec_prefix, &k, i)?;
-        specs.push(BranchSpec::decode(&k, &v)?);
+    let record = TxnRecord::decode(&key, &value)?;
+    let prefix = keys::spec_prefix(txn_id);
+    let mut chunks = Vec::new();
+    for (k, v) in pairs_under(kv, &prefix)? {
+        let first = keys::parse_branch_index(prefix.len(), &k)?;
+        chunks.push((first, BranchSpecs::decode(&k, &v)?));
     }
-    let mut statuses = Vec::new();
-    let status_prefix = keys::branch_prefix(keys::STATUS, txn_id);
-    for (i, (k, v)) in pairs_under(kv, &status_prefix)?.into_iter().enumerate() {
-        check_position(txn_id, &status_prefix, &k, i)?;
-        statuses.push(BranchStatus::decode(&k, &v)?);
-    }
-    record::fold(txn_id, header, specs, statuses).map(Some)
-}
-
-fn check_position(txn_id: &str, prefix: &[u8], key: &[u8], i: usize) -> Result<(), StoreError> {
-    let at = keys::parse_branch_index(prefix.len(), key)?;
-    if at != i {
-        return Err(StoreError::Corrupt(format!(
-            "transaction {txn_id}: branch record {i} is missing (found {at} in its place)"
-        )));
-    }
-    Ok(())
+    record::fold(txn_id, record, chunks).map(Some)
 }
 
 /// The transaction log over a [`Kv`].
@@ -218,10 +202,8 @@ impl<K: Kv> TxnLog for KvLog<K> {
             let (_, id) = keys::parse_finished_key(key)?;
             ops.push(Op::Delete(key.clone()));
             ops.push(Op::Delete(keys::header_key(&id)));
-            for prefix in [keys::SPEC, keys::STATUS] {
-                for (k, _) in pairs_under(&self.kv, &keys::branch_prefix(prefix, &id))? {
-                    ops.push(Op::Delete(k));
-                }
+            for (k, _) in pairs_under(&self.kv, &keys::spec_prefix(&id))? {
+                ops.push(Op::Delete(k));
             }
         }
         self.kv.apply(&ops)?;

@@ -4,8 +4,8 @@
 
 use std::ops::ControlFlow;
 
-use crate::store::kv::{Kv, Pair, load, prefix_end};
-use crate::store::record::{self, FORMAT, Op, Record, TxnHeader, Written, v1};
+use crate::store::kv::{Kv, Pair, load};
+use crate::store::record::{self, FORMAT, Op, Record, TxnRecord, Written, v1};
 use crate::store::{StoreError, keys};
 
 /// Most problems listed in a refusal; the rest are counted.
@@ -195,10 +195,10 @@ pub fn accept_damage<K: Kv>(kv: &K, problems: Vec<String>) -> Result<(), StoreEr
     kv.sync()
 }
 
-fn header_of<K: Kv>(kv: &K, id: &str) -> Result<Option<TxnHeader>, StoreError> {
+fn header_of<K: Kv>(kv: &K, id: &str) -> Result<Option<TxnRecord>, StoreError> {
     let key = keys::header_key(id);
     kv.get(&key)?
-        .map(|v| TxnHeader::decode(&key, &v))
+        .map(|v| TxnRecord::decode(&key, &v))
         .transpose()
 }
 
@@ -309,31 +309,32 @@ fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
         }
         Ok(())
     })?;
-    for prefix in [keys::SPEC, keys::STATUS] {
-        let mut owner: Option<(String, u32)> = None;
-        in_chunks(kv, &[prefix], &[prefix + 1], |pairs| {
-            for (k, _) in pairs {
-                c.records += 1;
-                let Some(id) = c.note(keys::parse_branch_owner(&k)) else {
-                    continue;
-                };
-                if owner.as_ref().map(|(o, _)| o) != Some(&id) {
-                    let branches = header_of(kv, &id).ok().flatten().map_or(0, |h| h.branches);
-                    owner = Some((id.clone(), branches));
-                }
-                let branches = owner.as_ref().map_or(0, |(_, n)| *n);
-                let at = keys::parse_branch_index(keys::branch_prefix(prefix, &id).len(), &k);
-                if !matches!(at, Ok(i) if i < branches as usize) {
-                    c.problem(format!(
-                        "a branch record {} that belongs to no transaction",
-                        keys::describe(&k)
-                    ));
-                }
+    let mut owner: Option<(String, usize)> = None;
+    in_chunks(kv, &[keys::SPEC], &[keys::SPEC + 1], |pairs| {
+        for (k, _) in pairs {
+            c.records += 1;
+            let Some(id) = c.note(keys::parse_branch_owner(&k)) else {
+                continue;
+            };
+            if owner.as_ref().map(|(o, _)| o) != Some(&id) {
+                let branches = header_of(kv, &id)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |h| h.branches.len());
+                owner = Some((id.clone(), branches));
             }
-            Ok(())
-        })?;
-    }
-    let end = prefix_end(&[keys::STATUS]);
+            let branches = owner.as_ref().map_or(0, |(_, n)| *n);
+            let first = keys::parse_branch_index(keys::spec_prefix(&id).len(), &k);
+            if !matches!(first, Ok(i) if i < branches) {
+                c.problem(format!(
+                    "branch specs {} that belong to no transaction",
+                    keys::describe(&k)
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    let end = [keys::UNASSIGNED];
     kv.visit(&end, &[u8::MAX; 256], false, &mut |k, _| {
         c.records += 1;
         c.problem(format!("an unknown key {}", keys::describe(k)));

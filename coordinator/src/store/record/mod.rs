@@ -1,12 +1,14 @@
 //! The log's own schema (format 2): what each stored value holds, how it is
 //! sealed with a checksum, and how it converts to and from the engine's types.
 //!
-//! The engine's [`Txn`] is never written as it is: a transaction is stored as
-//! one small [`TxnHeader`], one [`BranchSpec`] per branch (participant,
-//! resource, payload: written once, when the branch is registered) and one
-//! [`BranchStatus`] per branch (its vote, acks, attempts: rewritten only when
-//! that branch changed). [`Written`] remembers what a live transaction already
-//! has in the log, so that [`Record::of`] emits only what changed.
+//! The engine's [`Txn`] is never written as it is. A transaction is stored as
+//! one small [`TxnRecord`] (its state, and each branch's [`BranchStatus`]:
+//! votes, acks, attempts, the stuck flag; no payloads), rewritten at each
+//! step, and [`BranchSpecs`] (participant, resource, payload), written once
+//! for each batch of branches registered together. [`Written`] remembers what
+//! a live transaction already has in the log, so that [`Record::of`] emits
+//! only what changed. Few keys per step matter as much as few bytes: every
+//! key is a tree update in sled.
 //!
 //! # Encoding, and the rule for evolving it
 //! Bodies are protobuf messages (prost derives, no `.proto` file): a decoder
@@ -114,7 +116,7 @@ fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, StoreErro
 
 /// A transaction without its branches.
 #[derive(Clone, PartialEq, Message)]
-pub struct TxnHeader {
+pub struct TxnRecord {
     #[prost(uint32, tag = "1")]
     pub mode: u32,
     #[prost(uint32, tag = "2")]
@@ -133,9 +135,17 @@ pub struct TxnHeader {
     pub finished_at_ms: Option<u64>,
     #[prost(uint64, optional, tag = "9")]
     pub stuck_since_ms: Option<u64>,
-    /// How many branches (each with a spec and a status record).
-    #[prost(uint32, tag = "10")]
-    pub branches: u32,
+    /// Each branch's status, in registration order; its spec is in the
+    /// [`BranchSpecs`] records.
+    #[prost(message, repeated, tag = "10")]
+    pub branches: Vec<BranchStatus>,
+}
+
+/// Branches registered together, from branch `first` (the number in the key).
+#[derive(Clone, PartialEq, Message)]
+pub struct BranchSpecs {
+    #[prost(message, repeated, tag = "1")]
+    pub specs: Vec<BranchSpec>,
 }
 
 /// What a branch is: written once, when it is registered.
@@ -153,7 +163,7 @@ pub struct BranchSpec {
     pub call_timeout_ms: u64,
 }
 
-/// Where a branch is: rewritten when it changes.
+/// Where a branch is.
 #[derive(Clone, PartialEq, Message)]
 pub struct BranchStatus {
     #[prost(uint32, tag = "1")]
@@ -303,9 +313,9 @@ fn call_of(code: u32) -> Result<CallKind, String> {
     })
 }
 
-impl TxnHeader {
-    pub fn of(txn: &Txn) -> TxnHeader {
-        TxnHeader {
+impl TxnRecord {
+    pub fn of(txn: &Txn) -> TxnRecord {
+        TxnRecord {
             mode: mode_code(txn.mode),
             state: txn_state_code(txn.state),
             reason: txn.reason.clone(),
@@ -315,11 +325,11 @@ impl TxnHeader {
             decided_at_ms: txn.decided_at_ms,
             finished_at_ms: txn.finished_at_ms,
             stuck_since_ms: txn.stuck_since_ms,
-            branches: u32::try_from(txn.branches.len()).unwrap_or(u32::MAX),
+            branches: txn.branches.iter().map(BranchStatus::of).collect(),
         }
     }
 
-    pub fn decode(key: &[u8], value: &[u8]) -> Result<TxnHeader, StoreError> {
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<TxnRecord, StoreError> {
         decode(key, value)
     }
 }
@@ -334,8 +344,10 @@ impl BranchSpec {
             call_timeout_ms: branch.call_timeout_ms,
         }
     }
+}
 
-    pub fn decode(key: &[u8], value: &[u8]) -> Result<BranchSpec, StoreError> {
+impl BranchSpecs {
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<BranchSpecs, StoreError> {
         decode(key, value)
     }
 }
@@ -366,26 +378,36 @@ impl BranchStatus {
             heuristic: branch.heuristic.clone(),
         }
     }
-
-    pub fn decode(key: &[u8], value: &[u8]) -> Result<BranchStatus, StoreError> {
-        decode(key, value)
-    }
 }
 
-/// Folds the records of one transaction back into the engine's [`Txn`].
+/// Folds the records of one transaction back into the engine's [`Txn`]:
+/// its record, and its spec chunks as `(first branch, specs)` in key order.
 pub fn fold(
     id: &str,
-    header: TxnHeader,
-    specs: Vec<BranchSpec>,
-    statuses: Vec<BranchStatus>,
+    record: TxnRecord,
+    chunks: Vec<(usize, BranchSpecs)>,
 ) -> Result<Txn, StoreError> {
     let bad = |why: String| StoreError::Corrupt(format!("transaction {id}: {why}"));
-    let expected = header.branches as usize;
-    if specs.len() != expected || statuses.len() != expected {
+    let mut specs = Vec::with_capacity(record.branches.len());
+    for (first, chunk) in chunks {
+        if first != specs.len() {
+            return Err(bad(format!(
+                "the specs of branches {}..{first} are missing",
+                specs.len()
+            )));
+        }
+        specs.extend(chunk.specs);
+    }
+    let (header, statuses) = {
+        let mut record = record;
+        let statuses = std::mem::take(&mut record.branches);
+        (record, statuses)
+    };
+    let expected = statuses.len();
+    if specs.len() != expected {
         return Err(bad(format!(
-            "the header names {expected} branches but the log holds {} specs and {} statuses",
-            specs.len(),
-            statuses.len()
+            "its record names {expected} branches but the log holds {} specs",
+            specs.len()
         )));
     }
     let mut branches = Vec::with_capacity(expected);
@@ -490,22 +512,16 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
 /// [`Record`] carries only what changed.
 #[derive(Debug, Default)]
 pub struct Written {
-    header: Option<Vec<u8>>,
+    record: Option<Vec<u8>>,
     specs: usize,
-    statuses: Vec<Vec<u8>>,
 }
 
 impl Written {
     /// For a transaction read back from the log: all of it is there.
     pub fn all_of(txn: &Txn) -> Written {
         Written {
-            header: Some(TxnHeader::of(txn).encode_to_vec()),
+            record: Some(TxnRecord::of(txn).encode_to_vec()),
             specs: txn.branches.len(),
-            statuses: txn
-                .branches
-                .iter()
-                .map(|b| BranchStatus::of(b).encode_to_vec())
-                .collect(),
         }
     }
 }
@@ -522,34 +538,24 @@ impl Record {
     /// updates `written` to match.
     pub fn of(txn: &Txn, written: &mut Written) -> Result<Record, StoreError> {
         keys::check_id(&txn.id)?;
-        let mut ops = Vec::with_capacity(4);
-        let header = TxnHeader::of(txn).encode_to_vec();
-        let first = written.header.is_none();
-        if written.header.as_ref() != Some(&header) {
+        let mut ops = Vec::with_capacity(3);
+        let first = written.record.is_none();
+        if written.specs < txn.branches.len() {
+            let key = keys::spec_key(&txn.id, written.specs);
+            let chunk = BranchSpecs {
+                specs: txn.branches[written.specs..]
+                    .iter()
+                    .map(BranchSpec::of)
+                    .collect(),
+            };
+            ops.push(Op::Put(key.clone(), seal(&key, &chunk.encode_to_vec())));
+            written.specs = txn.branches.len();
+        }
+        let record = TxnRecord::of(txn).encode_to_vec();
+        if written.record.as_ref() != Some(&record) {
             let key = keys::header_key(&txn.id);
-            ops.push(Op::Put(key.clone(), seal(&key, &header)));
-            written.header = Some(header);
-        }
-        for (i, branch) in txn.branches.iter().enumerate().skip(written.specs) {
-            let key = keys::spec_key(&txn.id, i);
-            ops.push(Op::Put(
-                key.clone(),
-                seal(&key, &BranchSpec::of(branch).encode_to_vec()),
-            ));
-        }
-        written.specs = txn.branches.len();
-        for (i, branch) in txn.branches.iter().enumerate() {
-            let status = BranchStatus::of(branch).encode_to_vec();
-            if written.statuses.get(i) == Some(&status) {
-                continue;
-            }
-            let key = keys::status_key(&txn.id, i);
-            ops.push(Op::Put(key.clone(), seal(&key, &status)));
-            if i < written.statuses.len() {
-                written.statuses[i] = status;
-            } else {
-                written.statuses.push(status);
-            }
+            ops.push(Op::Put(key.clone(), seal(&key, &record)));
+            written.record = Some(record);
         }
         ops.extend(keys::index_ops(&txn.id, txn.finished_at_ms, first));
         Ok(Record {

@@ -85,16 +85,12 @@ fn format_2_golden_bytes() {
         golden,
         vec![
             (
+                "branch-specs/t-1\\x00\\x00\\x00\\x00\\x00",
+                "020a260a01311212687474703a2f2f3132372e302e302e313a391a0573746f636b22030001ff288827dbaba071"
+            ),
+            (
                 "txn/t-1",
-                "02080210031a0377687920b0ea012880d095ffbc3130f4d395ffbc313890d395ffbc3148c2d395ffbc315001238d6f23"
-            ),
-            (
-                "branch-spec/t-1\\x00\\x00\\x00\\x00\\x00",
-                "020a01311212687474703a2f2f3132372e302e302e313a391a0573746f636b22030001ff288827e69abe56"
-            ),
-            (
-                "branch-status/t-1\\x00\\x00\\x00\\x00\\x00",
-                "02080210031802220b554e415641494c41424c452801309ad395ffbc313a1208acd295ffbc311001180120012a03594553400448015084d795ffbc315a036f7073b6c47953"
+                "02080210031a0377687920b0ea012880d095ffbc3130f4d395ffbc313890d395ffbc3148c2d395ffbc315240080210031802220b554e415641494c41424c452801309ad395ffbc313a1208acd295ffbc311001180120012a03594553400448015084d795ffbc315a036f70730d8a59b5"
             ),
             ("unfinished/t-1", "029b207940"),
         ]
@@ -128,25 +124,23 @@ fn format_2_golden_bytes() {
 
 /// Reads back what `ops` put, as `load` would.
 fn fold_ops(id: &str, ops: &[Op]) -> Result<Txn, StoreError> {
-    let mut header = None;
-    let mut specs = Vec::new();
-    let mut statuses = Vec::new();
+    let mut record = None;
+    let mut chunks = Vec::new();
+    let prefix = keys::spec_prefix(id).len();
     for op in ops {
         if let Op::Put(k, v) = op {
             match k[0] {
-                keys::HEADER => header = Some(TxnHeader::decode(k, v)?),
-                keys::SPEC => specs.push(BranchSpec::decode(k, v)?),
-                keys::STATUS => statuses.push(BranchStatus::decode(k, v)?),
+                keys::HEADER => record = Some(TxnRecord::decode(k, v)?),
+                keys::SPEC => {
+                    let first = keys::parse_branch_index(prefix, k)?;
+                    chunks.push((first, BranchSpecs::decode(k, v)?));
+                }
                 _ => {}
             }
         }
     }
-    fold(
-        id,
-        header.ok_or_else(|| StoreError::Corrupt("no header".into()))?,
-        specs,
-        statuses,
-    )
+    let record = record.ok_or_else(|| StoreError::Corrupt("no record".into()))?;
+    fold(id, record, chunks)
 }
 
 #[test]
@@ -167,47 +161,56 @@ fn every_field_round_trips() {
 #[test]
 fn a_record_with_a_field_this_binary_does_not_know_still_reads() {
     // A later release adds field 99 to the header (rule 2): this one skips it.
-    let mut body = TxnHeader::of(&sample()).encode_to_vec();
+    let mut body = TxnRecord::of(&sample()).encode_to_vec();
     body.extend_from_slice(&[0xfa, 0x06, 0x03, b'n', b'e', b'w']); // tag 99, length-delimited
     let key = keys::header_key("t-1");
-    let header = TxnHeader::decode(&key, &seal(&key, &body));
-    assert_eq!(header, Ok(TxnHeader::of(&sample())));
+    let header = TxnRecord::decode(&key, &seal(&key, &body));
+    assert_eq!(header, Ok(TxnRecord::of(&sample())));
 }
 
 #[test]
 fn a_value_under_another_key_or_with_a_flipped_bit_is_refused() {
     let key = keys::header_key("t-1");
-    let value = seal(&key, &TxnHeader::of(&sample()).encode_to_vec());
-    assert!(TxnHeader::decode(&keys::header_key("t-2"), &value).is_err());
+    let value = seal(&key, &TxnRecord::of(&sample()).encode_to_vec());
+    assert!(TxnRecord::decode(&keys::header_key("t-2"), &value).is_err());
     for i in 0..value.len() {
         for bit in 0..8 {
             let mut damaged = value.clone();
             damaged[i] ^= 1 << bit;
             assert!(
                 matches!(
-                    TxnHeader::decode(&key, &damaged),
+                    TxnRecord::decode(&key, &damaged),
                     Err(StoreError::Corrupt(_))
                 ),
                 "bit {bit} of byte {i}"
             );
         }
     }
-    assert!(TxnHeader::decode(&key, &value[..value.len() - 1]).is_err());
-    assert!(TxnHeader::decode(&key, &[]).is_err());
+    assert!(TxnRecord::decode(&key, &value[..value.len() - 1]).is_err());
+    assert!(TxnRecord::decode(&key, &[]).is_err());
 }
 
 #[test]
 fn unknown_enum_numbers_are_damage_not_guesses() {
-    let mut header = TxnHeader::of(&sample());
-    header.state = 77;
-    assert!(fold("t-1", header, Vec::new(), Vec::new()).is_err());
-    let mut header = TxnHeader::of(&sample());
-    header.branches = 2;
-    let spec = BranchSpec::of(&sample().branches[0]);
-    let status = BranchStatus::of(&sample().branches[0]);
+    let specs = || BranchSpecs {
+        specs: vec![BranchSpec::of(&sample().branches[0])],
+    };
+    assert!(fold("t-1", TxnRecord::of(&sample()), vec![(0, specs())]).is_ok());
+    let mut record = TxnRecord::of(&sample());
+    record.state = 77;
+    assert!(fold("t-1", record, vec![(0, specs())]).is_err());
+    let mut record = TxnRecord::of(&sample());
+    record.branches[0].state = 0;
+    assert!(fold("t-1", record, vec![(0, specs())]).is_err());
+    let mut record = TxnRecord::of(&sample());
+    record.branches.push(record.branches[0].clone());
     assert!(
-        fold("t-1", header, vec![spec], vec![status]).is_err(),
-        "a branch count that disagrees with the records"
+        fold("t-1", record, vec![(0, specs())]).is_err(),
+        "a branch without its spec"
+    );
+    assert!(
+        fold("t-1", TxnRecord::of(&sample()), vec![(1, specs())]).is_err(),
+        "specs that do not start at the first branch"
     );
 }
 
@@ -256,16 +259,15 @@ fn decoders_never_panic_on_arbitrary_or_mutated_bytes() {
             (key, value)
         };
         // Bodies without the seal too, so prost's decoder itself is exercised.
-        let _ = TxnHeader::decode(&key, &value);
-        let _ = BranchSpec::decode(&key, &value);
-        let _ = BranchStatus::decode(&key, &value);
+        let _ = TxnRecord::decode(&key, &value);
+        let _ = BranchSpecs::decode(&key, &value);
         let _ = decode_audit(&key, &value);
         let _ = decode_meta(&key, &value);
         let _ = v1::decode_txn(&value);
         let _ = v1::decode_audit(&value);
-        if let Ok(header) = TxnHeader::decode(&key, &seal(&key, &value)) {
-            let status = BranchStatus::decode(&key, &seal(&key, &value)).ok();
-            let _ = fold("t-1", header, Vec::new(), status.into_iter().collect());
+        if let Ok(record) = TxnRecord::decode(&key, &seal(&key, &value)) {
+            let specs = BranchSpecs::decode(&key, &seal(&key, &value)).ok();
+            let _ = fold("t-1", record, specs.into_iter().map(|s| (0, s)).collect());
         }
         let _ = keys::parse_finished_key(&value);
         let _ = keys::parse_branch_owner(&value);
