@@ -6,7 +6,8 @@
 //! - [`store`]: the [`store::TxnLog`] trait, sled and in-memory logs, group commit;
 //! - [`server`]: the thin tonic services;
 //! - [`cli`]: the `arbiter` command line;
-//! - [`config`]: tunables and their defaults.
+//! - [`config`]: tunables and their defaults;
+//! - [`fuzz`]: what the fuzz targets feed arbitrary bytes to.
 //!
 //! [`server::run`] starts a whole coordinator on a listener; tests and the
 //! binary both use it.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod failpoints;
+pub mod fuzz;
 pub mod metrics;
 pub mod security;
 pub mod server;

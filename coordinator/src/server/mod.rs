@@ -3,7 +3,7 @@
 //! map errors in one place (`status`).
 
 mod admin;
-mod convert;
+pub(crate) mod convert;
 mod coordinator;
 mod status;
 
