@@ -322,6 +322,7 @@ fn config_check_accepts_a_good_file_and_explains_a_bad_one() -> anyhow::Result<(
 
     for (bad, says) in [
         ("max-brnches = 3", "unknown setting"),
+        ("accept-damaged-log = true", "on the command line"),
         ("max-branches = \"many\"", "invalid value"),
         (
             "allow-participant = [\"not a pattern\"]",

@@ -55,6 +55,9 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// Flags a file may not set: starting on a damaged log must be a deliberate act.
+const COMMAND_LINE_ONLY: [&str; 1] = ["accept-damaged-log"];
+
 /// `--name=value` arguments for the file's settings that `given` (the
 /// matches of `serve`, if any) did not take from the command line or the
 /// environment.
@@ -79,6 +82,12 @@ fn file_args(path: &Path, given: Option<&ArgMatches>) -> anyhow::Result<Vec<OsSt
                     path.display()
                 )
             })?;
+        if COMMAND_LINE_ONLY.contains(&key.as_str()) {
+            bail!(
+                "{}: {key} is a one-off decision an operator makes on the command line, not a setting",
+                path.display()
+            );
+        }
         let source = given.and_then(|m| m.value_source(arg.get_id().as_str()));
         if matches!(
             source,
