@@ -132,30 +132,24 @@ impl ArbiterProcess {
         failpoints: Option<&str>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ArbiterProcess> {
-        let port = free_port()?;
-        let mut process = ArbiterProcess {
-            child: None,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            data_dir: data_dir.to_path_buf(),
-            port,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            failpoints: failpoints.map(str::to_string),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            stderr: None,
-            last_exit: None,
-        };
+        let mut process = Self::new(data_dir, args, None)?;
+        process.failpoints = failpoints.map(str::to_string);
+        process.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         process.restart().await?;
         Ok(process)
     }
 
-    /// Starts `arbiter serve` on `data_dir` with `args`, stderr going to
-    /// `stderr`: serving, or refused (exited before answering).
-    pub async fn try_start(data_dir: &Path, args: &[&str], stderr: &Path) -> anyhow::Result<Start> {
+    /// Not started yet: on a free port, stderr to `stderr` (else inherited).
+    fn new(
+        data_dir: &Path,
+        args: &[&str],
+        stderr: Option<&Path>,
+    ) -> anyhow::Result<ArbiterProcess> {
         let port = free_port()?;
-        let mut process = ArbiterProcess {
+        Ok(ArbiterProcess {
             child: None,
             endpoint: format!("http://127.0.0.1:{port}"),
             data_dir: data_dir.to_path_buf(),
@@ -163,9 +157,15 @@ impl ArbiterProcess {
             args: args.iter().map(|s| s.to_string()).collect(),
             failpoints: None,
             env: Vec::new(),
-            stderr: Some(stderr.to_path_buf()),
+            stderr: stderr.map(Path::to_path_buf),
             last_exit: None,
-        };
+        })
+    }
+
+    /// Starts `arbiter serve` on `data_dir` with `args`, stderr going to
+    /// `stderr`: serving, or refused (exited before answering).
+    pub async fn try_start(data_dir: &Path, args: &[&str], stderr: &Path) -> anyhow::Result<Start> {
+        let mut process = Self::new(data_dir, args, Some(stderr))?;
         process.spawn()?;
         // The port accepts connections before the log is open: wait for an
         // answer from the server itself, or for the exit.

@@ -77,6 +77,15 @@ async fn refused_or_intact(
     }
 }
 
+/// Starts on `dir` with `--accept-damaged-log`; it must serve.
+async fn accepted(dir: &Path) -> anyhow::Result<ArbiterProcess> {
+    let stderr = dir.with_extension("accept.stderr");
+    match ArbiterProcess::try_start(dir, &["--accept-damaged-log"], &stderr).await? {
+        Start::Serving(arbiter) => Ok(arbiter),
+        Start::Refused { stderr, .. } => anyhow::bail!("refused despite the flag: {stderr}"),
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -248,12 +257,7 @@ async fn a_damaged_record_is_refused_and_once_accepted_only_its_transaction_is_l
         "names the record: {message}"
     );
 
-    let stderr = root.path().join("accept.stderr");
-    let Start::Serving(mut arbiter) =
-        ArbiterProcess::try_start(&dir, &["--accept-damaged-log"], &stderr).await?
-    else {
-        panic!("accepted: {}", std::fs::read_to_string(&stderr)?);
-    };
+    let mut arbiter = accepted(&dir).await?;
     let client = arbiter.client().await?;
     for id in &ids {
         let got = client.get_transaction(id).await;
@@ -286,6 +290,7 @@ async fn a_damaged_record_is_refused_and_once_accepted_only_its_transaction_is_l
 
     // Accepted once, remembered: the next start needs no flag, and the
     // damaged transaction still answers DATA_LOSS.
+    let stderr = root.path().join("restart.stderr");
     let Start::Serving(mut arbiter) = ArbiterProcess::try_start(&dir, &[], &stderr).await? else {
         panic!(
             "restart after acceptance: {}",
@@ -337,12 +342,7 @@ async fn a_log_behind_what_was_acknowledged_is_refused_until_accepted() -> anyho
         "says how to start anyway: {message}"
     );
 
-    let stderr = root.path().join("accept.stderr");
-    let Start::Serving(mut arbiter) =
-        ArbiterProcess::try_start(&dir, &["--accept-damaged-log"], &stderr).await?
-    else {
-        panic!("accepted: {}", std::fs::read_to_string(&stderr)?);
-    };
+    let mut arbiter = accepted(&dir).await?;
     let client = arbiter.client().await?;
     for id in &early {
         assert_eq!(

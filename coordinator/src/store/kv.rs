@@ -39,6 +39,27 @@ pub trait Kv: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StoreError>;
 }
 
+/// Feeds `items` (a store's range, in key order) to `f`, backwards if
+/// `reverse`, until `f` says `Break` or an item is an error.
+pub fn walk<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    items: impl DoubleEndedIterator<Item = Result<(K, V), StoreError>>,
+    reverse: bool,
+    f: &mut Visitor<'_>,
+) -> Result<(), StoreError> {
+    let items: Box<dyn Iterator<Item = _>> = if reverse {
+        Box::new(items.rev())
+    } else {
+        Box::new(items)
+    };
+    for item in items {
+        let (k, v) = item?;
+        if f(k.as_ref(), v.as_ref()).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The end (exclusive) of the keys starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

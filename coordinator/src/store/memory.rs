@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::store::StoreError;
-use crate::store::kv::{Kv, KvLog, Visitor};
+use crate::store::kv::{Kv, KvLog, Visitor, walk};
 use crate::store::record::Op;
 
 /// The in-memory transaction log.
@@ -54,21 +54,8 @@ impl Kv for MemoryKv {
             return Ok(());
         }
         let map = self.map();
-        let range = map.range(start.to_vec()..end.to_vec());
-        if reverse {
-            for (k, v) in range.rev() {
-                if f(k, v).is_break() {
-                    break;
-                }
-            }
-        } else {
-            for (k, v) in range {
-                if f(k, v).is_break() {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        let range = map.range(start.to_vec()..end.to_vec()).map(Ok);
+        walk(range, reverse, f)
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::store::hwm::{self, Hwm, Reading};
-use crate::store::kv::{Kv, KvLog, Visitor};
+use crate::store::kv::{Kv, KvLog, Visitor, walk};
 use crate::store::open;
 use crate::store::record::{self, FORMAT, Op};
 use crate::store::{StoreError, keys};
@@ -148,25 +148,11 @@ impl Kv for SledKv {
         if start >= end {
             return Ok(());
         }
-        let range = self.db.range(start..end);
-        let mut each = |item: sled::Result<(sled::IVec, sled::IVec)>| {
-            let (k, v) = item.map_err(sled_err("scanning the log"))?;
-            Ok::<_, StoreError>(f(&k, &v))
-        };
-        if reverse {
-            for item in range.rev() {
-                if each(item)?.is_break() {
-                    break;
-                }
-            }
-        } else {
-            for item in range {
-                if each(item)?.is_break() {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        let range = self
+            .db
+            .range(start..end)
+            .map(|item| item.map_err(sled_err("scanning the log")));
+        walk(range, reverse, f)
     }
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
@@ -239,7 +225,10 @@ fn open_existing(
         );
         report.upgraded = Some(upgraded);
     }
+    let started = std::time::Instant::now();
     let checked = open::check_all(&kv);
+    tracing::info!(records = checked.records, transactions = checked.transactions,
+        elapsed = ?started.elapsed(), "checked every record of the log");
     report.records = checked.records;
     report.transactions = checked.transactions;
     // Problems of the log as a whole come first; they are never remembered.
