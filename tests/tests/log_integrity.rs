@@ -177,7 +177,7 @@ async fn a_truncated_or_flipped_db_is_refused_or_served_whole() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flipped_or_missing_blob_is_refused_and_can_be_accepted() -> anyhow::Result<()> {
+async fn a_flipped_or_missing_blob_is_refused_even_with_the_flag() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let pristine = root.path().join("pristine");
     // 60 KiB payloads: sled keeps pages that large in blob files.
@@ -356,5 +356,35 @@ async fn a_log_behind_what_was_acknowledged_is_refused_until_accepted() -> anyho
         refused_or_intact(&dir, &[], &early).await?.is_none(),
         "starts without the flag now"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_coordinator_on_the_same_directory_is_refused() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let dir = root.path().join("log");
+    let mut first = ArbiterProcess::start(&dir, &[]).await?;
+    let client = first.client().await?;
+    arbiter_tests::eventually("the first serves", || {
+        let client = client.clone();
+        async move {
+            client
+                .get_transaction("probe")
+                .await
+                .err()
+                .filter(|e| code_of(e) == tonic::Code::NotFound)
+        }
+    })
+    .await;
+    let message = refused_or_intact(&dir, &[], &[])
+        .await?
+        .expect("the second is refused");
+    assert!(
+        message.contains("another process is using this log"),
+        "{message}"
+    );
+    assert!(first.is_running()?, "the first goes on serving");
+    drop(client);
+    first.terminate().await?;
     Ok(())
 }

@@ -1,44 +1,56 @@
 //! Turns a panic inside a storage library (sled panics on some damaged files
 //! instead of returning an error) into a clear [`StoreError::Damaged`], with
 //! the panic's message and without a backtrace on the terminal.
+//!
+//! A panic hook is installed once for the process; it stays silent (and
+//! keeps the message) only on a thread that is inside [`no_panic`], and
+//! passes every other panic to the hook that was there before.
 
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::Once;
 
 use crate::store::StoreError;
 
-/// The message of the last panic caught while a guard was up.
-static CAUGHT: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// `Some` while this thread runs inside `no_panic`: the last panic's message.
+    static CAUGHT: RefCell<Option<String>> = const { RefCell::new(None) };
+    static GUARDED: RefCell<bool> = const { RefCell::new(false) };
+}
+
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| *g.borrow()) {
+                return previous(info);
+            }
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            CAUGHT.with(|c| *c.borrow_mut() = Some(format!("{message}{at}")));
+        }));
+    });
+}
 
 /// Runs `f`; a panic in it becomes `StoreError::Damaged` naming `what`.
-///
-/// The process-wide panic hook is replaced while `f` runs, so this is for
-/// start-up only, before anything else runs.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_string());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        *CAUGHT.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{message}{at}"));
-    }));
+    install_hook();
+    GUARDED.with(|g| *g.borrow_mut() = true);
     let result = panic::catch_unwind(AssertUnwindSafe(f));
-    panic::set_hook(previous);
+    GUARDED.with(|g| *g.borrow_mut() = false);
     match result {
         Ok(result) => result,
         Err(_) => {
-            let message = CAUGHT
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_default();
+            let message = CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default();
             Err(StoreError::Damaged(format!(
                 "the storage library failed while {what} ({message}); the log is damaged. \
                  Restore the data directory from a backup"

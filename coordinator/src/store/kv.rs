@@ -82,11 +82,20 @@ pub fn pairs_under<K: Kv + ?Sized>(kv: &K, prefix: &[u8]) -> Result<Vec<Pair>, S
     Ok(out)
 }
 
-/// Reads one transaction and folds its records; `None` if it has none.
+/// Reads one transaction and folds its records; `None` if the log holds
+/// nothing of it. A transaction whose record is gone while other traces of
+/// it remain (its branch specs, its unfinished-index entry, a format-1
+/// record) is damage, not absence: a committed transaction must never look
+/// unknown, which participants would read as "aborted".
 pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreError> {
     let key = keys::header_key(txn_id);
     let Some(value) = kv.get(&key)? else {
-        return Ok(None);
+        return match traces(kv, txn_id)? {
+            None => Ok(None),
+            Some(trace) => Err(StoreError::Corrupt(format!(
+                "transaction {txn_id}: its record is missing, but {trace} remains"
+            ))),
+        };
     };
     let record = TxnRecord::decode(&key, &value)?;
     let prefix = keys::spec_prefix(txn_id);
@@ -96,6 +105,22 @@ pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreEr
         chunks.push((first, BranchSpecs::decode(&k, &v)?));
     }
     record::fold(txn_id, record, chunks).map(Some)
+}
+
+/// What the log still holds of a transaction without its record, if anything.
+fn traces<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<String>, StoreError> {
+    for key in [keys::unfinished_key(txn_id), keys::v1_txn_key(txn_id)] {
+        if kv.get(&key)?.is_some() {
+            return Ok(Some(keys::describe(&key)));
+        }
+    }
+    let prefix = keys::spec_prefix(txn_id);
+    let mut found = None;
+    kv.visit(&prefix, &prefix_end(&prefix), false, &mut |k, _| {
+        found = Some(keys::describe(k));
+        ControlFlow::Break(())
+    })?;
+    Ok(found)
 }
 
 /// The transaction log over a [`Kv`].
@@ -154,7 +179,11 @@ impl<K: Kv> TxnLog for KvLog<K> {
                 Write::Audit(entry) => ops.push(record::audit_op(entry)),
             }
         }
-        let next = self.batch.load(Ordering::Acquire) + 1;
+        let next = self
+            .batch
+            .load(Ordering::Acquire)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("the log's batch counter is exhausted".into()))?;
         if sync {
             ops.push(record::meta_op(keys::META_BATCH, next));
         }
@@ -218,17 +247,42 @@ impl<K: Kv> TxnLog for KvLog<K> {
                 }
             },
         )?;
+        // Only what the transaction's own record confirms is final, with the
+        // same finish time: a damaged index entry never takes a live
+        // transaction with it.
         let mut ops = Vec::new();
+        let mut collected = 0;
         for key in &doomed {
-            let (_, id) = keys::parse_finished_key(key)?;
-            ops.push(Op::Delete(key.clone()));
-            ops.push(Op::Delete(keys::header_key(&id)));
-            for (k, _) in pairs_under(&self.kv, &keys::spec_prefix(&id))? {
-                ops.push(Op::Delete(k));
+            let confirmed = keys::parse_finished_key(key).and_then(|(at, id)| {
+                let record_key = keys::header_key(&id);
+                let finished = match self.kv.get(&record_key)? {
+                    Some(v) => TxnRecord::decode(&record_key, &v)?.finished_at_ms,
+                    None => None,
+                };
+                Ok((finished == Some(at)).then_some(id))
+            });
+            match confirmed {
+                Ok(Some(id)) => {
+                    ops.push(Op::Delete(key.clone()));
+                    ops.push(Op::Delete(keys::header_key(&id)));
+                    for (k, _) in pairs_under(&self.kv, &keys::spec_prefix(&id))? {
+                        ops.push(Op::Delete(k));
+                    }
+                    collected += 1;
+                }
+                Ok(None) => self.damaged_read(
+                    "the retention index",
+                    &StoreError::Corrupt(format!(
+                        "{} names no finished transaction; left alone",
+                        keys::describe(key)
+                    )),
+                ),
+                Err(e @ StoreError::Corrupt(_)) => self.damaged_read("the retention index", &e),
+                Err(e) => return Err(e),
             }
         }
         self.kv.apply(&ops)?;
-        Ok(doomed.len())
+        Ok(collected)
     }
 
     fn scan(
@@ -285,5 +339,61 @@ impl<K: Kv> TxnLog for KvLog<K> {
 
     fn damaged_reads(&self) -> u64 {
         self.damaged.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Branch, Mode, TxnState};
+    use crate::store::MemoryLog;
+    use crate::store::record::{Record, Written};
+
+    fn two_branches(id: &str) -> Txn {
+        let mut txn = Txn::new(id.into(), Mode::TwoPhase, 1_000, 5);
+        for n in 1..=2 {
+            txn.branches.push(Branch::new(
+                n.to_string(),
+                "http://127.0.0.1:9".into(),
+                "r".into(),
+                vec![n],
+                100,
+            ));
+        }
+        txn
+    }
+
+    fn put(log: &MemoryLog, txn: &Txn) {
+        let record = Record::of(txn, &mut Written::default()).unwrap_or_else(|e| panic!("{e}"));
+        log.write(&[Write::Txn(record)], true)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_transaction_whose_record_is_gone_but_not_its_specs_is_damage_not_absence() {
+        let log = MemoryLog::new();
+        let mut txn = two_branches("t");
+        txn.state = TxnState::Committed;
+        txn.finished_at_ms = Some(9);
+        put(&log, &txn);
+        log.kv
+            .apply(&[Op::Delete(keys::header_key("t"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(log.get("t"), Err(StoreError::Corrupt(_))));
+        assert_eq!(log.damaged_reads(), 1);
+        assert_eq!(log.get("never-was"), Ok(None));
+    }
+
+    #[test]
+    fn collection_never_takes_a_transaction_its_index_entry_lies_about() {
+        let log = MemoryLog::new();
+        put(&log, &two_branches("live"));
+        let lie = keys::finished_key(3, "live");
+        log.kv
+            .apply(&[Op::Put(lie.clone(), record::seal_empty(&lie))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(log.collect_finished(u64::MAX, 10), Ok(0));
+        assert!(matches!(log.get("live"), Ok(Some(_))));
+        assert!(log.damaged_reads() >= 1);
     }
 }

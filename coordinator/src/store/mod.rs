@@ -24,7 +24,7 @@ mod guard;
 mod hwm;
 pub mod keys;
 pub mod kv;
-mod memory;
+pub(crate) mod memory;
 pub mod open;
 pub mod record;
 mod sled_log;

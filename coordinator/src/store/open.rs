@@ -87,26 +87,35 @@ pub fn upgrade_v1<K: Kv>(kv: &K) -> Result<Upgraded, StoreError> {
     in_chunks(kv, &[keys::TXN_V1], &[keys::TXN_V1 + 1], |pairs| {
         let mut ops = Vec::new();
         for (key, value) in pairs {
-            match v1::decode_txn(&value) {
-                Ok(txn) => {
-                    ops.extend(Record::of(&txn, &mut Written::default())?.ops);
+            // Format 1 has no checksum: a record is taken only if it decodes
+            // whole and names the transaction its key names. Anything else
+            // stays where it is, for the check to report.
+            let id = keys::parse_id_key(keys::TXN_V1, &key).ok();
+            let converted = v1::decode_txn(&value)
+                .ok()
+                .filter(|txn| Some(&txn.id) == id.as_ref())
+                .and_then(|txn| Record::of(&txn, &mut Written::default()).ok());
+            match converted {
+                Some(record) => {
+                    ops.extend(record.ops);
                     ops.push(Op::Delete(key));
                     done.transactions += 1;
                 }
-                Err(_) => done.unreadable += 1,
+                None => done.unreadable += 1,
             }
         }
         kv.apply(&ops)
     })?;
     in_chunks(kv, &[keys::AUDIT], &[keys::AUDIT + 1], |pairs| {
         let mut ops = Vec::new();
-        for (_, value) in pairs.iter().filter(|(_, v)| v1::is_v1(v)) {
-            match v1::decode_audit(value) {
-                Ok(entry) => {
-                    ops.push(record::audit_op(&entry));
+        for (key, value) in pairs.iter().filter(|(_, v)| v1::is_v1(v)) {
+            // Kept only if it belongs under its key (at, seq).
+            match v1::decode_audit(value).map(|entry| record::audit_op(&entry)) {
+                Ok(op @ Op::Put(..)) if matches!(&op, Op::Put(k, _) if k == key) => {
+                    ops.push(op);
                     done.audit_entries += 1;
                 }
-                Err(_) => done.unreadable += 1,
+                _ => done.unreadable += 1,
             }
         }
         kv.apply(&ops)
@@ -117,6 +126,35 @@ pub fn upgrade_v1<K: Kv>(kv: &K) -> Result<Upgraded, StoreError> {
     ])?;
     kv.sync()?;
     Ok(done)
+}
+
+/// Puts back the index entry of every transaction whose record says it
+/// belongs there and which is missing (after damage was accepted), so that
+/// recovery drives every unfinished one. Returns how many were put back.
+pub fn repair_indexes<K: Kv>(kv: &K) -> Result<usize, StoreError> {
+    let mut repaired = 0;
+    in_chunks(kv, &[keys::HEADER], &[keys::HEADER + 1], |pairs| {
+        let mut ops = Vec::new();
+        for (k, v) in pairs {
+            let (Ok(id), Ok(txn)) = (
+                keys::parse_id_key(keys::HEADER, &k),
+                TxnRecord::decode(&k, &v),
+            ) else {
+                continue;
+            };
+            let index = match txn.finished_at_ms {
+                Some(at) => keys::finished_key(at, &id),
+                None => keys::unfinished_key(&id),
+            };
+            if kv.get(&index)?.is_none() {
+                ops.push(Op::Put(index.clone(), record::seal_empty(&index)));
+                repaired += 1;
+            }
+        }
+        kv.apply(&ops)
+    })?;
+    kv.sync()?;
+    Ok(repaired)
 }
 
 /// What the check of every record found.
@@ -341,4 +379,49 @@ fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
         ControlFlow::Continue(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+
+    #[test]
+    fn the_upgrade_takes_only_records_that_belong_under_their_key() {
+        let kv = MemoryKv::default();
+        kv.apply(&[
+            Op::Put(keys::v1_txn_key("c"), v1::sample_bytes("c")),
+            // Damage that still decodes: another transaction's bytes.
+            Op::Put(keys::v1_txn_key("a"), v1::sample_bytes("b")),
+            Op::Put(keys::meta_key(keys::META_FORMAT), vec![1]),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let done = upgrade_v1(&kv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((done.transactions, done.unreadable), (1, 1));
+        assert!(matches!(load(&kv, "c"), Ok(Some(_))));
+        assert_eq!(load(&kv, "b"), Ok(None), "nothing filed under the wrong id");
+        assert!(
+            matches!(load(&kv, "a"), Err(StoreError::Corrupt(_))),
+            "an unreadable record is damage, never absence"
+        );
+        let checked = check_all(&kv);
+        assert_eq!(checked.problems.len(), 1, "{:?}", checked.problems);
+        // Run again (as after a crash): nothing more to do, nothing lost.
+        let again = upgrade_v1(&kv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((again.transactions, again.unreadable), (0, 1));
+        assert!(matches!(load(&kv, "c"), Ok(Some(_))));
+    }
+
+    #[test]
+    fn missing_index_entries_are_put_back() {
+        let kv = MemoryKv::default();
+        let txn = crate::engine::Txn::new("t".into(), crate::engine::Mode::Tcc, 1_000, 5);
+        let record = Record::of(&txn, &mut Written::default()).unwrap_or_else(|e| panic!("{e}"));
+        kv.apply(&record.ops).unwrap_or_else(|e| panic!("{e}"));
+        kv.apply(&[Op::Delete(keys::unfinished_key("t"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check_all(&kv).problems.len(), 1);
+        assert_eq!(repair_indexes(&kv), Ok(1));
+        assert!(check_all(&kv).problems.is_empty());
+    }
 }

@@ -28,6 +28,8 @@ use crate::store::record::{self, FORMAT, Op};
 use crate::store::{StoreError, keys};
 
 const MARKER: &str = "ARBITER_LOG";
+/// How long opening waits for sled's lock on `db` to be let go.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 const MARKER_CONTENT: &str = "arbiter transaction log\n";
 
 /// The sled-backed transaction log.
@@ -40,6 +42,13 @@ pub struct SledKv {
     db_file: File,
     /// Blob files already fsync'ed; only touched by the single writer thread.
     synced_blobs: Mutex<HashSet<OsString>>,
+}
+
+/// sled reports its file lock held by another handle as an I/O error of
+/// kind `Other` whose text says so.
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
@@ -72,19 +81,36 @@ pub struct OpenReport {
 
 impl SledKv {
     fn open(dir: &Path) -> Result<SledKv, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             // One flusher only: the log writer. sled's background flusher would
             // run concurrently with it.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                StoreError::Damaged(format!(
-                    "sled cannot open the log in {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            .flush_every_ms(None);
+        // sled's file lock outlives a closed `Db` for a moment (its I/O
+        // threads let go late): wait a little for it, then say who holds it.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) if lock_held(&e) => {
+                    return Err(StoreError::Refused(format!(
+                        "{}: another process is using this log (sled's lock on `db` is held); \
+                         one coordinator per data directory",
+                        dir.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(StoreError::Damaged(format!(
+                        "sled cannot open the log in {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        };
         let db_file = File::options()
             .read(true)
             .write(true)
@@ -217,6 +243,9 @@ fn open_existing(
     open::check_format(format)
         .map_err(|e| StoreError::Refused(format!("{}: {e}", dir.display())))?;
     if format == 1 {
+        // Format 1 had no mark; start it before the log says format 2, so a
+        // crash during the upgrade leaves a log the next start accepts.
+        Hwm::create(dir, 0)?;
         let upgraded = open::upgrade_v1(&kv)?;
         tracing::info!(
             transactions = upgraded.transactions,
@@ -260,7 +289,10 @@ fn open_existing(
             dir.join(hwm::FILE).display()
         ));
     }
-    let accepted = open::accepted_damage(&kv).unwrap_or_default();
+    let accepted: std::collections::HashSet<String> = open::accepted_damage(&kv)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let (known, new): (Vec<String>, Vec<String>) = checked
         .problems
         .iter()
@@ -290,9 +322,20 @@ fn open_existing(
         tracing::warn!(
             "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
         );
+        let repaired = open::repair_indexes(&kv)?;
+        if repaired > 0 {
+            tracing::warn!(
+                repaired,
+                "put back missing index entries, so every unfinished transaction is resumed"
+            );
+        }
         open::accept_damage(&kv, checked.problems.clone())?;
         report.accepted_damage = Some(problems);
     }
+    // What the log holds may still be only in the page cache (a crash
+    // between a write and its fdatasync): make it durable before the mark
+    // says so.
+    kv.sync()?;
     let hwm = Hwm::create(dir, batch)?;
     Ok((KvLog::over(kv, batch, Some(hwm)), report))
 }

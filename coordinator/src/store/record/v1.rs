@@ -13,12 +13,14 @@ use crate::store::{AuditEntry, StoreError};
 const VALUE_V1: u8 = 1;
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 enum Mode {
     TwoPhase,
     Tcc,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 enum TxnState {
     Active,
     Preparing,
@@ -29,6 +31,7 @@ enum TxnState {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 enum BranchState {
     Registered,
     Prepared,
@@ -39,6 +42,7 @@ enum BranchState {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 enum CallKind {
     Prepare,
     Commit,
@@ -46,6 +50,7 @@ enum CallKind {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct Attempt {
     at_ms: u64,
     call: CallKind,
@@ -55,6 +60,7 @@ struct Attempt {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct Branch {
     id: String,
     participant: String,
@@ -76,6 +82,7 @@ struct Branch {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct Txn {
     id: String,
     mode: Mode,
@@ -91,6 +98,7 @@ struct Txn {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct Audit {
     at_ms: u64,
     seq: u64,
@@ -112,19 +120,31 @@ fn body(value: &[u8], what: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Decodes all of `bytes` (format 1 has no checksum: trailing bytes are damage).
+fn whole<'de, T: Deserialize<'de>>(bytes: &'de [u8], what: &str) -> Result<T, StoreError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(StoreError::Corrupt(format!(
+            "a format-1 {what} with {} bytes too many",
+            rest.len()
+        ))),
+        Err(e) => Err(StoreError::Corrupt(format!(
+            "an undecodable format-1 {what}: {e}"
+        ))),
+    }
+}
+
 /// Decodes a format-1 transaction record.
 pub fn decode_txn(value: &[u8]) -> Result<engine::Txn, StoreError> {
     body(value, "transaction")?;
-    let old: Txn = postcard::from_bytes(&value[1..])
-        .map_err(|e| StoreError::Corrupt(format!("an undecodable format-1 transaction: {e}")))?;
+    let old: Txn = whole(&value[1..], "transaction")?;
     Ok(old.into())
 }
 
 /// Decodes a format-1 audit entry.
 pub fn decode_audit(value: &[u8]) -> Result<AuditEntry, StoreError> {
     body(value, "audit entry")?;
-    let a: Audit = postcard::from_bytes(&value[1..])
-        .map_err(|e| StoreError::Corrupt(format!("an undecodable format-1 audit entry: {e}")))?;
+    let a: Audit = whole(&value[1..], "audit entry")?;
     Ok(AuditEntry {
         at_ms: a.at_ms,
         seq: a.seq,
@@ -209,5 +229,67 @@ impl From<Branch> for engine::Branch {
         b.next_retry_at_ms = old.next_retry_at_ms;
         b.heuristic = old.heuristic;
         b
+    }
+}
+
+/// Format-1 bytes of a small transaction, as the old release wrote them.
+#[cfg(test)]
+pub fn sample_bytes(id: &str) -> Vec<u8> {
+    let txn = Txn {
+        id: id.to_string(),
+        mode: Mode::Tcc,
+        state: TxnState::Committing,
+        reason: String::new(),
+        timeout_ms: 1_000,
+        created_at_ms: 5,
+        updated_at_ms: 6,
+        decided_at_ms: Some(6),
+        finished_at_ms: None,
+        stuck_since_ms: None,
+        branches: vec![Branch {
+            id: "1".into(),
+            participant: "http://127.0.0.1:9".into(),
+            resource: "r".into(),
+            payload: vec![1, 2, 3],
+            call_timeout_ms: 100,
+            state: BranchState::Prepared,
+            attempts: 1,
+            phase_attempts: 1,
+            last_error: None,
+            prepare_sent: true,
+            failing_since_ms: None,
+            history: vec![Attempt {
+                at_ms: 6,
+                call: CallKind::Prepare,
+                attempt: 1,
+                ok: true,
+                result: "YES".into(),
+            }],
+            retry_seq: 0,
+            backoff_from: 0,
+            next_retry_at_ms: None,
+            heuristic: None,
+        }],
+    };
+    postcard::to_extend(&txn, vec![VALUE_V1]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_record_reads_and_one_with_bytes_to_spare_does_not() {
+        let bytes = sample_bytes("t-1");
+        let txn = decode_txn(&bytes);
+        assert_eq!(txn.as_ref().map(|t| t.id.as_str()), Ok("t-1"));
+        assert_eq!(
+            txn.map(|t| t.branches[0].payload.clone()),
+            Ok(vec![1, 2, 3])
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_txn(&longer).is_err());
+        assert!(decode_txn(&bytes[..bytes.len() - 1]).is_err());
     }
 }
