@@ -413,6 +413,25 @@ mod tests {
     }
 
     #[test]
+    fn the_accepted_damage_list_has_golden_bytes_and_reads_back() {
+        let kv = MemoryKv::default();
+        let problems = vec!["a checksum mismatch at key txn/t-1".to_string()];
+        accept_damage(&kv, problems.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let key = keys::meta_key(keys::META_ACCEPTED);
+        let value = kv.get(&key).ok().flatten().unwrap_or_default();
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "020a226120636865636b73756d206d69736d61746368206174206b65792074786e2f742d314f9ea842"
+        );
+        assert_eq!(accepted_damage(&kv), Ok(problems));
+        assert!(
+            check_all(&kv).problems.is_empty(),
+            "the list itself is a valid record"
+        );
+    }
+
+    #[test]
     fn missing_index_entries_are_put_back() {
         let kv = MemoryKv::default();
         let txn = crate::engine::Txn::new("t".into(), crate::engine::Mode::Tcc, 1_000, 5);
