@@ -393,3 +393,21 @@ async fn sled_barrier_gives_exactly_once_effects_under_random_delivery() -> anyh
     assert_eq!(barrier.records(), 0);
     Ok(())
 }
+
+/// sled lets go of its file lock a moment after a closed database is
+/// dropped; reopening at once (a participant restarting in place, or this
+/// suite) must wait for it, not fail with "could not acquire lock".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sled_barrier_reopens_right_after_it_is_closed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for round in 0..150 {
+        let barrier =
+            SledBarrier::open(dir.path()).map_err(|e| anyhow::anyhow!("reopen {round}: {e}"))?;
+        let handler = barrier.guard(SledEffects);
+        handler
+            .try_(&ctx(&format!("t{round}"), 0), b"5")
+            .await
+            .map_err(|e| anyhow::anyhow!("try {round}: {e}"))?;
+    }
+    Ok(())
+}

@@ -191,7 +191,8 @@ impl SledBarrier {
     /// database sled cannot open.
     pub fn open(dir: impl AsRef<Path>) -> Result<SledBarrier, ParticipantError> {
         let dir = dir.as_ref().to_path_buf();
-        let db = sled::open(&dir).map_err(internal("opening the sled barrier database"))?;
+        let db =
+            open_waiting_for_lock(&dir).map_err(internal("opening the sled barrier database"))?;
         let state = db
             .open_tree("state")
             .map_err(internal("opening the state tree"))?;
@@ -470,6 +471,27 @@ fn now_ms() -> u64 {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long opening waits for sled's lock on `db` to be let go.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
+
+/// `sled::open`, waiting up to [`LOCK_PATIENCE`] while the file lock is held:
+/// sled lets go of it a moment after a closed database is dropped (its I/O
+/// threads finish late), so reopening at once would fail for no reason.
+fn open_waiting_for_lock(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn internal<E: std::fmt::Display>(doing: &'static str) -> impl Fn(E) -> ParticipantError {
