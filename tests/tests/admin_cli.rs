@@ -361,6 +361,17 @@ async fn exit_codes_and_messages_for_bad_input() -> anyhow::Result<()> {
         "{}",
         missing.stderr
     );
+    // With -o json, every outcome is JSON on stdout, errors too.
+    let missing_json = cli(&addr, &["txn", "show", "no-such-txn", "-o", "json"])?;
+    assert_eq!(missing_json.code, 3);
+    let error: Value = serde_json::from_str(&missing_json.stdout)?;
+    assert_eq!(error["error"]["code"], 3);
+    assert_eq!(error["error"]["kind"], "not_found");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-txn"))
+    );
     let bad_id = cli(&addr, &["txn", "show", "bad/id"])?;
     assert_eq!(bad_id.code, 2);
     assert!(bad_id.stderr.contains("contains '/'"), "{}", bad_id.stderr);
@@ -386,6 +397,18 @@ async fn exit_codes_and_messages_for_bad_input() -> anyhow::Result<()> {
         unreachable.stderr.contains("cannot reach the coordinator"),
         "{}",
         unreachable.stderr
+    );
+
+    // --addr as `serve --listen` takes and prints it.
+    let host_port = addr.trim_start_matches("http://");
+    let plain = cli(host_port, &["stats"])?;
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let wrong = cli("ftp://127.0.0.1:1", &["stats"])?;
+    assert_eq!(wrong.code, 2);
+    assert!(
+        wrong.stderr.contains("host:port") && !wrong.stderr.contains("cannot reach"),
+        "says what is wrong with the address: {}",
+        wrong.stderr
     );
 
     let stats = json(&addr, &["stats"])?;

@@ -75,9 +75,10 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 impl Conn {
     pub async fn admin(&self) -> anyhow::Result<Admin> {
-        let mut endpoint = Endpoint::from_shared(self.addr.clone())
+        let addr = coordinator_uri(&self.addr)?;
+        let mut endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| UsageError(format!("--addr {:?} is not a URI: {e}", self.addr)))?;
-        if self.addr.starts_with("https://") || self.tls_ca.is_some() {
+        if addr.starts_with("https://") || self.tls_ca.is_some() {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.tls_ca {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?));
@@ -103,6 +104,32 @@ impl Conn {
             .with_context(|| format!("cannot reach the coordinator at {}", self.addr))?;
         Ok(AdminClient::with_interceptor(channel, Bearer(token)))
     }
+}
+
+/// The coordinator's URI from `--addr`: `http://host:port`,
+/// `https://host:port`, or `host:port` (what `serve --listen` takes and
+/// prints) meaning `http://`.
+pub fn coordinator_uri(addr: &str) -> Result<String, UsageError> {
+    let bad = |why: &str| {
+        UsageError(format!(
+            "--addr {addr:?} {why}; give host:port, http://host:port or https://host:port"
+        ))
+    };
+    let uri = match addr.split_once("://") {
+        Some(("http" | "https", _)) => addr.to_string(),
+        Some((scheme, _)) => return Err(bad(&format!("has the scheme {scheme:?}"))),
+        None => format!("http://{addr}"),
+    };
+    let parsed: http::Uri = uri.parse().map_err(|_| bad("is not an address"))?;
+    match (parsed.host(), parsed.port_u16()) {
+        (Some(host), Some(_)) if !host.is_empty() => {}
+        (_, None) => return Err(bad("has no port")),
+        _ => return Err(bad("has no host")),
+    }
+    if parsed.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("has a path"));
+    }
+    Ok(uri)
 }
 
 /// A mistake in how the command was called (exit code 2).
@@ -158,5 +185,38 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("cancelled; nothing was changed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coordinator_uri;
+
+    #[test]
+    fn addr_takes_what_serve_listen_takes_and_says_what_is_wrong() {
+        assert_eq!(
+            coordinator_uri("127.0.0.1:7089").ok().as_deref(),
+            Some("http://127.0.0.1:7089")
+        );
+        assert_eq!(
+            coordinator_uri("[::1]:7089").ok().as_deref(),
+            Some("http://[::1]:7089")
+        );
+        assert_eq!(
+            coordinator_uri("https://a.example:443").ok().as_deref(),
+            Some("https://a.example:443")
+        );
+        for (bad, says) in [
+            ("ftp://h:1", "scheme"),
+            ("localhost", "no port"),
+            ("http://:80", "host"),
+            ("h:1/x", "path"),
+            ("h:port", "port"),
+            ("h/:1 x", "address"),
+        ] {
+            let e = coordinator_uri(bad).err().map(|e| e.0).unwrap_or_default();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.contains("host:port"), "{bad}: says what works: {e}");
+        }
     }
 }

@@ -76,11 +76,44 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Reports a failed command on stderr and gives its exit code: 1 failure,
 /// 2 usage error, 3 not found. The server logs; admin commands print plainly.
+///
+/// With `-o json`, an admin command also prints the error as one JSON object
+/// on stdout (`{"error": {"code": 3, "kind": "not_found", "message": ...}}`),
+/// so a script can parse every outcome.
 pub fn report(command_was_serve: bool, error: &anyhow::Error) -> u8 {
+    let code = connect::exit_code(error);
     if command_was_serve {
         tracing::error!("{error:#}");
-    } else {
-        eprintln!("arbiter: {}", connect::describe(error));
+        return code;
     }
-    connect::exit_code(error)
+    let message = connect::describe(error);
+    eprintln!("arbiter: {message}");
+    if wants_json() {
+        let kind = match code {
+            2 => "usage",
+            3 => "not_found",
+            _ => "failure",
+        };
+        output::json(&serde_json::json!({
+            "error": { "code": code, "kind": kind, "message": message }
+        }));
+    }
+    code
+}
+
+/// Whether the command line asked for `-o json` (read again from the
+/// arguments: the parsed command has been consumed by then).
+fn wants_json() -> bool {
+    use clap::CommandFactory;
+    let Ok(matches) = Cli::command().try_get_matches_from(std::env::args_os()) else {
+        return false;
+    };
+    let mut leaf = &matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    matches!(
+        leaf.try_get_one::<output::Format>("output"),
+        Ok(Some(output::Format::Json))
+    )
 }
