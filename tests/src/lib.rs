@@ -122,6 +122,21 @@ pub async fn serve_recorder(
     Ok(server.serve(addr).await?)
 }
 
+/// Copies a directory tree (a data directory, a fixture) into `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// The gRPC code of a client error, for asserting on statuses.
 pub fn code_of(error: &arbiter_sdk::ClientError) -> tonic::Code {
     use arbiter_sdk::ClientError as E;

@@ -11,7 +11,7 @@ use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::admin_client::AdminClient;
 use arbiter_sdk::{Branch, Execute, TxnState};
 use arbiter_tests::process::Start;
-use arbiter_tests::{ArbiterProcess, code_of, recorder_participant};
+use arbiter_tests::{ArbiterProcess, code_of, copy_dir, recorder_participant};
 
 /// Commits `n` 2PC transactions of two branches with `payload` bytes each
 /// on a fresh log in `dir`, stops the coordinator cleanly, returns their ids.
@@ -84,20 +84,6 @@ async fn accepted(dir: &Path) -> anyhow::Result<ArbiterProcess> {
         Start::Serving(arbiter) => Ok(arbiter),
         Start::Refused { stderr, .. } => anyhow::bail!("refused despite the flag: {stderr}"),
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
 }
 
 fn blob_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -386,5 +372,30 @@ async fn a_second_coordinator_on_the_same_directory_is_refused() -> anyhow::Resu
     assert!(first.is_running()?, "the first goes on serving");
     drop(client);
     first.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbled_or_missing_acknowledged_mark_is_refused() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let pristine = root.path().join("pristine");
+    let ids = committed_log(&pristine, 5, 100).await?;
+    let garbled = root.path().join("garbled");
+    copy_dir(&pristine, &garbled)?;
+    std::fs::write(garbled.join("ACKNOWLEDGED"), vec![0xffu8; 4096])?;
+    let message = refused_or_intact(&garbled, &[], &ids)
+        .await?
+        .expect("refused");
+    assert!(
+        message.contains("acknowledged mark is unreadable"),
+        "{message}"
+    );
+    let missing = root.path().join("missing");
+    copy_dir(&pristine, &missing)?;
+    std::fs::remove_file(missing.join("ACKNOWLEDGED"))?;
+    let message = refused_or_intact(&missing, &[], &ids)
+        .await?
+        .expect("refused");
+    assert!(message.contains("is missing"), "{message}");
     Ok(())
 }

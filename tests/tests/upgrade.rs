@@ -9,18 +9,9 @@ use std::sync::Arc;
 
 use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::admin_client::AdminClient;
-use arbiter_tests::{ArbiterProcess, Recorder, eventually, serve_recorder};
+use arbiter_tests::{ArbiterProcess, Recorder, copy_dir, eventually, serve_recorder};
 
 const T0: u64 = 1_764_000_000_000;
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
-}
 
 async fn state_of(
     admin: &mut AdminClient<tonic::transport::Channel>,

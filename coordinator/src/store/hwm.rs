@@ -65,7 +65,9 @@ impl Hwm {
     pub fn read(dir: &Path) -> Reading {
         let path = dir.join(FILE);
         let mut bytes = Vec::new();
-        match File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        // Two slots are all there is to read, however large the file.
+        let limit = 2 * SLOT as u64;
+        match File::open(&path).and_then(|f| f.take(limit).read_to_end(&mut bytes)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reading::Missing,
             Err(e) => Reading::Unreadable(format!("{}: {e}", path.display())),
             Ok(_) => bytes.chunks(SLOT).filter_map(parse_slot).max().map_or_else(
@@ -153,6 +155,11 @@ mod tests {
         bytes[30] ^= 0x01;
         std::fs::write(&path, &bytes).expect("write");
         assert!(matches!(Hwm::read(dir.path()), Reading::Unreadable(_)));
+        // Whatever follows the two slots is never read.
+        let mut longer = slot_text(5).repeat(2);
+        longer.extend(std::iter::repeat_n(b'x', 1 << 20));
+        std::fs::write(&path, &longer).expect("write");
+        assert!(matches!(Hwm::read(dir.path()), Reading::Value(5)));
         std::fs::remove_file(&path).expect("remove");
         assert!(matches!(Hwm::read(dir.path()), Reading::Missing));
     }

@@ -33,7 +33,7 @@ pub trait Kv: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Applies every op, all or none.
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    fn apply<'a>(&self, ops: impl IntoIterator<Item = &'a Op>) -> Result<(), StoreError>;
 
     /// Makes everything applied so far durable.
     fn sync(&self) -> Result<(), StoreError>;
@@ -172,11 +172,12 @@ impl<K: Kv> KvLog<K> {
 
 impl<K: Kv> TxnLog for KvLog<K> {
     fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
-        let mut ops = Vec::with_capacity(batch.len() * 4 + 1);
+        // The records' own ops are applied where they are (no copy of the
+        // payloads); only audit entries and the batch counter are made here.
+        let mut made = Vec::new();
         for write in batch {
-            match write {
-                Write::Txn(record) => ops.extend(record.ops.iter().cloned()),
-                Write::Audit(entry) => ops.push(record::audit_op(entry)),
+            if let Write::Audit(entry) = write {
+                made.push(record::audit_op(entry));
             }
         }
         let next = self
@@ -185,10 +186,20 @@ impl<K: Kv> TxnLog for KvLog<K> {
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("the log's batch counter is exhausted".into()))?;
         if sync {
-            ops.push(record::meta_op(keys::META_BATCH, next));
+            made.push(record::meta_op(keys::META_BATCH, next));
         }
-        let bytes = ops.iter().map(|op| op.size() as u64).sum();
-        self.kv.apply(&ops)?;
+        let ops = || {
+            batch
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Txn(record) => Some(record.ops.iter()),
+                    Write::Audit(_) => None,
+                })
+                .flatten()
+                .chain(made.iter())
+        };
+        let bytes = ops().map(|op| op.size() as u64).sum();
+        self.kv.apply(ops())?;
         if sync {
             self.kv.sync()?;
             self.batch.store(next, Ordering::Release);

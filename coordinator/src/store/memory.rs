@@ -58,7 +58,7 @@ impl Kv for MemoryKv {
         walk(range, reverse, f)
     }
 
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+    fn apply<'a>(&self, ops: impl IntoIterator<Item = &'a Op>) -> Result<(), StoreError> {
         let mut map = self.map();
         for op in ops {
             match op {
