@@ -22,8 +22,12 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// The `arbiter` binary of the same profile, built first if needed
-/// (`ARBITER_BIN` names another one).
+/// The `arbiter` binary of the same profile: the one next to this bench
+/// binary (as `cargo build --workspace` leaves it), else built with
+/// `cargo build -p arbiter` first. `ARBITER_BIN` names another one.
+///
+/// Using the workspace's own binary matters on a small machine: a `-p`
+/// build resolves features for a different graph and can rebuild it.
 pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("ARBITER_BIN") {
         return Ok(PathBuf::from(path));
@@ -31,6 +35,18 @@ pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no directory for the bench binary")?;
     let bin = dir.join("arbiter");
+    if bin.is_file() {
+        eprintln!(
+            "arbiter-bench: using {} (rebuild it with cargo build --workspace{} after changes)",
+            bin.display(),
+            if dir.ends_with("release") {
+                " --release"
+            } else {
+                ""
+            }
+        );
+        return Ok(bin);
+    }
     let mut build = Command::new(env!("CARGO"));
     build.args(["build", "-q", "-p", "arbiter", "--bin", "arbiter"]);
     if dir.ends_with("release") {

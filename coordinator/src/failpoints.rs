@@ -1,6 +1,8 @@
-//! Named crash points, compiled in only with the `failpoints` feature.
+//! Named crash points, compiled in only with the `failpoints` feature and
+//! read only by the test-only `arbiter-failpoints` binary of `arbiter-tests`
+//! (never by `arbiter`, whatever features it was built with).
 //!
-//! `arbiter serve` reads them from the `FAILPOINTS` variable
+//! That binary reads them from the `FAILPOINTS` variable
 //! (`FAILPOINTS="after-decision-persisted=return"`): a point set to `return`
 //! aborts the process right there, as a power cut would. Each name says the
 //! step it interrupts:
@@ -19,6 +21,27 @@
 //! | `after-abort-persisted` | the abort decision is durable, no rollback/cancel sent |
 //! | `after-some-rollbacks-sent` | the first branch acknowledged rollback/cancel, others may not have |
 //! | `before-aborted-persisted` | every branch acknowledged, ABORTED not yet written |
+
+/// The failpoints set in `FAILPOINTS`, active while the guard lives; an
+/// error when this build has none compiled in.
+pub fn from_env() -> Result<Scenario, &'static str> {
+    #[cfg(feature = "failpoints")]
+    {
+        Ok(Scenario {
+            _armed: fail::FailScenario::setup(),
+        })
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        Err("this build has no failpoints compiled in (they come with `cargo test`)")
+    }
+}
+
+/// Keeps the failpoints of [`from_env`] set.
+pub struct Scenario {
+    #[cfg(feature = "failpoints")]
+    _armed: fail::FailScenario<'static>,
+}
 
 /// Aborts the process if the named point is set (only with `failpoints`).
 #[macro_export]

@@ -10,25 +10,38 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use arbiter_sdk::Client;
 
-/// Path of the `arbiter` binary of this build (with failpoints compiled in,
-/// inert unless `FAILPOINTS` is set), built first if needed; `ARBITER_BIN`
-/// overrides it.
+/// Path of the `arbiter-failpoints` binary of this build: `arbiter` with its
+/// crash points read from `FAILPOINTS` (inert when it is unset). Cargo builds
+/// it before this crate's tests; `ARBITER_BIN` names another binary.
 pub fn arbiter_bin() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        workspace_bin("ARBITER_BIN", "arbiter", "arbiter", &["failpoints"])
-            .map_err(|e| format!("{e:#}"))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+    if let Ok(path) = std::env::var("ARBITER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = profile_dir()?.join("arbiter-failpoints");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run the tests with cargo test, which builds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The target directory's profile directory (`target/debug`) of the running
+/// test executable, which lives in `target/<profile>/deps/`.
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("cannot find the target directory")
 }
 
 /// Path of the examples' `pg-bank` binary, built first if needed.
 pub fn pg_bank_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        workspace_bin("PG_BANK_BIN", "arbiter-examples", "pg-bank", &[])
-            .map_err(|e| format!("{e:#}"))
+        workspace_bin("PG_BANK_BIN", "arbiter-examples", "pg-bank").map_err(|e| format!("{e:#}"))
     })
     .clone()
     .map_err(anyhow::Error::msg)
@@ -36,27 +49,14 @@ pub fn pg_bank_bin() -> anyhow::Result<PathBuf> {
 
 /// A binary of this workspace, from `env_override` or built with cargo into
 /// the target directory this test runs from.
-fn workspace_bin(
-    env_override: &str,
-    package: &str,
-    bin: &str,
-    features: &[&str],
-) -> anyhow::Result<PathBuf> {
+fn workspace_bin(env_override: &str, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var(env_override) {
         return Ok(PathBuf::from(path));
     }
-    // The test executable lives in target/<profile>/deps/.
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot find the target directory")?;
+    let profile_dir = profile_dir()?;
     let path = profile_dir.join(bin);
     let mut build = Command::new(env!("CARGO"));
     build.args(["build", "-q", "-p", package, "--bin", bin]);
-    if !features.is_empty() {
-        build.arg("--features").arg(features.join(","));
-    }
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }

@@ -63,6 +63,19 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The whole `arbiter` program after the allocator: parse, set up tracing,
+/// dispatch, report. Both the `arbiter` binary and the test-only failpoint
+/// binary (`arbiter-tests`' `arbiter-failpoints`) call it.
+pub async fn main() -> std::process::ExitCode {
+    let cli = parse();
+    init_tracing(cli.log_format);
+    let serving = matches!(cli.command, Command::Serve(_));
+    match dispatch(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => std::process::ExitCode::from(report(serving, &e)),
+    }
+}
+
 /// Runs the parsed command.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
