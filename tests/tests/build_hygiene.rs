@@ -2,6 +2,7 @@
 //! own `arbiter-failpoints` binary reads them.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The features `arbiter` is built with when cargo builds `args`' packages
 /// for use (not for tests): `cargo tree` over normal and build edges.
@@ -40,8 +41,8 @@ fn a_workspace_build_has_no_failpoints() {
     }
 }
 
-#[test]
-fn the_arbiter_binary_ignores_failpoints() {
+#[tokio::test]
+async fn the_arbiter_binary_ignores_failpoints() -> anyhow::Result<()> {
     // Built by `cargo test --workspace` with failpoints compiled into the
     // library: the user's binary must still not arm them.
     let Some(bin) = std::env::current_exe()
@@ -50,10 +51,10 @@ fn the_arbiter_binary_ignores_failpoints() {
         .filter(|bin| bin.is_file())
     else {
         eprintln!("no arbiter binary next to this test (run with cargo test --workspace)");
-        return;
+        return Ok(());
     };
-    let data = tempfile::tempdir().expect("temp dir");
-    let port = arbiter_tests::process::free_port().expect("free port");
+    let data = tempfile::tempdir()?;
+    let port = arbiter_tests::process::free_port()?;
     // `after-begin-persisted` aborts on the first Begin when armed.
     let mut child = Command::new(&bin)
         .args([
@@ -66,27 +67,24 @@ fn the_arbiter_binary_ignores_failpoints() {
         .env("FAILPOINTS", "after-begin-persisted=return")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn arbiter");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let began = runtime.block_on(async {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let endpoint = format!("http://127.0.0.1:{port}");
-            if let Ok(client) = arbiter_sdk::Client::connect(endpoint).await {
-                if let Ok(id) = client.begin(arbiter_sdk::Mode::TwoPhase, None).await {
-                    return Ok(id);
-                }
-            }
-            if std::time::Instant::now() > deadline {
-                return Err("no Begin answered within 30 s");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let began = loop {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        if let Ok(client) = arbiter_sdk::Client::connect(endpoint).await
+            && let Ok(id) = client.begin(arbiter_sdk::Mode::TwoPhase, None).await
+        {
+            break Some(id);
         }
-    });
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let still_running = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
-    assert!(began.is_ok(), "{began:?}");
+    assert!(began.is_some(), "no Begin answered within 30 s");
     assert!(still_running, "the arbiter binary armed a failpoint");
+    Ok(())
 }
