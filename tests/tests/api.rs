@@ -164,12 +164,60 @@ async fn begin_with_a_client_id_is_idempotent() -> anyhow::Result<()> {
         other_mode.err().as_ref().map(code_of),
         Some(Code::AlreadyExists)
     );
-    let generated = client.begin(Mode::TwoPhase, None).await?;
-    let later = client.begin(Mode::TwoPhase, None).await?;
-    assert!(
-        generated < later,
-        "server ids sort by time: {generated} < {later}"
+    let longer = client
+        .begin_with_id(Mode::TwoPhase, Some(Duration::from_secs(99)), "order-42")
+        .await;
+    assert_eq!(
+        longer.err().as_ref().map(code_of),
+        Some(Code::AlreadyExists),
+        "a repeat with another timeout is a conflict, not a silent OK"
     );
+    Ok(())
+}
+
+/// The hijack found by the adversarial pass: read one server id, plant the
+/// ones the server hands out next with a client-chosen `Begin`, and the next
+/// client's `Begin` returned the planted transaction.
+#[tokio::test]
+async fn server_ids_cannot_be_planted_or_guessed() -> anyhow::Result<()> {
+    let coordinator = TestCoordinator::start().await?;
+    let client = &coordinator.client;
+    let seen = client.begin(Mode::TwoPhase, None).await?;
+    assert!(
+        seen.starts_with('_') && seen.len() == 33,
+        "server id form: {seen}"
+    );
+    // The planter may not take any id of the server's form, its own
+    // included, nor anything it could guess from it.
+    let mut guesses = vec![seen.clone()];
+    guesses.extend((0..16u8).map(|i| format!("{}{i:x}", &seen[..32])));
+    guesses.push(format!("_{}", &seen[1..]));
+    for guess in &guesses {
+        let planted = client.begin_with_id(Mode::TwoPhase, None, guess).await;
+        let err = planted.err();
+        assert_eq!(err.as_ref().map(code_of), Some(Code::InvalidArgument));
+        assert!(
+            err.is_some_and(|e| e.to_string().contains("reserved")),
+            "the message says why"
+        );
+    }
+    // The next clients get fresh, empty transactions of their own.
+    let mut victims = Vec::new();
+    for _ in 0..50 {
+        let id = client.begin(Mode::TwoPhase, None).await?;
+        assert!(!guesses.contains(&id) && !victims.contains(&id), "{id}");
+        let txn = client.get_transaction(&id).await?;
+        assert_eq!(txn.state(), TxnState::Active);
+        assert!(txn.branches.is_empty(), "nobody else's branches");
+        victims.push(id);
+    }
+    // No two ids of one millisecond differ only in a counter: the part after
+    // the time is random.
+    let tails: std::collections::HashSet<&str> = victims.iter().map(|id| &id[13..]).collect();
+    assert_eq!(tails.len(), victims.len());
+    let mut sorted = victims.clone();
+    sorted.sort_by(|a, b| a[..13].cmp(&b[..13]));
+    assert_eq!(sorted, victims, "ids sort by creation time");
     Ok(())
 }
 

@@ -1,16 +1,17 @@
 //! Server-generated transaction ids, and the wall clock.
 //!
-//! An id is 24 lowercase hex digits: milliseconds since the epoch (12), a
-//! per-process sequence number (8), and a per-process random tag (4). Ids sort
-//! by creation time, and never repeat within a process; the random tag keeps
-//! two processes apart.
+//! A server id is `_` then 32 lowercase hex digits: milliseconds since the
+//! epoch (12), then 80 bits from the operating system's secure random source
+//! (20). The `_` prefix is the server's alone: a client may not choose an id
+//! that begins with it ([`is_reserved`]), so no client can plant a
+//! transaction under an id the server will hand out, and the random part
+//! cannot be guessed from ids already seen. Ids sort by creation time to the
+//! millisecond.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-static TAG: OnceLock<u16> = OnceLock::new();
+/// The first character of every server-generated id, and of no client id.
+pub const SERVER_PREFIX: char = '_';
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -20,10 +21,20 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn new_txn_id() -> String {
-    let tag = *TAG.get_or_init(|| fastrand::u16(..));
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{:012x}{:08x}{:04x}", now_ms() & 0xffff_ffff_ffff, seq, tag)
+/// A fresh server id; an error only if the OS random source fails.
+pub fn new_txn_id() -> Result<String, getrandom::Error> {
+    let mut random = [0u8; 10];
+    getrandom::fill(&mut random)?;
+    let mut id = format!("{SERVER_PREFIX}{:012x}", now_ms() & 0xffff_ffff_ffff);
+    for byte in random {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    Ok(id)
+}
+
+/// Whether a client-chosen id has the server's reserved form.
+pub fn is_reserved(id: &str) -> bool {
+    id.starts_with(SERVER_PREFIX)
 }
 
 #[cfg(test)]
@@ -31,13 +42,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_unique_fixed_width_and_time_sortable() {
-        let ids: Vec<String> = (0..1000).map(|_| new_txn_id()).collect();
-        assert!(ids.iter().all(|id| id.len() == 24));
-        let mut sorted = ids.clone();
-        sorted.sort();
-        assert_eq!(sorted, ids, "later ids sort after earlier ones");
-        sorted.dedup();
-        assert_eq!(sorted.len(), ids.len());
+    fn ids_are_unique_reserved_random_and_sort_by_time() -> Result<(), getrandom::Error> {
+        let mut ids = Vec::new();
+        for _ in 0..1000 {
+            ids.push(new_txn_id()?);
+        }
+        assert!(ids.iter().all(|id| id.len() == 33 && is_reserved(id)));
+        let times: Vec<&str> = ids.iter().map(|id| &id[1..13]).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "time prefix grows");
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        // Two ids of the same millisecond share no long common suffix: the
+        // random part is not a counter.
+        let tails: std::collections::HashSet<&str> = ids.iter().map(|id| &id[29..]).collect();
+        assert!(tails.len() > 990, "only {} distinct 16-bit tails", tails.len());
+        Ok(())
     }
 }

@@ -195,17 +195,18 @@ impl Driver {
                 "{live} unfinished transactions, the limit (--max-unfinished); retry later"
             )));
         }
+        let client_chosen = txn_id.is_some();
         let id = match txn_id {
             Some(id) => {
-                validate::id("txn_id", &id)?;
+                validate::client_txn_id(&id)?;
                 if let Some(found) = self.find_opt(&id)? {
                     return self
-                        .repeated_begin(found, mode, &branches)
+                        .repeated_begin(found, mode, timeout_ms, &branches)
                         .map(|()| (id, None));
                 }
                 id
             }
-            None => ids::new_txn_id(),
+            None => self.unused_server_id()?,
         };
         let mut txn = Txn::new(id.clone(), mode, timeout_ms, ids::now_ms());
         for (n, mut spec) in branches.into_iter().enumerate() {
@@ -231,8 +232,15 @@ impl Driver {
             let txn = slot.lock();
             if let Err(existing) = self.inner.insert(slot.clone(), &id) {
                 drop(txn);
+                if !client_chosen {
+                    // A server id is never another transaction's: 80 random
+                    // bits make this unreachable in practice.
+                    return Err(DriverError::Internal(format!(
+                        "server-generated id {id} is already in use; retry"
+                    )));
+                }
                 return self
-                    .repeated_begin(Found::Live(existing), mode, &[])
+                    .repeated_begin(Found::Live(existing), mode, timeout_ms, &[])
                     .map(|()| (id, None));
             }
             self.inner.persist(&slot, &txn)?
@@ -246,10 +254,29 @@ impl Driver {
         Ok((id, Some(slot)))
     }
 
+    /// A fresh server id that names no transaction, live or stored.
+    fn unused_server_id(&self) -> Result<String, DriverError> {
+        for _ in 0..8 {
+            let id = ids::new_txn_id().map_err(|e| {
+                DriverError::Unavailable(format!("no random bytes for a transaction id: {e}"))
+            })?;
+            if self.find_opt(&id)?.is_none() {
+                return Ok(id);
+            }
+        }
+        Err(DriverError::Internal(
+            "eight fresh transaction ids were all in use".into(),
+        ))
+    }
+
+    /// A repeated `Begin`/`Execute` of a client-chosen id: OK only when it
+    /// asks for the same transaction (mode, timeout and, for `Execute`,
+    /// branches); anything else is a conflict, never a silent OK.
     fn repeated_begin(
         &self,
         found: Found,
         mode: Mode,
+        timeout_ms: u64,
         branches: &[BranchSpec],
     ) -> Result<(), DriverError> {
         let existing = match found {
@@ -263,18 +290,19 @@ impl Driver {
                         && b.resource == s.resource
                         && b.payload == s.payload
                 }));
-        if existing.mode != mode || !same_branches {
-            return Err(DriverError::AlreadyExists(format!(
-                "transaction {} already exists with a different {}",
-                existing.id,
-                if existing.mode != mode {
-                    "mode"
-                } else {
-                    "set of branches"
-                }
-            )));
-        }
-        Ok(())
+        let different = if existing.mode != mode {
+            "mode"
+        } else if existing.timeout_ms != timeout_ms {
+            "timeout"
+        } else if !same_branches {
+            "set of branches"
+        } else {
+            return Ok(());
+        };
+        Err(DriverError::AlreadyExists(format!(
+            "transaction {} already exists with a different {different}",
+            existing.id
+        )))
     }
 
     /// Adds a branch; answers once the registration is durable.

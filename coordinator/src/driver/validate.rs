@@ -44,6 +44,20 @@ pub fn id(what: &str, value: &str) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// A transaction id a client chooses in `Begin`/`Execute`: an [`id`] not in
+/// the server's reserved form (see `driver::ids`).
+pub fn client_txn_id(value: &str) -> Result<(), DriverError> {
+    id("txn_id", value)?;
+    if crate::driver::ids::is_reserved(value) {
+        return Err(invalid(format!(
+            "txn_id {value:?} begins with '{}', which is reserved for ids the server \
+             generates; leave txn_id empty to get one, or choose another",
+            crate::driver::ids::SERVER_PREFIX
+        )));
+    }
+    Ok(())
+}
+
 /// A timeout in ms, 0 meaning `default`, at most `max`.
 pub fn timeout(what: &str, ms: u64, default: Duration, max: Duration) -> Result<u64, DriverError> {
     if ms == 0 {
