@@ -56,6 +56,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Start on a damaged log anyway (an operator's explicit, audited choice).
     pub accept_damaged_log: bool,
+    /// What one client connection, and all of them together, may hold.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Config {
@@ -77,12 +79,62 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 3600),
             collect_interval: Duration::from_secs(60),
             max_unfinished: 100_000,
-            max_message_bytes: 8 << 20,
+            max_message_bytes: derived_max_message(64, 64 * 1024),
             allow_participants: Vec::new(),
             auth: Auth::default(),
             tls: Tls::default(),
             metrics_listen: None,
             accept_damaged_log: false,
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// The largest request a valid client needs: `Execute` with `max_branches`
+/// branches of `max_payload_bytes` each, plus room for endpoints, resources
+/// and framing.
+pub fn derived_max_message(max_branches: usize, max_payload_bytes: usize) -> usize {
+    max_branches
+        .saturating_mul(max_payload_bytes.saturating_add(2048))
+        .saturating_add(64 * 1024)
+}
+
+/// Bounds on client connections and the requests they have in flight
+/// (README, "Security"): what stops idle sockets from using up descriptors
+/// and half-sent messages from using up memory.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Client connections held at once; more are closed on accept. Lowered
+    /// at start to what the open-file limit leaves room for.
+    pub max_connections: usize,
+    /// A new connection that sends nothing for this long is closed.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (live
+    /// clients answer the server's HTTP/2 pings, sent at a third of it).
+    pub idle_timeout: Duration,
+    /// Concurrent requests (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Longest time to receive one request message; slower ones fail with
+    /// DEADLINE_EXCEEDED and their buffers are freed.
+    pub request_read_timeout: Duration,
+    /// Bytes of request messages being received, over all connections;
+    /// beyond it requests fail with RESOURCE_EXHAUSTED.
+    pub max_request_memory: usize,
+    /// Participant channels kept open at once; the least recently used is
+    /// closed to make room, and any unused for `idle_timeout`.
+    pub max_participant_channels: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_streams_per_connection: 256,
+            request_read_timeout: Duration::from_secs(10),
+            max_request_memory: 256 << 20,
+            max_participant_channels: 1024,
         }
     }
 }

@@ -21,6 +21,10 @@
 //! | `after-abort-persisted` | the abort decision is durable, no rollback/cancel sent |
 //! | `after-some-rollbacks-sent` | the first branch acknowledged rollback/cancel, others may not have |
 //! | `before-aborted-persisted` | every branch acknowledged, ABORTED not yet written |
+//!
+//! Two more make the log fail instead of aborting (see [`failing`]):
+//! `log-sync-fails` (a synced batch) and `checkpoint-fails` (the
+//! acknowledged mark, written once a second even when idle).
 
 /// The failpoints set in `FAILPOINTS`, active while the guard lives; an
 /// error when this build has none compiled in.
@@ -41,6 +45,20 @@ pub fn from_env() -> Result<Scenario, &'static str> {
 pub struct Scenario {
     #[cfg(feature = "failpoints")]
     _armed: fail::FailScenario<'static>,
+}
+
+/// Whether the named point is set, for points that inject a failure rather
+/// than abort (always false without `failpoints`).
+pub fn failing(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
 /// Aborts the process if the named point is set (only with `failpoints`).

@@ -35,6 +35,19 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn describe() {
+    describe_gauge!("arbiter_connections", "Client connections held now.");
+    describe_counter!(
+        "arbiter_connections_refused_total",
+        "Connections closed on accept because --max-connections were held."
+    );
+    describe_counter!(
+        "arbiter_connections_timed_out_total",
+        "Connections closed for sending nothing within --handshake-timeout or --idle-timeout."
+    );
+    describe_counter!(
+        "arbiter_requests_refused_total",
+        "Requests failed while being received: why = read_timeout or memory."
+    );
     describe_counter!(
         "arbiter_transactions_total",
         "Transactions finished, by mode and outcome."
@@ -128,6 +141,26 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn connection_opened() {
+    gauge!("arbiter_connections").increment(1.0);
+}
+
+pub fn connection_closed() {
+    gauge!("arbiter_connections").decrement(1.0);
+}
+
+pub fn connection_refused() {
+    counter!("arbiter_connections_refused_total").increment(1);
+}
+
+pub fn connection_timed_out() {
+    counter!("arbiter_connections_timed_out_total").increment(1);
+}
+
+pub fn request_refused(why: &'static str) {
+    counter!("arbiter_requests_refused_total", "why" => why).increment(1);
 }
 
 pub fn log_damaged_read() {

@@ -323,7 +323,7 @@ fn sled_log_refuses_foreign_and_damaged_directories() {
 fn writer_completes_callers_once_durable_and_batches() {
     let dir = tempfile::tempdir().expect_ok("tempdir");
     let log: Arc<dyn TxnLog> = Arc::new(open_sled(dir.path()));
-    let writer = LogWriter::start(log.clone()).expect_ok("start");
+    let writer = LogWriter::start(log.clone(), Box::new(|_| {})).expect_ok("start");
     let pending: Vec<_> = (0..200)
         .map(|i| {
             writer.submit(record(&sample_txn(
@@ -360,7 +360,7 @@ fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
     let dir = tempfile::tempdir().expect_ok("tempdir");
     let path = dir.path().join("log");
     let log: Arc<dyn TxnLog> = Arc::new(open_sled(&path));
-    let writer = LogWriter::start(log.clone()).expect_ok("start");
+    let writer = LogWriter::start(log.clone(), Box::new(|_| {})).expect_ok("start");
     let done = sample_txn("done", TxnState::Committed, Some(5));
     writer
         .submit_lazy(record(&done))

@@ -90,6 +90,21 @@ pub struct ArbiterProcess {
     stderr: Option<PathBuf>,
     /// How the process last exited during start-up.
     last_exit: Option<std::process::ExitStatus>,
+    /// Open-file limit (soft and hard) to run under.
+    fd_limit: Option<u64>,
+}
+
+/// How to start an [`ArbiterProcess`] beyond its arguments.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// `FAILPOINTS` (e.g. `"after-decision-persisted=return"`).
+    pub failpoints: Option<&'a str>,
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Run under this open-file limit, soft and hard (`ulimit -n`).
+    pub fd_limit: Option<u64>,
+    /// Send stderr to this file instead of inheriting it.
+    pub stderr: Option<&'a Path>,
 }
 
 /// How a start that the coordinator may refuse ended.
@@ -132,14 +147,35 @@ impl ArbiterProcess {
         failpoints: Option<&str>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<ArbiterProcess> {
-        let mut process = Self::new(data_dir, args, None)?;
-        process.failpoints = failpoints.map(str::to_string);
-        process.env = env
+        let options = Launch {
+            failpoints,
+            env,
+            ..Launch::default()
+        };
+        Self::start_launch(data_dir, args, options).await
+    }
+
+    /// Like [`ArbiterProcess::start`], with everything [`Launch`] can set.
+    pub async fn start_launch(
+        data_dir: &Path,
+        args: &[&str],
+        options: Launch<'_>,
+    ) -> anyhow::Result<ArbiterProcess> {
+        let mut process = Self::new(data_dir, args, options.stderr)?;
+        process.failpoints = options.failpoints.map(str::to_string);
+        process.env = options
+            .env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        process.fd_limit = options.fd_limit;
         process.restart().await?;
         Ok(process)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Not started yet: on a free port, stderr to `stderr` (else inherited).
@@ -159,6 +195,7 @@ impl ArbiterProcess {
             env: Vec::new(),
             stderr: stderr.map(Path::to_path_buf),
             last_exit: None,
+            fd_limit: None,
         })
     }
 
@@ -262,7 +299,17 @@ impl ArbiterProcess {
         if self.child.is_some() {
             bail!("arbiter is still running");
         }
-        let mut command = Command::new(arbiter_bin()?);
+        let mut command = match self.fd_limit {
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(r#"ulimit -n "$0" && exec "$@""#)
+                    .arg(limit.to_string())
+                    .arg(arbiter_bin()?);
+                sh
+            }
+            None => Command::new(arbiter_bin()?),
+        };
         match &self.failpoints {
             Some(failpoints) => command.env("FAILPOINTS", failpoints),
             None => command.env_remove("FAILPOINTS"),
@@ -362,4 +409,37 @@ fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a process holds, from `/proc`: open descriptors and resident memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub fds: usize,
+    pub rss_bytes: u64,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} fds, {:.1} MB RSS",
+            self.fds,
+            self.rss_bytes as f64 / 1e6
+        )
+    }
+}
+
+/// The [`Usage`] of process `pid` now.
+pub fn usage(pid: u32) -> anyhow::Result<Usage> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc status")?;
+    Ok(Usage {
+        fds,
+        rss_bytes: rss_kb * 1024,
+    })
 }

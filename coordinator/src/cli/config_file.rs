@@ -191,6 +191,14 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         ),
         ("max-unfinished", config.max_unfinished.to_string()),
         ("max-message-bytes", config.max_message_bytes.to_string()),
+        (
+            "max-connections",
+            config.connections.max_connections.to_string(),
+        ),
+        (
+            "max-request-memory",
+            config.connections.max_request_memory.to_string(),
+        ),
         ("max-payload-bytes", config.max_payload_bytes.to_string()),
         ("max-branches", config.max_branches.to_string()),
         (

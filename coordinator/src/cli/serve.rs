@@ -9,7 +9,7 @@ use clap::Args;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::cli::duration;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
 use crate::security::{Auth, EndpointPattern, Tls, Token};
 use crate::server::{self, Storage};
 
@@ -76,9 +76,37 @@ pub struct ServeArgs {
     /// Execute answer RESOURCE_EXHAUSTED.
     #[arg(long, env = "ARBITER_MAX_UNFINISHED", default_value_t = 100_000)]
     pub max_unfinished: usize,
-    /// Largest gRPC request message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
-    #[arg(long, env = "ARBITER_MAX_MESSAGE_BYTES", default_value_t = 8 << 20)]
-    pub max_message_bytes: usize,
+    /// Largest gRPC request message accepted, in bytes (larger:
+    /// OUT_OF_RANGE). Default: what the largest valid Execute needs,
+    /// max-branches x (max-payload-bytes + 2 KiB) + 64 KiB (~4.3 MiB).
+    #[arg(long, env = "ARBITER_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Client connections held at once; more are closed on accept. Lowered
+    /// at start if the open-file limit leaves less room.
+    #[arg(long, env = "ARBITER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Close a new connection that sends nothing for this long (e.g. 10s).
+    #[arg(long, env = "ARBITER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub handshake_timeout: Duration,
+    /// Close a connection that sends nothing for this long; live clients
+    /// answer HTTP/2 pings sent every third of it.
+    #[arg(long, env = "ARBITER_IDLE_TIMEOUT", default_value = "60s", value_parser = duration::parse)]
+    pub idle_timeout: Duration,
+    /// Concurrent requests (HTTP/2 streams) one connection may have open.
+    #[arg(
+        long,
+        env = "ARBITER_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_streams_per_connection: u32,
+    /// Fail a request whose message has not fully arrived after this long
+    /// (DEADLINE_EXCEEDED), freeing what it held.
+    #[arg(long, env = "ARBITER_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub request_read_timeout: Duration,
+    /// Bytes of request messages being received at once, over all
+    /// connections; beyond it requests fail with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_REQUEST_MEMORY", default_value_t = 256 << 20)]
+    pub max_request_memory: usize,
     /// Participant endpoints clients may register (repeatable, or
     /// comma-separated): host:port, host:*, *.domain:port, 10.0.0.0/8,
     /// [fd00::/8]:port. Others are PERMISSION_DENIED. Default: any (warned).
@@ -162,7 +190,21 @@ impl ServeArgs {
             retention: Duration::from_secs(self.retention_secs),
             collect_interval: Duration::from_secs(self.collect_interval_secs.max(1)),
             max_unfinished: self.max_unfinished,
-            max_message_bytes: self.max_message_bytes.max(1024),
+            max_message_bytes: self
+                .max_message_bytes
+                .unwrap_or_else(|| {
+                    crate::config::derived_max_message(self.max_branches, self.max_payload_bytes)
+                })
+                .max(1024),
+            connections: ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
+                idle_timeout: self.idle_timeout.max(Duration::from_secs(1)),
+                max_streams_per_connection: self.max_streams_per_connection.max(1),
+                request_read_timeout: self.request_read_timeout.max(Duration::from_millis(100)),
+                max_request_memory: self.max_request_memory.max(64 * 1024),
+                ..ConnectionLimits::default()
+            },
             allow_participants: self.allow_participants.clone(),
             auth: Auth {
                 coordinator: self.coordinator_tokens.clone(),

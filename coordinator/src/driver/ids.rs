@@ -57,7 +57,11 @@ mod tests {
         // Two ids of the same millisecond share no long common suffix: the
         // random part is not a counter.
         let tails: std::collections::HashSet<&str> = ids.iter().map(|id| &id[29..]).collect();
-        assert!(tails.len() > 990, "only {} distinct 16-bit tails", tails.len());
+        assert!(
+            tails.len() > 990,
+            "only {} distinct 16-bit tails",
+            tails.len()
+        );
         Ok(())
     }
 }

@@ -90,9 +90,14 @@ pub struct Driver {
 impl Driver {
     /// A driver over `log`; starts the group-commit writer thread.
     pub fn new(config: Config, log: Arc<dyn TxnLog>) -> Result<Driver, DriverError> {
-        let writer = LogWriter::start(log.clone())?;
+        let fatal = Arc::new(tokio::sync::watch::Sender::new(None));
+        let on_failure = {
+            let fatal = fatal.clone();
+            move |error: &crate::store::StoreError| runtime::set_fatal(&fatal, error)
+        };
+        let writer = LogWriter::start(log.clone(), Box::new(on_failure))?;
         Ok(Driver {
-            inner: Arc::new(Inner::new(config, log, writer)),
+            inner: Arc::new(Inner::new(config, log, writer, fatal)),
         })
     }
 
@@ -246,10 +251,7 @@ impl Driver {
             self.inner.persist(&slot, &txn)?
         };
         self.inner.arm_timer(&slot, deadline_ms);
-        let result = durable
-            .await
-            .unwrap_or(Err(crate::store::StoreError::Closed));
-        result.map_err(DriverError::from)?;
+        self.inner.wait_durable(durable).await?;
         crate::crash_point!("after-begin-persisted");
         Ok((id, Some(slot)))
     }

@@ -149,7 +149,7 @@ pub struct Inner {
     shards: Vec<Mutex<HashMap<String, Arc<Slot>>>>,
     hasher: RandomState,
     /// Set when the log failed: the coordinator must stop.
-    pub fatal: watch::Sender<Option<String>>,
+    pub fatal: Arc<watch::Sender<Option<String>>>,
     /// Set when the coordinator is stopping: waiting clients are answered now.
     pub stopping: watch::Sender<bool>,
     /// Transactions finished since start, by outcome.
@@ -159,8 +159,25 @@ pub struct Inner {
     live: std::sync::atomic::AtomicUsize,
 }
 
+/// Records the first failure of the log: the coordinator must stop.
+pub fn set_fatal(fatal: &watch::Sender<Option<String>>, error: &StoreError) {
+    fatal.send_if_modified(|fatal| {
+        if fatal.is_none() {
+            *fatal = Some(error.to_string());
+            true
+        } else {
+            false
+        }
+    });
+}
+
 impl Inner {
-    pub fn new(config: Config, log: Arc<dyn TxnLog>, writer: LogWriter) -> Inner {
+    pub fn new(
+        config: Config,
+        log: Arc<dyn TxnLog>,
+        writer: LogWriter,
+        fatal: Arc<watch::Sender<Option<String>>>,
+    ) -> Inner {
         let participant_tls = config.tls.participants.clone();
         Inner {
             policy: config.policy(),
@@ -170,7 +187,7 @@ impl Inner {
             participants: Participants::new(participant_tls),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            fatal: watch::Sender::new(None),
+            fatal,
             stopping: watch::Sender::new(false),
             committed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
@@ -401,7 +418,7 @@ impl Inner {
         });
     }
 
-    async fn wait_durable(&self, durable: Durable) -> Result<(), DriverError> {
+    pub async fn wait_durable(&self, durable: Durable) -> Result<(), DriverError> {
         let result = durable.await.unwrap_or(Err(StoreError::Closed));
         if let Err(e) = &result {
             self.store_failed(e);
@@ -413,14 +430,7 @@ impl Inner {
         if *error == StoreError::Closed && *self.stopping.borrow() {
             return; // expected while shutting down
         }
-        self.fatal.send_if_modified(|fatal| {
-            if fatal.is_none() {
-                *fatal = Some(error.to_string());
-                true
-            } else {
-                false
-            }
-        });
+        set_fatal(&self.fatal, error);
     }
 
     fn spawn_call(self: &Arc<Self>, slot: Arc<Slot>, spec: CallSpec) {

@@ -5,6 +5,8 @@
 mod admin;
 pub(crate) mod convert;
 mod coordinator;
+pub mod incoming;
+pub mod requests;
 mod status;
 
 use std::future::Future;
@@ -16,7 +18,6 @@ use arbiter_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -58,7 +59,7 @@ pub enum ServeError {
 /// writes everything queued, and leaves unfinished transactions for recovery.
 /// If the log fails it stops on its own with [`ServeError::LogFailed`].
 pub async fn run(
-    config: Config,
+    mut config: Config,
     storage: Storage,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
@@ -66,8 +67,20 @@ pub async fn run(
     let max_message = config.max_message_bytes;
     let collect_interval = config.collect_interval;
     let auth = Arc::new(config.auth.clone());
+    let fd_limit = incoming::raise_fd_limit();
+    let limits = &mut config.connections;
+    limits.max_connections = incoming::connection_cap(limits.max_connections, fd_limit);
+    limits.max_participant_channels = limits
+        .max_participant_channels
+        .min(incoming::participant_channels(fd_limit));
+    let limits = limits.clone();
+    tracing::debug!(?fd_limit, ?limits, "connection limits");
     // Everything that can fail on bad settings, before the log is opened.
-    let mut builder = Server::builder();
+    let keepalive = limits.idle_timeout / 3;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive));
     if let Some(tls) = config.tls.server.clone() {
         builder = builder.tls_config(tls)?;
     }
@@ -161,13 +174,34 @@ pub async fn run(
             driver.begin_shutdown();
         }
     };
-    let served = builder
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let stop = {
+        let stopped = stopped.clone();
+        async move {
+            stop.await;
+            stopped.notify_one();
+        }
+    };
+    let budget = Arc::new(requests::Budget::new(limits.max_request_memory));
+    let serving = builder
+        .layer(requests::layer(&limits, budget))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(coordinator)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await;
+        .serve_with_incoming_shutdown(incoming::accept(listener, &limits), stop);
+    // Connections are given a grace period to finish after the stop, not
+    // forever: a client that never sends must not keep the process up.
+    let served = tokio::select! {
+        served = serving => served,
+        () = async {
+            stopped.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the stop; closing them");
+            Ok(())
+        }
+    };
     collector.abort();
     resumer.abort();
     if let Some(gauges) = gauges {
@@ -185,6 +219,9 @@ pub async fn run(
         }
     }
 }
+
+/// How long open connections may take to finish once the server stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The health of the whole server ("") and of each Arbiter service.
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -201,6 +201,12 @@ impl<K: Kv> TxnLog for KvLog<K> {
         let bytes = ops().map(|op| op.size() as u64).sum();
         self.kv.apply(ops())?;
         if sync {
+            if crate::failpoints::failing("log-sync-fails") {
+                return Err(StoreError::Io {
+                    op: "syncing the log",
+                    message: "failpoint log-sync-fails".into(),
+                });
+            }
             self.kv.sync()?;
             self.batch.store(next, Ordering::Release);
             self.hwm_update(false)?;
@@ -209,6 +215,12 @@ impl<K: Kv> TxnLog for KvLog<K> {
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
+        if crate::failpoints::failing("checkpoint-fails") {
+            return Err(StoreError::Io {
+                op: "writing the acknowledged mark",
+                message: "failpoint checkpoint-fails".into(),
+            });
+        }
         self.hwm_update(true)
     }
 

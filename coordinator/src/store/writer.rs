@@ -12,6 +12,8 @@
 //!
 //! After a failed write the writer is poisoned: every later record fails with
 //! the same error, because what sled holds is no longer known to be durable.
+//! It reports the failure at once (`on_failure`), so the coordinator stops
+//! even when no caller is waiting on a write (a failed checkpoint).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,9 @@ use crate::store::{StoreError, TxnLog, Write};
 
 /// The most records written in one group commit.
 pub const MAX_BATCH: usize = 4096;
+
+/// Told of the first failure of the log.
+pub type OnFailure = Box<dyn Fn(&StoreError) + Send>;
 
 /// Completes when the record is durable, or with the error that stopped it.
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
@@ -50,13 +55,13 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    pub fn start(log: Arc<dyn TxnLog>) -> Result<LogWriter, StoreError> {
+    pub fn start(log: Arc<dyn TxnLog>, on_failure: OnFailure) -> Result<LogWriter, StoreError> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("arbiter-log-writer".into())
-            .spawn(move || run(log, rx, &thread_stats))
+            .spawn(move || run(log, rx, &thread_stats, &*on_failure))
             .map_err(StoreError::io("starting the log writer thread"))?;
         Ok(LogWriter {
             tx,
@@ -107,7 +112,12 @@ impl LogWriter {
     }
 }
 
-fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
+fn run(
+    log: Arc<dyn TxnLog>,
+    rx: mpsc::Receiver<Msg>,
+    stats: &WriterStats,
+    on_failure: &(dyn Fn(&StoreError) + Send),
+) {
     let mut poisoned: Option<StoreError> = None;
     let mut records = Vec::with_capacity(64);
     let mut waiters = Vec::with_capacity(64);
@@ -117,11 +127,11 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
         let first = match rx.recv_timeout(crate::store::hwm::EVERY) {
             Ok(first) => first,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                checkpoint(&*log, &mut poisoned);
+                checkpoint(&*log, &mut poisoned, on_failure);
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                checkpoint(&*log, &mut poisoned);
+                checkpoint(&*log, &mut poisoned, on_failure);
                 return;
             }
         };
@@ -161,6 +171,7 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
             if let Err(err) = &result {
                 if poisoned.is_none() {
                     tracing::error!(error = %err, "transaction log write failed; nothing more will be acknowledged");
+                    on_failure(err);
                 }
                 poisoned = Some(err.clone());
             } else {
@@ -178,19 +189,24 @@ fn run(log: Arc<dyn TxnLog>, rx: mpsc::Receiver<Msg>, stats: &WriterStats) {
             }
         }
         if closing {
-            checkpoint(&*log, &mut poisoned);
+            checkpoint(&*log, &mut poisoned, on_failure);
             return;
         }
     }
 }
 
 /// Brings the acknowledged mark up to date, unless a write already failed.
-fn checkpoint(log: &dyn TxnLog, poisoned: &mut Option<StoreError>) {
+fn checkpoint(
+    log: &dyn TxnLog,
+    poisoned: &mut Option<StoreError>,
+    on_failure: &(dyn Fn(&StoreError) + Send),
+) {
     if poisoned.is_some() {
         return;
     }
     if let Err(err) = log.checkpoint() {
         tracing::error!(error = %err, "writing the acknowledged mark failed; nothing more will be acknowledged");
+        on_failure(&err);
         *poisoned = Some(err);
     }
 }
