@@ -41,7 +41,7 @@ pub struct SledKv {
     /// sled's log file, kept open for fdatasync after each flush.
     db_file: File,
     /// Blob files already fsync'ed; only touched by the single writer thread.
-    synced_blobs: Mutex<HashSet<OsString>>,
+    synced_blobs: Mutex<Blobs>,
 }
 
 /// sled reports its file lock held by another handle as an I/O error of
@@ -120,27 +120,36 @@ impl SledKv {
             db,
             dir: dir.to_path_buf(),
             db_file,
-            synced_blobs: Mutex::new(HashSet::new()),
+            synced_blobs: Mutex::new(Blobs::default()),
         })
     }
 
+    /// fsyncs blob files sled created since the last call. The blob
+    /// directory is listed only when its modification time moved: a stat
+    /// needs no descriptor, a listing does, and this runs on every flush.
     fn sync_new_blobs(&self) -> Result<(), StoreError> {
         let blob_dir = self.dir.join("blobs");
-        let entries = match std::fs::read_dir(&blob_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::io("listing sled's blobs")(e)),
-        };
-        let mut synced = self
+        let mut blobs = self
             .synced_blobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let modified = match std::fs::metadata(&blob_dir).and_then(|m| m.modified()) {
+            Ok(modified) => modified,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("looking at sled's blobs")(e)),
+        };
+        if blobs.unchanged(modified) {
+            return Ok(());
+        }
+        let listed_at = std::time::SystemTime::now();
+        let entries =
+            std::fs::read_dir(&blob_dir).map_err(StoreError::io("listing sled's blobs"))?;
         let mut present = HashSet::new();
         let mut any_new = false;
         for entry in entries {
             let entry = entry.map_err(StoreError::io("listing sled's blobs"))?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
+            if !blobs.synced.contains(&name) {
                 File::open(entry.path())
                     .and_then(|f| f.sync_all())
                     .map_err(StoreError::io("fsync of a sled blob"))?;
@@ -151,8 +160,33 @@ impl SledKv {
         if any_new {
             sync_dir(&blob_dir)?;
         }
-        *synced = present;
+        *blobs = Blobs {
+            synced: present,
+            listed: Some((modified, listed_at)),
+        };
         Ok(())
+    }
+}
+
+/// Blob files already fsynced, and when their directory was last listed.
+#[derive(Default)]
+struct Blobs {
+    synced: HashSet<OsString>,
+    /// The directory's modification time when listed, and when that was.
+    listed: Option<(std::time::SystemTime, std::time::SystemTime)>,
+}
+
+impl Blobs {
+    /// Whether the directory cannot have changed since it was listed: same
+    /// modification time, and that time well before the listing (a change
+    /// within the file system's timestamp granularity of it would not show).
+    fn unchanged(&self, modified: std::time::SystemTime) -> bool {
+        self.listed.is_some_and(|(seen, listed_at)| {
+            seen == modified
+                && listed_at
+                    .duration_since(seen)
+                    .is_ok_and(|gap| gap > std::time::Duration::from_millis(100))
+        })
     }
 }
 
