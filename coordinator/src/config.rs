@@ -58,6 +58,9 @@ pub struct Config {
     pub accept_damaged_log: bool,
     /// What one client connection, and all of them together, may hold.
     pub connections: ConnectionLimits,
+    /// This coordinator's own addresses (set when it starts serving): a
+    /// participant endpoint naming one is refused.
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             metrics_listen: None,
             accept_damaged_log: false,
             connections: ConnectionLimits::default(),
+            own_addresses: Vec::new(),
         }
     }
 }

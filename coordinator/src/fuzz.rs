@@ -62,7 +62,7 @@ pub fn request_bytes(data: &[u8]) {
     let branch = |spec: pb::BranchSpec| {
         let mut spec = convert::branch_spec(spec);
         let _ = validate::branch(&config, &mut spec);
-        let _ = validate::endpoint(&spec.participant, true);
+        let _ = validate::endpoint(&spec.participant, true, &[]);
     };
     if let Ok(req) = pb::ExecuteRequest::decode(data) {
         let _ = convert::mode_from_pb(req.mode);

@@ -36,6 +36,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 
 fn describe() {
     describe_gauge!("arbiter_connections", "Client connections held now.");
+    describe_gauge!(
+        "arbiter_participant_channels",
+        "Channels to participants held now (bounded; idle ones are closed)."
+    );
     describe_counter!(
         "arbiter_connections_refused_total",
         "Connections closed on accept because --max-connections were held."
@@ -141,6 +145,10 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn participant_channels(n: usize) {
+    gauge!("arbiter_participant_channels").set(n as f64);
 }
 
 pub fn connection_opened() {

@@ -4,6 +4,7 @@
 //! Payloads (UTF-8):
 //! - `yes` (or empty): vote YES; `read-only`: vote READ_ONLY;
 //! - `no:<reason>`: vote NO; `reject:<reason>`: answer FAILED_PRECONDITION;
+//! - `no-long:<bytes>`: vote NO with a reason that long;
 //! - `unavailable`: phase 1 answers UNAVAILABLE every time;
 //! - `slow:<ms>`: wait that long in phase 1, then vote YES.
 //!
@@ -91,6 +92,7 @@ impl Recorder {
             "" | "yes" => Ok(Vote::Yes),
             "read-only" => Ok(Vote::ReadOnly),
             "no" => Ok(Vote::No(arg.to_string())),
+            "no-long" => Ok(Vote::No("n".repeat(arg.parse().unwrap_or(1 << 20)))),
             "reject" => Err(ParticipantError::Rejected(arg.to_string())),
             "unavailable" => Err(ParticipantError::Unavailable(
                 "test participant is unavailable".into(),

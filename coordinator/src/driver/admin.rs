@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::driver::runtime::Slot;
-use crate::driver::{Driver, DriverError, Found, Outcome, Wait, ids};
+use crate::driver::{Driver, DriverError, Found, Outcome, Wait, ids, validate};
 use crate::engine::{Event, Mode, Txn, TxnState};
 use crate::store::{AuditEntry, StoreError, Write};
 
@@ -384,10 +384,6 @@ fn required_reason(reason: &str) -> Result<String, DriverError> {
             "a reason is required for this action (it goes into the audit log)".into(),
         ));
     }
-    if reason.len() > 1_000 {
-        return Err(DriverError::InvalidArgument(
-            "the reason is over 1000 bytes".into(),
-        ));
-    }
+    validate::reason(reason)?;
     Ok(reason.to_string())
 }

@@ -200,6 +200,17 @@ impl Driver {
                 "{live} unfinished transactions, the limit (--max-unfinished); retry later"
             )));
         }
+        // Branches are checked (and their endpoints normalised) first: a
+        // repeated Execute is compared with what was stored.
+        let mut branches = branches;
+        for (n, spec) in branches.iter_mut().enumerate() {
+            validate::branch(config, spec).map_err(|e| match e {
+                DriverError::InvalidArgument(m) => {
+                    DriverError::InvalidArgument(format!("branch {}: {m}", n + 1))
+                }
+                other => other,
+            })?;
+        }
         let client_chosen = txn_id.is_some();
         let id = match txn_id {
             Some(id) => {
@@ -214,13 +225,7 @@ impl Driver {
             None => self.unused_server_id()?,
         };
         let mut txn = Txn::new(id.clone(), mode, timeout_ms, ids::now_ms());
-        for (n, mut spec) in branches.into_iter().enumerate() {
-            validate::branch(config, &mut spec).map_err(|e| match e {
-                DriverError::InvalidArgument(m) => {
-                    DriverError::InvalidArgument(format!("branch {}: {m}", n + 1))
-                }
-                other => other,
-            })?;
+        for (n, spec) in branches.into_iter().enumerate() {
             txn.branches.push(Branch::new(
                 (n + 1).to_string(),
                 spec.participant,
@@ -375,6 +380,7 @@ impl Driver {
         reason: String,
         deadline: Option<Instant>,
     ) -> Result<Outcome, DriverError> {
+        validate::reason(&reason)?;
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
             Found::Stored(txn) if txn.state == TxnState::Aborted => {
@@ -466,6 +472,16 @@ impl Driver {
     }
 
     /// Answers waiting clients now; new work still runs.
+    /// Participant channels held now.
+    pub fn participant_channels(&self) -> usize {
+        self.inner.participants.channel_count()
+    }
+
+    /// Closes participant channels unused for the idle timeout.
+    pub fn evict_idle_channels(&self) -> usize {
+        self.inner.participants.evict_idle()
+    }
+
     pub fn begin_shutdown(&self) {
         self.inner.stopping.send_replace(true);
     }

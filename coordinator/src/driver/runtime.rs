@@ -145,7 +145,7 @@ pub struct Inner {
     policy: engine::Policy,
     pub log: Arc<dyn TxnLog>,
     pub writer: LogWriter,
-    participants: Participants,
+    pub participants: Participants,
     shards: Vec<Mutex<HashMap<String, Arc<Slot>>>>,
     hasher: RandomState,
     /// Set when the log failed: the coordinator must stop.
@@ -178,13 +178,17 @@ impl Inner {
         writer: LogWriter,
         fatal: Arc<watch::Sender<Option<String>>>,
     ) -> Inner {
-        let participant_tls = config.tls.participants.clone();
+        let participants = Participants::new(
+            config.tls.participants.clone(),
+            config.connections.max_participant_channels,
+            config.connections.idle_timeout,
+        );
         Inner {
             policy: config.policy(),
             config,
             log,
             writer,
-            participants: Participants::new(participant_tls),
+            participants,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             fatal,

@@ -1,5 +1,6 @@
 //! Checks of everything a client sends, with messages that say what is wrong.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -7,6 +8,9 @@ use crate::driver::DriverError;
 
 const MAX_ID_LEN: usize = 128;
 const MAX_RESOURCE_LEN: usize = 256;
+/// The longest reason a client or operator may give (Rollback, force,
+/// resolve), and the most of a participant's reason or error that is kept.
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// What a client asks one branch to be, before validation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,6 +62,30 @@ pub fn client_txn_id(value: &str) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// A reason a client or operator gives: at most [`MAX_REASON_BYTES`].
+pub fn reason(value: &str) -> Result<(), DriverError> {
+    if value.len() > MAX_REASON_BYTES {
+        return Err(invalid(format!(
+            "the reason is {} bytes; the limit is {MAX_REASON_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A participant's reason or error as it is kept: the first
+/// [`MAX_REASON_BYTES`] of it, marked when cut.
+pub fn truncated(text: String) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [truncated from {} bytes]", &text[..end], text.len())
+}
+
 /// A timeout in ms, 0 meaning `default`, at most `max`.
 pub fn timeout(what: &str, ms: u64, default: Duration, max: Duration) -> Result<u64, DriverError> {
     if ms == 0 {
@@ -73,17 +101,20 @@ pub fn timeout(what: &str, ms: u64, default: Duration, max: Duration) -> Result<
 }
 
 /// A participant endpoint: an absolute `http://host:port` URI (`https://`
-/// when `tls` is set).
-pub fn endpoint(uri: &str, tls: bool) -> Result<(), DriverError> {
+/// when `tls` is set), without user info, path or query, on a port that can
+/// be dialled, and not one of `own` (this coordinator's addresses: it would
+/// call itself). Returns the normalised form every later use keys on:
+/// lowercase scheme and host, explicit port, no trailing slash.
+pub fn endpoint(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, DriverError> {
     if uri.is_empty() {
         return Err(invalid("participant endpoint is empty".into()));
     }
     let parsed: http::Uri = uri
         .parse()
         .map_err(|e| invalid(format!("participant endpoint {uri:?} is not a URI: {e}")))?;
-    match parsed.scheme_str() {
-        Some("http") => {}
-        Some("https") if tls => {}
+    let scheme = match parsed.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => "http",
+        Some("https") if tls => "https",
         Some("https") => {
             return Err(invalid(format!(
                 "participant endpoint {uri:?} uses https, but the coordinator has no \
@@ -95,8 +126,18 @@ pub fn endpoint(uri: &str, tls: bool) -> Result<(), DriverError> {
                 "participant endpoint {uri:?} needs the scheme http://, e.g. http://127.0.0.1:9001"
             )));
         }
+    };
+    let Some(authority) = parsed.authority() else {
+        return Err(invalid(format!("participant endpoint {uri:?} has no host")));
+    };
+    if authority.as_str().contains('@') {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?} has user info (before '@'); \
+             give only scheme://host:port"
+        )));
     }
-    if parsed.host().is_none_or(str::is_empty) {
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
         return Err(invalid(format!("participant endpoint {uri:?} has no host")));
     }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
@@ -104,12 +145,62 @@ pub fn endpoint(uri: &str, tls: bool) -> Result<(), DriverError> {
             "participant endpoint {uri:?} must not have a path or query"
         )));
     }
-    Ok(())
+    // The port as written (`http::Uri` reads an out-of-range one as none).
+    let text = authority.as_str();
+    let after_host = match text.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => text.split_once(':').map_or("", |(_, port)| port),
+    };
+    let port_text = after_host.strip_prefix(':').unwrap_or(after_host);
+    let port = match port_text.parse::<u16>() {
+        _ if port_text.is_empty() => {
+            if scheme == "https" {
+                443
+            } else {
+                80
+            }
+        }
+        Ok(port) if port > 0 => port,
+        _ => {
+            return Err(invalid(format!(
+                "participant endpoint {uri:?} has port {port_text}; a port is 1-65535"
+            )));
+        }
+    };
+    if is_own(&host, port, own) {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?} is this coordinator's own address; \
+             a participant is another service"
+        )));
+    }
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+/// Whether `host:port` reaches one of this coordinator's own addresses, as
+/// far as can be told without DNS: the same IP (or any loopback or
+/// unspecified one where the coordinator listens on all or loopback
+/// addresses), or `localhost`.
+fn is_own(host: &str, port: u16, own: &[SocketAddr]) -> bool {
+    let ip: Option<IpAddr> = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok();
+    let local = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    own.iter().any(|addr| {
+        addr.port() == port
+            && (ip == Some(addr.ip())
+                || (local && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
 }
 
 /// Checks one branch and fills in its call timeout default.
 pub fn branch(config: &Config, spec: &mut BranchSpec) -> Result<(), DriverError> {
-    endpoint(&spec.participant, config.tls.participants.is_some())?;
+    spec.participant = endpoint(
+        &spec.participant,
+        config.tls.participants.is_some(),
+        &config.own_addresses,
+    )?;
     if !crate::security::allowed(&config.allow_participants, &spec.participant) {
         return Err(DriverError::PermissionDenied(format!(
             "participant endpoint {:?} is not in the allowlist (--allow-participant)",
@@ -151,16 +242,73 @@ mod tests {
         }
     }
 
+    fn normal(uri: &str) -> String {
+        match endpoint(uri, false, &[]) {
+            Ok(normal) => normal,
+            Err(e) => panic!("{uri}: {e}"),
+        }
+    }
+
+    fn refused(uri: &str, own: &[SocketAddr]) -> String {
+        message(endpoint(uri, false, own).map(|_| ()))
+    }
+
     #[test]
     fn endpoints_must_be_plain_http_host_port() {
-        assert!(endpoint("http://127.0.0.1:9001", false).is_ok());
-        assert!(endpoint("http://accounts.internal:80/", false).is_ok());
-        assert!(message(endpoint("", false)).contains("empty"));
-        assert!(message(endpoint("127.0.0.1:9001", false)).contains("http://"));
-        assert!(message(endpoint("ftp://x:1", false)).contains("http://"));
-        assert!(message(endpoint("http://x:1/api", false)).contains("path"));
-        assert!(message(endpoint("http://exa mple:1", false)).contains("not a URI"));
-        assert!(message(endpoint("https://x:1", false)).contains("https"));
+        assert_eq!(normal("http://127.0.0.1:9001"), "http://127.0.0.1:9001");
+        assert_eq!(
+            normal("http://accounts.internal:80/"),
+            "http://accounts.internal:80"
+        );
+        assert_eq!(
+            normal("HTTP://Accounts.Internal:7100/"),
+            "http://accounts.internal:7100"
+        );
+        assert_eq!(
+            normal("http://accounts.internal"),
+            "http://accounts.internal:80"
+        );
+        assert_eq!(normal("http://[::1]:9001"), "http://[::1]:9001");
+        assert!(refused("", &[]).contains("empty"));
+        assert!(refused("127.0.0.1:9001", &[]).contains("http://"));
+        assert!(refused("ftp://x:1", &[]).contains("http://"));
+        assert!(refused("http://x:1/api", &[]).contains("path"));
+        assert!(refused("http://exa mple:1", &[]).contains("not a URI"));
+        assert!(refused("https://x:1", &[]).contains("https"));
+    }
+
+    #[test]
+    fn endpoints_that_can_never_work_are_refused() {
+        assert!(refused("http://u1@127.0.0.1:5000", &[]).contains("user info"));
+        assert!(refused("http://u:p@127.0.0.1:5000", &[]).contains("user info"));
+        assert!(refused("http://127.0.0.1:0", &[]).contains("port"));
+        assert!(refused("http://127.0.0.1:99999", &[]).contains("port"));
+        let loopback: SocketAddr = "127.0.0.1:7089".parse().unwrap_or_else(|_| unreachable!());
+        let any: SocketAddr = "0.0.0.0:7089".parse().unwrap_or_else(|_| unreachable!());
+        for own in [
+            "http://127.0.0.1:7089",
+            "http://localhost:7089",
+            "http://[::1]:7089",
+        ] {
+            assert!(refused(own, &[loopback]).contains("own address"), "{own}");
+            assert!(refused(own, &[any]).contains("own address"), "{own}");
+        }
+        // Another host on the same port is fine (an interface address of
+        // this host is not looked up: no DNS, no interface list).
+        assert!(endpoint("http://10.1.2.3:7089", false, &[any]).is_ok());
+        assert!(endpoint("http://127.0.0.1:7090", false, &[loopback]).is_ok());
+    }
+
+    #[test]
+    fn reasons_are_capped_and_participants_cut() {
+        assert!(reason(&"r".repeat(1024)).is_ok());
+        assert!(message(reason(&"r".repeat(1025))).contains("limit"));
+        assert_eq!(truncated("short".into()), "short");
+        let cut = truncated("é".repeat(3000));
+        assert!(
+            cut.len() < 1100 && cut.ends_with("[truncated from 6000 bytes]"),
+            "{cut}"
+        );
     }
 
     #[test]

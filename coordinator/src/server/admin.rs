@@ -4,6 +4,7 @@ use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::admin_server::Admin;
 use tonic::{Request, Response, Status};
 
+use crate::driver::validate::truncated;
 use crate::driver::{Driver, ListFilter, ids};
 use crate::engine::{Mode, Txn};
 use crate::server::convert::{
@@ -40,6 +41,8 @@ fn summary(txn: &Txn, now_ms: u64) -> pb::TxnSummary {
         .max_by_key(|(at, _, _)| *at)
         .map(|(_, id, error)| format!("branch {id}: {error}"))
         .unwrap_or_default();
+    // A listing carries a bounded line per transaction, whatever an older
+    // log holds (`txn show` has the whole record).
     pb::TxnSummary {
         txn_id: txn.id.clone(),
         mode: mode_to_pb(txn.mode) as i32,
@@ -48,8 +51,8 @@ fn summary(txn: &Txn, now_ms: u64) -> pb::TxnSummary {
         branch_count: txn.branches.len() as u32,
         stuck: txn.stuck_since_ms.is_some(),
         attempts: txn.branches.iter().map(|b| b.attempts).sum(),
-        last_error,
-        reason: txn.reason.clone(),
+        last_error: truncated(last_error),
+        reason: truncated(txn.reason.clone()),
         created_at_ms: txn.created_at_ms,
     }
 }

@@ -74,6 +74,8 @@ pub async fn run(
         .max_participant_channels
         .min(incoming::participant_channels(fd_limit));
     let limits = limits.clone();
+    config.own_addresses = listener.local_addr().into_iter().collect();
+    config.own_addresses.extend(config.metrics_listen);
     tracing::debug!(?fd_limit, ?limits, "connection limits");
     // Everything that can fail on bad settings, before the log is opened.
     let keepalive = limits.idle_timeout / 3;
@@ -238,6 +240,7 @@ async fn update_gauges(driver: Driver) {
         let stats = driver.stats();
         let unfinished = stats.unfinished.iter().map(|(_, n)| n).sum();
         crate::metrics::unfinished(unfinished, stats.stuck);
+        crate::metrics::participant_channels(driver.participant_channels());
     }
 }
 
@@ -246,6 +249,10 @@ async fn collect_periodically(driver: Driver, interval: std::time::Duration) {
     ticker.tick().await;
     loop {
         ticker.tick().await;
+        let closed = driver.evict_idle_channels();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle participant channels");
+        }
         let d = driver.clone();
         match tokio::task::spawn_blocking(move || d.collect_finished()).await {
             Ok(Ok(0)) => {}
