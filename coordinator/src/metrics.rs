@@ -36,6 +36,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 
 fn describe() {
     describe_gauge!("arbiter_connections", "Client connections held now.");
+    describe_counter!(
+        "arbiter_heuristic_outcomes_total",
+        "Transactions finished with a mixed outcome: a branch resolved by hand against the decision."
+    );
     describe_gauge!(
         "arbiter_participant_channels",
         "Channels to participants held now (bounded; idle ones are closed)."
@@ -145,6 +149,10 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn heuristic_outcome(mode: &'static str) {
+    counter!("arbiter_heuristic_outcomes_total", "mode" => mode).increment(1);
 }
 
 pub fn participant_channels(n: usize) {

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod chaos;
+pub mod cli;
 pub mod postgres;
 pub mod process;
 pub mod recorder;

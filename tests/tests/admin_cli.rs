@@ -7,56 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use arbiter_sdk::{Branch, Execute, Mode, TxnState};
+use arbiter_tests::cli::{Output, cli, json, patient_server as server};
 use arbiter_tests::process::{arbiter_bin, free_port};
-use arbiter_tests::{ArbiterProcess, eventually, recorder_participant};
+use arbiter_tests::{eventually, recorder_participant};
 use serde_json::Value;
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `arbiter <args> --addr <addr>` with no terminal (so no prompts).
-fn cli(addr: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(arbiter_bin()?)
-        .args(args)
-        .args(["--addr", addr])
-        .stdin(Stdio::null())
-        .output()?;
-    Ok(Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-fn json(addr: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = cli(addr, &all)?;
-    anyhow::ensure!(
-        out.code == 0,
-        "{args:?} failed ({}): {}",
-        out.code,
-        out.stderr
-    );
-    Ok(serde_json::from_str(&out.stdout)?)
-}
-
-/// A server whose natural retries are far apart (up to 10 minutes), so that
-/// `txn retry` is what makes things happen; one failure flags stuck.
-async fn server(dir: &std::path::Path) -> anyhow::Result<ArbiterProcess> {
-    let args = [
-        "--retry-base-ms",
-        "600000",
-        "--retry-max-ms",
-        "600000",
-        "--stuck-after-attempts",
-        "1",
-    ];
-    ArbiterProcess::start(dir, &args).await
-}
 
 #[tokio::test]
 async fn stuck_transaction_is_listed_shown_and_completed_by_retry() -> anyhow::Result<()> {

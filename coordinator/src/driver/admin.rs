@@ -252,10 +252,15 @@ impl Driver {
         } else {
             "resolve-branch-rolled-back"
         };
-        let state = slot.durable_view().state;
-        self.audit_write(action, txn_id, branch_id, &reason, caller, state.name())
+        let view = slot.durable_view();
+        let outcome = if view.mixed_branches().is_empty() {
+            view.state.name().to_string()
+        } else {
+            format!("{} (heuristic mixed outcome)", view.state.name())
+        };
+        self.audit_write(action, txn_id, branch_id, &reason, caller, &outcome)
             .await?;
-        Ok(slot.durable_view())
+        Ok(view)
     }
 
     /// The latest audit entries, newest first.

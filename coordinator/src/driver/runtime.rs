@@ -138,6 +138,9 @@ fn record_finished(txn: &Txn) {
         txn.decided_at_ms.map(|d| since(txn.created_at_ms, d)),
         txn.decided_at_ms.map(|d| since(d, finished)),
     );
+    if !txn.mixed_branches().is_empty() {
+        crate::metrics::heuristic_outcome(txn.mode.name());
+    }
 }
 
 pub struct Inner {

@@ -510,10 +510,11 @@ fn phase2_calls(txn: &mut Txn, kind: CallKind) -> Vec<Action> {
 
 fn maybe_finish(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
     let done = match txn.state {
-        TxnState::Committing => txn
-            .branches
-            .iter()
-            .all(|b| matches!(b.state, BranchState::Committed | BranchState::ReadOnly)),
+        // A branch resolved by hand is finished whichever way it went.
+        TxnState::Committing => txn.branches.iter().all(|b| {
+            matches!(b.state, BranchState::Committed | BranchState::ReadOnly)
+                || (b.heuristic.is_some() && b.state == BranchState::RolledBack)
+        }),
         TxnState::Aborting => txn
             .branches
             .iter()
@@ -534,6 +535,23 @@ fn finish(txn: &mut Txn, now_ms: u64, durability: Durability) -> Vec<Action> {
     };
     txn.finished_at_ms = Some(now_ms);
     txn.stuck_since_ms = None;
+    let mixed = txn.mixed_branches();
+    if !mixed.is_empty() {
+        let against = if txn.state == TxnState::Committed {
+            "rolled back"
+        } else {
+            "committed"
+        };
+        let note = format!(
+            "heuristic mixed outcome: branch {} resolved by hand as {against}",
+            mixed.join(", ")
+        );
+        txn.reason = if txn.reason.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", txn.reason)
+        };
+    }
     vec![Action::Persist(durability), Action::Publish, Action::Forget]
 }
 

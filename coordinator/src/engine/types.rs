@@ -201,6 +201,22 @@ impl Txn {
         }
     }
 
+    /// The branches an operator resolved by hand against the decision
+    /// (rolled back under a commit, committed under an abort): a heuristic,
+    /// mixed outcome. Empty while undecided.
+    pub fn mixed_branches(&self) -> Vec<&str> {
+        let against = match self.state {
+            TxnState::Committing | TxnState::Committed => BranchState::RolledBack,
+            TxnState::Aborting | TxnState::Aborted => BranchState::Committed,
+            TxnState::Active | TxnState::Preparing => return Vec::new(),
+        };
+        self.branches
+            .iter()
+            .filter(|b| b.heuristic.is_some() && b.state == against)
+            .map(|b| b.id.as_str())
+            .collect()
+    }
+
     /// When an ACTIVE transaction times out; also the phase-1 deadline.
     pub fn deadline_ms(&self) -> u64 {
         self.created_at_ms.saturating_add(self.timeout_ms)

@@ -103,6 +103,11 @@ pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {
         branches: txn.branches.iter().map(branch_to_pb).collect(),
         stuck: txn.stuck_since_ms.is_some(),
         stuck_since_ms: txn.stuck_since_ms.unwrap_or(0),
+        mixed_branches: txn
+            .mixed_branches()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
     }
 }
 

@@ -40,6 +40,7 @@ fn to_json(txn: &pb::Transaction, details: &[pb::BranchDetail]) -> serde_json::V
         "state": output::state_name(txn.state),
         "reason": txn.reason,
         "stuck": txn.stuck,
+        "mixed_branches": txn.mixed_branches,
         "stuck_since_ms": txn.stuck_since_ms,
         "timeout_ms": txn.timeout_ms,
         "created_at_ms": txn.created_at_ms,
@@ -79,7 +80,18 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
     };
     say!("transaction  {}", txn.txn_id);
     say!("mode         {}", output::mode_name(txn.mode));
-    say!("state        {}{stuck}", output::state_name(txn.state));
+    let mixed = if txn.mixed_branches.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  MIXED (heuristic): branch {} resolved by hand against the decision",
+            txn.mixed_branches.join(", ")
+        )
+    };
+    say!(
+        "state        {}{stuck}{mixed}",
+        output::state_name(txn.state)
+    );
     if !txn.reason.is_empty() {
         say!("reason       {}", txn.reason);
     }

@@ -372,3 +372,47 @@ fn resolving_a_dead_branch_by_hand_lets_a_decided_transaction_finish() {
         "a mixed outcome, recorded on the branch"
     );
 }
+
+/// A branch resolved by hand against the decision used to leave the
+/// transaction COMMITTING for good, also after a restart.
+#[test]
+fn a_branch_resolved_against_the_decision_finishes_with_a_mixed_outcome() {
+    let mut txn = preparing(2);
+    vote(&mut txn, 0, VoteResult::Yes);
+    vote(&mut txn, 1, VoteResult::Yes);
+    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Phase2Failed {
+            branch: 1,
+            error: "gone".into(),
+        },
+    );
+    let mut before_restart = txn.clone();
+    let actions = must_step(
+        &mut txn,
+        Event::ResolveBranch {
+            branch: 1,
+            committed: false,
+            note: "rolled back by hand".into(),
+        },
+    );
+    assert_eq!(actions, vec![Persist(Durability::Flush), Publish, Forget]);
+    assert_eq!(txn.state, TxnState::Committed);
+    let second = txn.branches[1].id.clone();
+    assert_eq!(txn.mixed_branches(), vec![second.as_str()]);
+    assert!(
+        txn.reason.contains("heuristic mixed outcome"),
+        "{}",
+        txn.reason
+    );
+
+    // The same resolution as an earlier release stored it (the branch
+    // resolved, the transaction left COMMITTING) finishes on recovery.
+    before_restart.branches[1].state = BranchState::RolledBack;
+    before_restart.branches[1].heuristic = Some("rolled back by hand".into());
+    let actions = must_step(&mut before_restart, Event::Recovered);
+    assert_eq!(actions, vec![Persist(Durability::Lazy), Publish, Forget]);
+    assert_eq!(before_restart.state, TxnState::Committed);
+    assert_eq!(before_restart.mixed_branches().len(), 1);
+}
