@@ -332,6 +332,16 @@ async fn exit_codes_and_messages_for_bad_input() -> anyhow::Result<()> {
     let bad_flag = cli(&addr, &["txn", "ls", "--state", "sideways"])?;
     assert_eq!(bad_flag.code, 2);
     assert!(bad_flag.stderr.contains("sideways"), "{}", bad_flag.stderr);
+    // A usage error clap itself finds is JSON too when asked for.
+    let bad_flag_json = cli(&addr, &["txn", "ls", "--state", "sideways", "-o", "json"])?;
+    assert_eq!(bad_flag_json.code, 2);
+    let error: Value = serde_json::from_str(&bad_flag_json.stdout)?;
+    assert_eq!(error["error"]["kind"], "usage");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sideways"))
+    );
     let bad_age = cli(&addr, &["txn", "ls", "--older-than", "5 minutes"])?;
     assert_eq!(bad_age.code, 2);
     let no_target = cli(&addr, &["txn", "retry"])?;

@@ -12,10 +12,6 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 async fn health(endpoint: &str, service: &str) -> anyhow::Result<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
@@ -91,6 +87,32 @@ async fn health_is_not_serving_until_recovery_is_done() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The services a reflection client of protocol `$version` lists.
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await?
+            .into_inner();
+        let answer = answers.message().await?.and_then(|m| m.message_response);
+        let Some(MessageResponse::ListServicesResponse(list)) = answer else {
+            anyhow::bail!("no service list over {}: {answer:?}", stringify!($version));
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 #[tokio::test]
 async fn reflection_lists_every_service() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -98,29 +120,20 @@ async fn reflection_lists_every_service() -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(arbiter.endpoint.clone())?
         .connect()
         .await?;
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await?
-        .into_inner();
-    let answer = answers.message().await?.and_then(|m| m.message_response);
-    let Some(MessageResponse::ListServicesResponse(list)) = answer else {
-        panic!("no service list: {answer:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "arbiter.v1.Coordinator",
-        "arbiter.v1.Admin",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    // v1, and v1alpha for grpcio-reflection, Postman and older grpcurl.
+    let v1 = list_services!(v1, channel.clone());
+    let v1alpha = list_services!(v1alpha, channel);
+    for names in [v1, v1alpha] {
+        for expected in [
+            "arbiter.v1.Coordinator",
+            "arbiter.v1.Admin",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
     }
     Ok(())
 }

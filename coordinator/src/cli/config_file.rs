@@ -36,7 +36,9 @@ enum ConfigCommand {
 /// with clap's message (code 2) on a usage error, as `Cli::parse` would.
 pub fn parse() -> Cli {
     let mut argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = Cli::command().get_matches_from(argv.clone());
+    let matches = Cli::command()
+        .try_get_matches_from(argv.clone())
+        .unwrap_or_else(|e| super::usage_error(e, &argv));
     if let Some(("serve", serve)) = matches.subcommand()
         && let Some(path) = serve.get_one::<PathBuf>("config")
     {

@@ -114,6 +114,32 @@ pub fn report(command_was_serve: bool, error: &anyhow::Error) -> u8 {
     code
 }
 
+/// Ends the process on a command line clap refused: help and version as
+/// clap prints them; a usage error also as a JSON object on stdout when the
+/// arguments ask for `-o json` (exit code 2 either way).
+pub(crate) fn usage_error(error: clap::Error, argv: &[std::ffi::OsString]) -> ! {
+    use clap::error::ErrorKind;
+    let asks_json = argv
+        .windows(2)
+        .any(|w| matches!(w[0].to_str(), Some("-o" | "--output")) && w[1].to_str() == Some("json"))
+        || argv
+            .iter()
+            .any(|a| matches!(a.to_str(), Some("-ojson" | "--output=json")));
+    if asks_json
+        && !matches!(
+            error.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        )
+    {
+        let text = error.to_string();
+        let message = text.trim().trim_start_matches("error: ");
+        output::json(&serde_json::json!({
+            "error": { "code": 2, "kind": "usage", "message": message }
+        }));
+    }
+    error.exit()
+}
+
 /// Whether the command line asked for `-o json` (read again from the
 /// arguments: the parsed command has been consumed by then).
 fn wants_json() -> bool {

@@ -86,11 +86,15 @@ pub async fn run(
     if let Some(tls) = config.tls.server.clone() {
         builder = builder.tls_config(tls)?;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(arbiter_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Setup(format!("gRPC reflection: {e}")))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(arbiter_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| ServeError::Setup(format!("gRPC reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    // v1alpha too: grpcio-reflection, Postman and older grpcurl speak only it.
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let metrics = config.metrics_listen.is_some();
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install(addr).map_err(ServeError::Setup)?;
@@ -188,7 +192,8 @@ pub async fn run(
     let serving = builder
         .layer(requests::layer(&limits, budget))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(coordinator)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming::accept(listener, &limits), stop);
