@@ -111,7 +111,10 @@ pub struct ConnectionLimits {
     /// Client connections held at once; more are closed on accept. Lowered
     /// at start to what the open-file limit leaves room for.
     pub max_connections: usize,
-    /// A new connection that sends nothing for this long is closed.
+    /// Client connections from one address held at once.
+    pub max_connections_per_ip: usize,
+    /// A new connection that has not sent its handshake (24 bytes) within
+    /// this long is closed.
     pub handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (live
     /// clients answer the server's HTTP/2 pings, sent at a third of it).
@@ -133,6 +136,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_streams_per_connection: 256,

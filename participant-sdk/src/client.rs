@@ -161,11 +161,21 @@ pub struct Outcome {
     pub reason: String,
     /// For `execute`: the branch ids, in the order the branches were given.
     pub branch_ids: Vec<String>,
+    /// Branches an operator resolved by hand against the decision: a
+    /// heuristic, mixed outcome. Empty for an atomic one.
+    pub mixed_branches: Vec<String>,
 }
 
 impl Outcome {
+    /// Committed (every branch, unless [`Outcome::is_mixed`]).
     pub fn is_committed(&self) -> bool {
         self.state == TxnState::Committed
+    }
+
+    /// Whether an operator resolved some branch against the decision, so
+    /// not every branch went the way `state` says.
+    pub fn is_mixed(&self) -> bool {
+        !self.mixed_branches.is_empty()
     }
 
     pub fn is_aborted(&self) -> bool {
@@ -375,6 +385,7 @@ impl Client {
             txn_id: response.txn_id,
             reason: response.reason,
             branch_ids: Vec::new(),
+            mixed_branches: response.mixed_branches,
         })
     }
 
@@ -409,6 +420,7 @@ impl Client {
             txn_id: response.txn_id,
             reason: response.reason,
             branch_ids: response.branch_ids,
+            mixed_branches: response.mixed_branches,
         })
     }
 

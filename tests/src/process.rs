@@ -415,6 +415,8 @@ fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
     pub fds: usize,
+    /// Of the descriptors, the sockets (connections and listeners).
+    pub sockets: usize,
     pub rss_bytes: u64,
 }
 
@@ -422,8 +424,9 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} fds, {:.1} MB RSS",
+            "{} fds ({} sockets), {:.1} MB RSS",
             self.fds,
+            self.sockets,
             self.rss_bytes as f64 / 1e6
         )
     }
@@ -431,7 +434,15 @@ impl std::fmt::Display for Usage {
 
 /// The [`Usage`] of process `pid` now.
 pub fn usage(pid: u32) -> anyhow::Result<Usage> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let mut fds = 0;
+    let mut sockets = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        fds += 1;
+        // A descriptor may close between listing and reading its link.
+        if let Ok(target) = std::fs::read_link(fd?.path()) {
+            sockets += usize::from(target.to_string_lossy().starts_with("socket:"));
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kb: u64 = status
         .lines()
@@ -440,6 +451,7 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         .context("no VmRSS in /proc status")?;
     Ok(Usage {
         fds,
+        sockets,
         rss_bytes: rss_kb * 1024,
     })
 }

@@ -49,6 +49,10 @@ async fn rolling_back_a_branch_of_a_commit_by_hand_finishes_it_as_mixed() -> any
     assert_eq!(resolved.code, 0, "{}", resolved.stderr);
     let txn = client.get_transaction(&id).await?;
     assert_eq!(txn.state(), TxnState::Committed, "final, not stuck");
+    // A client asking for the outcome learns it is mixed, not just COMMITTED.
+    let outcome = client.commit(&id, true).await?;
+    assert!(outcome.is_committed() && outcome.is_mixed(), "{outcome:?}");
+    assert_eq!(outcome.mixed_branches, ["2"]);
     assert_eq!(txn.mixed_branches, ["2"]);
     assert!(
         txn.reason.contains("heuristic mixed outcome"),

@@ -30,25 +30,6 @@ async fn one_transaction(process: &ArbiterProcess, participant: &str) -> anyhow:
     Ok(())
 }
 
-/// Polls until a transaction runs end to end, checking `during` each time.
-async fn until_transactions_run(
-    process: &ArbiterProcess,
-    participant: &str,
-    mut during: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        during()?;
-        match one_transaction(process, participant).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                anyhow::bail!("no transaction ran within {PATIENCE:?}: {e:#}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 /// Polls `check` on the process's usage until it holds or `PATIENCE` ends.
 async fn until_usage(
     pid: u32,
@@ -68,6 +49,14 @@ async fn until_usage(
     }
 }
 
+/// A TCP connection to `address` from 127.0.0.2, so the attacker's address
+/// differs from the legitimate client's (127.0.0.1).
+async fn attacker_connect(address: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse()?)?;
+    Ok(socket.connect(address.parse()?).await?)
+}
+
 /// 1,100 idle TCP connections against a 1,024-descriptor limit used to take
 /// the log down for good while health still said SERVING.
 #[tokio::test]
@@ -77,7 +66,12 @@ async fn idle_connections_cannot_exhaust_descriptors() -> anyhow::Result<()> {
     let endpoint = participant.endpoint();
     let process = ArbiterProcess::start_launch(
         data.path(),
-        &["--handshake-timeout", "2s"],
+        &[
+            "--handshake-timeout",
+            "2s",
+            "--max-connections-per-ip",
+            "256",
+        ],
         Launch {
             fd_limit: Some(1024),
             ..Launch::default()
@@ -91,26 +85,85 @@ async fn idle_connections_cannot_exhaust_descriptors() -> anyhow::Result<()> {
     let address = process.endpoint.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     for _ in 0..1100 {
-        if let Ok(socket) = TcpStream::connect(&address) {
+        if let Ok(socket) = attacker_connect(&address).await {
             idle.push(socket);
         }
     }
-    let mut peak = usage(pid)?;
-    // The log keeps working: transactions run again as soon as the idle
-    // sockets are timed out, while the attacker still holds them open.
-    until_transactions_run(&process, &endpoint, || {
-        let now = usage(pid)?;
-        anyhow::ensure!(now.fds < 1024, "descriptors ran out: {now}");
-        if now.fds > peak.fds {
-            peak = now;
-        }
-        Ok(())
+    let peak = until_usage(pid, "the attacker's connections accepted", |u| {
+        u.fds >= before.fds + 200
+    })
+    .await?;
+    anyhow::ensure!(peak.fds < 1024, "descriptors ran out: {peak}");
+    // The log keeps working and another client is served at once: the
+    // attacker's address holds only its 256 places.
+    one_transaction(&process, &endpoint).await?;
+    anyhow::ensure!(
+        usage(pid)?.fds <= before.fds + 256 + 8,
+        "one address held more than its places"
+    );
+    // Still held open by the attacker, its silent connections are closed.
+    let after = until_usage(pid, "silent connections closed", |u| {
+        u.fds <= before.fds + 8
     })
     .await?;
     one_transaction(&process, &endpoint).await?;
     drop(idle);
-    let after = until_usage(pid, "descriptors come back", |u| u.fds <= before.fds + 8).await?;
     println!("1,100 idle connections, fd limit 1,024: before {before}; peak {peak}; after {after}");
+    Ok(())
+}
+
+/// One byte now and then used to turn the handshake deadline into the idle
+/// one; and one address could take every place under the cap.
+#[tokio::test]
+async fn a_trickle_of_bytes_does_not_hold_a_connection() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let data = tempfile::tempdir()?;
+    let process = ArbiterProcess::start(
+        data.path(),
+        &[
+            "--handshake-timeout",
+            "2s",
+            "--max-connections-per-ip",
+            "10",
+        ],
+    )
+    .await?;
+    let pid = process.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let before = usage(pid)?;
+    let address = process.endpoint.trim_start_matches("http://").to_string();
+    let mut trickles = Vec::new();
+    for _ in 0..50 {
+        let mut socket = TcpStream::connect(&address)?;
+        socket.write_all(b"P")?;
+        trickles.push(socket);
+    }
+    // Some are accepted (at most 10: the rest are closed on accept)...
+    let mut peak = until_usage(pid, "trickling connections accepted", |u| {
+        u.sockets >= before.sockets + 5
+    })
+    .await?;
+    for _ in 0..10 {
+        let now = usage(pid)?;
+        anyhow::ensure!(
+            now.sockets <= before.sockets + 10,
+            "one address held more than its 10 places: {now} (before: {before})"
+        );
+        peak = if now.sockets > peak.sockets {
+            now
+        } else {
+            peak
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still open on our side, each having sent a byte: closed anyway.
+    let after = until_usage(pid, "trickling connections closed", |u| {
+        u.sockets <= before.sockets
+    })
+    .await?;
+    drop(trickles);
+    println!(
+        "50 one-byte connections from one address: before {before}; peak {peak}; after {after}"
+    );
     Ok(())
 }
 
@@ -122,7 +175,7 @@ async fn half_send(
     streams: usize,
     declared: usize,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, Vec<h2::client::ResponseFuture>)> {
-    let socket = tokio::net::TcpStream::connect(address).await?;
+    let socket = attacker_connect(address).await?;
     let (client, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .handshake::<_, Bytes>(socket)
@@ -188,6 +241,8 @@ async fn half_sent_messages_hold_bounded_memory() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Another client is served meanwhile: the attacker holds only its share.
+    one_transaction(&process, &endpoint).await?;
     // Every half-sent request ends with an error status, none with OK.
     let mut refused = 0;
     for (_, responses) in &mut attack {

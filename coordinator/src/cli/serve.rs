@@ -85,7 +85,12 @@ pub struct ServeArgs {
     /// at start if the open-file limit leaves less room.
     #[arg(long, env = "ARBITER_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Close a new connection that sends nothing for this long (e.g. 10s).
+    /// Client connections from one IP address held at once (at most
+    /// --max-connections); more are closed on accept.
+    #[arg(long, env = "ARBITER_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
+    /// Close a new connection that has not sent its handshake within this
+    /// long (e.g. 10s).
     #[arg(long, env = "ARBITER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
     pub handshake_timeout: Duration,
     /// Close a connection that sends nothing for this long; live clients
@@ -198,6 +203,7 @@ impl ServeArgs {
                 .max(1024),
             connections: ConnectionLimits {
                 max_connections: self.max_connections.max(1),
+                max_connections_per_ip: self.max_connections_per_ip.max(1),
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
                 idle_timeout: self.idle_timeout.max(Duration::from_secs(1)),
                 max_streams_per_connection: self.max_streams_per_connection.max(1),

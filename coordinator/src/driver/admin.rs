@@ -38,10 +38,11 @@ impl ListFilter {
             && self
                 .older_than_ms
                 .is_none_or(|age| now_ms.saturating_sub(txn.created_at_ms) >= age)
-            && self
-                .participant
-                .as_ref()
-                .is_none_or(|p| txn.branches.iter().any(|b| &b.participant == p))
+            && self.participant.as_ref().is_none_or(|p| {
+                txn.branches
+                    .iter()
+                    .any(|b| validate::same_endpoint(&b.participant, p))
+            })
     }
 
     /// Whether only unfinished transactions can match (all live in memory).

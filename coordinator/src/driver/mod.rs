@@ -21,7 +21,7 @@ pub use validate::BranchSpec;
 use crate::config::Config;
 use crate::engine::{Branch, Event, Mode, Txn, TxnState};
 use crate::store::{LogWriter, TxnLog, WriterStats};
-use runtime::{Inner, Slot};
+use runtime::{Inner, Published, Slot};
 
 /// The outcome a client is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct Outcome {
     pub txn_id: String,
     pub state: TxnState,
     pub reason: String,
+    /// Branches resolved by hand against the decision (a mixed outcome).
+    pub mixed_branches: Vec<String>,
 }
 
 /// How long a `Commit`-like call holds the answer.
@@ -106,7 +108,8 @@ impl Driver {
     pub fn load_unfinished(&self) -> Result<Recovery, DriverError> {
         let txns = self.inner.log.unfinished()?;
         let mut slots = Vec::with_capacity(txns.len());
-        for txn in txns {
+        for mut txn in txns {
+            validate::normalise_stored(&mut txn);
             let id = txn.id.clone();
             match self.inner.insert(Slot::recovered(txn), &id) {
                 Ok(slot) | Err(slot) => slots.push(slot),
@@ -181,12 +184,16 @@ impl Driver {
         branches: Vec<BranchSpec>,
     ) -> Result<(String, Option<Arc<Slot>>), DriverError> {
         let config = &self.inner.config;
+        // A repeat that asks for the default (0) matches whatever timeout
+        // the transaction got, even if the default changed since.
+        let asked = timeout_ms;
         let timeout_ms = validate::timeout(
             "timeout_ms",
             timeout_ms,
             config.default_timeout,
             config.max_timeout,
         )?;
+        let asked_timeout = (asked != 0).then_some(timeout_ms);
         if branches.len() > config.max_branches {
             return Err(DriverError::InvalidArgument(format!(
                 "{} branches; the limit is {}",
@@ -216,8 +223,8 @@ impl Driver {
             Some(id) => {
                 validate::client_txn_id(&id)?;
                 if let Some(found) = self.find_opt(&id)? {
-                    return self
-                        .repeated_begin(found, mode, timeout_ms, &branches)
+                    let wanted: Vec<Wanted> = branches.iter().map(Wanted::from).collect();
+                    return repeated_begin(found, mode, asked_timeout, &wanted)
                         .map(|()| (id, None));
                 }
                 id
@@ -241,7 +248,6 @@ impl Driver {
             // is queued, so no later record of it can reach the log first.
             let txn = slot.lock();
             if let Err(existing) = self.inner.insert(slot.clone(), &id) {
-                drop(txn);
                 if !client_chosen {
                     // A server id is never another transaction's: 80 random
                     // bits make this unreachable in practice.
@@ -249,8 +255,9 @@ impl Driver {
                         "server-generated id {id} is already in use; retry"
                     )));
                 }
-                return self
-                    .repeated_begin(Found::Live(existing), mode, timeout_ms, &[])
+                // Ours never became visible: compare it with the winner.
+                let wanted: Vec<Wanted> = txn.branches.iter().map(Wanted::from).collect();
+                return repeated_begin(Found::Live(existing), mode, asked_timeout, &wanted)
                     .map(|()| (id, None));
             }
             self.inner.persist(&slot, &txn)?
@@ -274,42 +281,6 @@ impl Driver {
         Err(DriverError::Internal(
             "eight fresh transaction ids were all in use".into(),
         ))
-    }
-
-    /// A repeated `Begin`/`Execute` of a client-chosen id: OK only when it
-    /// asks for the same transaction (mode, timeout and, for `Execute`,
-    /// branches); anything else is a conflict, never a silent OK.
-    fn repeated_begin(
-        &self,
-        found: Found,
-        mode: Mode,
-        timeout_ms: u64,
-        branches: &[BranchSpec],
-    ) -> Result<(), DriverError> {
-        let existing = match found {
-            Found::Live(slot) => slot.lock().clone(),
-            Found::Stored(txn) => txn,
-        };
-        let same_branches = branches.is_empty()
-            || (existing.branches.len() == branches.len()
-                && existing.branches.iter().zip(branches).all(|(b, s)| {
-                    b.participant == s.participant
-                        && b.resource == s.resource
-                        && b.payload == s.payload
-                }));
-        let different = if existing.mode != mode {
-            "mode"
-        } else if existing.timeout_ms != timeout_ms {
-            "timeout"
-        } else if !same_branches {
-            "set of branches"
-        } else {
-            return Ok(());
-        };
-        Err(DriverError::AlreadyExists(format!(
-            "transaction {} already exists with a different {different}",
-            existing.id
-        )))
     }
 
     /// Adds a branch; answers once the registration is durable.
@@ -356,7 +327,7 @@ impl Driver {
     ) -> Result<Outcome, DriverError> {
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
-            Found::Stored(txn) => return Ok(outcome(&txn.id, txn.state, txn.reason)),
+            Found::Stored(txn) => return Ok(outcome(&txn.id, Published::of(&txn))),
         };
         self.commit_slot(txn_id, slot, wait, deadline).await
     }
@@ -384,7 +355,7 @@ impl Driver {
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
             Found::Stored(txn) if txn.state == TxnState::Aborted => {
-                return Ok(outcome(&txn.id, txn.state, txn.reason));
+                return Ok(outcome(&txn.id, Published::of(&txn)));
             }
             Found::Stored(txn) => {
                 return Err(DriverError::FailedPrecondition(format!(
@@ -472,6 +443,11 @@ impl Driver {
     }
 
     /// Answers waiting clients now; new work still runs.
+    /// Why the log failed, if it has.
+    pub fn fatal_now(&self) -> Option<String> {
+        self.inner.fatal.borrow().clone()
+    }
+
     /// Participant channels held now.
     pub fn participant_channels(&self) -> usize {
         self.inner.participants.channel_count()
@@ -540,15 +516,79 @@ impl Driver {
                 "transaction log failed: {reason}"
             )));
         }
-        Ok(outcome(txn_id, published.state, published.reason))
+        Ok(outcome(txn_id, published))
     }
 }
 
-fn outcome(txn_id: &str, state: TxnState, reason: String) -> Outcome {
+/// What a repeated `Begin`/`Execute` asks one branch to be.
+struct Wanted<'a> {
+    participant: &'a str,
+    resource: &'a str,
+    payload: &'a [u8],
+}
+
+impl<'a> From<&'a BranchSpec> for Wanted<'a> {
+    fn from(spec: &'a BranchSpec) -> Self {
+        Wanted {
+            participant: &spec.participant,
+            resource: &spec.resource,
+            payload: &spec.payload,
+        }
+    }
+}
+
+impl<'a> From<&'a Branch> for Wanted<'a> {
+    fn from(branch: &'a Branch) -> Self {
+        Wanted {
+            participant: &branch.participant,
+            resource: &branch.resource,
+            payload: &branch.payload,
+        }
+    }
+}
+
+/// A repeated `Begin`/`Execute` of a client-chosen id: OK only when it asks
+/// for the same transaction (mode, timeout unless it asked for the default,
+/// and for `Execute` the branches); anything else is a conflict, never a
+/// silent OK.
+fn repeated_begin(
+    found: Found,
+    mode: Mode,
+    timeout_ms: Option<u64>,
+    wanted: &[Wanted],
+) -> Result<(), DriverError> {
+    let existing = match found {
+        Found::Live(slot) => slot.lock().clone(),
+        Found::Stored(txn) => txn,
+    };
+    let same_branches = wanted.is_empty()
+        || (existing.branches.len() == wanted.len()
+            && existing.branches.iter().zip(wanted).all(|(b, w)| {
+                validate::same_endpoint(&b.participant, w.participant)
+                    && b.resource == w.resource
+                    && b.payload == w.payload
+            }));
+    let different = if existing.mode != mode {
+        "mode"
+    } else if timeout_ms.is_some_and(|t| t != existing.timeout_ms) {
+        "timeout"
+    } else if !same_branches {
+        "set of branches"
+    } else {
+        return Ok(());
+    };
+    Err(DriverError::AlreadyExists(format!(
+        "transaction {} already exists with a different {different}",
+        existing.id
+    )))
+}
+
+fn outcome(txn_id: &str, published: Published) -> Outcome {
     Outcome {
         txn_id: txn_id.to_string(),
-        state,
-        reason,
+        state: published.state,
+        reason: published.reason,
+        mixed_branches: published.mixed_branches,
     }
 }
 

@@ -7,7 +7,7 @@
 //! make room), and one unused for the idle timeout is closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,10 +50,49 @@ pub struct Participants {
     epoch: Instant,
 }
 
-/// One cached channel and when it was last handed out (ms since `epoch`).
+/// One cached channel, when it was last handed out (ms since `epoch`), and
+/// how many calls on it are running.
 struct Cached {
     channel: Channel,
     last_used: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A channel lent to one call; counts as in flight until dropped, so that a
+/// busy channel is never closed to make room (its socket would live on
+/// outside the cap).
+struct Lent {
+    channel: Channel,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why no channel could be had.
+enum NoChannel {
+    /// The endpoint itself is unusable: a NO vote.
+    Bad(String),
+    /// Every channel is busy: try again later.
+    Busy(String),
+}
+
+impl Cached {
+    fn lend(&self, now_ms: u64) -> Lent {
+        self.last_used.store(now_ms, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Lent {
+            channel: self.channel.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
 }
 
 impl Participants {
@@ -81,30 +120,36 @@ impl Participants {
 
     /// Closes the channels unused for the idle timeout; returns how many.
     pub fn evict_idle(&self) -> usize {
-        let cutoff = self.now_ms().saturating_sub(self.idle.as_millis() as u64);
+        self.evict_idle_at(self.now_ms())
+    }
+
+    fn evict_idle_at(&self, now_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(self.idle.as_millis() as u64);
         let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
         let before = channels.len();
-        channels.retain(|_, cached| cached.last_used.load(Ordering::Relaxed) >= cutoff);
+        channels.retain(|_, cached| {
+            !cached.idle() || cached.last_used.load(Ordering::Relaxed) >= cutoff
+        });
         before - channels.len()
     }
 
-    /// The shared channel to `endpoint`, created (lazily connecting) on first use.
-    fn channel(&self, endpoint: &str) -> Result<Channel, String> {
+    /// The shared channel to `endpoint`, created (lazily connecting) on
+    /// first use, lent to one call.
+    fn channel(&self, endpoint: &str) -> Result<Lent, NoChannel> {
         if let Some(cached) = self
             .channels
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(endpoint)
         {
-            cached.last_used.store(self.now_ms(), Ordering::Relaxed);
-            return Ok(cached.channel.clone());
+            return Ok(cached.lend(self.now_ms()));
         }
         let mut builder = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("bad participant endpoint {endpoint:?}: {e}"))?;
+            .map_err(|e| NoChannel::Bad(format!("bad participant endpoint {endpoint:?}: {e}")))?;
         if let (true, Some(tls)) = (endpoint.starts_with("https://"), &self.tls) {
             builder = builder
                 .tls_config(tls.clone())
-                .map_err(|e| format!("TLS for participant {endpoint:?}: {e}"))?;
+                .map_err(|e| NoChannel::Bad(format!("TLS for participant {endpoint:?}: {e}")))?;
         }
         let channel = builder
             .tcp_nodelay(true)
@@ -116,21 +161,30 @@ impl Participants {
         let mut channels = self.channels.write().unwrap_or_else(|p| p.into_inner());
         if !channels.contains_key(endpoint) && channels.len() >= self.max_channels {
             // Full: make room by closing the least recently used channel
-            // (calls in flight on it keep their clone until they end).
+            // that no call is using.
             let oldest = channels
                 .iter()
+                .filter(|(_, cached)| cached.idle())
                 .min_by_key(|(_, cached)| cached.last_used.load(Ordering::Relaxed))
                 .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                channels.remove(&oldest);
+            match oldest {
+                Some(oldest) => {
+                    channels.remove(&oldest);
+                }
+                None => {
+                    return Err(NoChannel::Busy(format!(
+                        "all {} participant channels are busy; the call will be retried",
+                        self.max_channels
+                    )));
+                }
             }
         }
         let cached = channels.entry(endpoint.to_string()).or_insert(Cached {
             channel,
             last_used: Arc::new(AtomicU64::new(now)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         });
-        cached.last_used.store(now, Ordering::Relaxed);
-        Ok(cached.channel.clone())
+        Ok(cached.lend(now))
     }
 
     fn request(spec: &CallSpec) -> tonic::Request<BranchCall> {
@@ -150,10 +204,12 @@ impl Participants {
 
     /// Prepare / try.
     pub async fn prepare(&self, spec: &CallSpec) -> VoteResult {
-        let channel = match self.channel(&spec.participant) {
-            Ok(c) => c,
-            Err(e) => return VoteResult::No(e),
+        let lent = match self.channel(&spec.participant) {
+            Ok(lent) => lent,
+            Err(NoChannel::Bad(e)) => return VoteResult::No(e),
+            Err(NoChannel::Busy(e)) => return VoteResult::Transient(e),
         };
+        let channel = lent.channel.clone();
         let request = Self::request(spec);
         let call = async {
             match spec.mode {
@@ -181,7 +237,10 @@ impl Participants {
 
     /// Commit / confirm or rollback / cancel.
     pub async fn finish(&self, spec: &CallSpec) -> Phase2Result {
-        let channel = self.channel(&spec.participant)?;
+        let lent = self.channel(&spec.participant).map_err(|e| match e {
+            NoChannel::Bad(e) | NoChannel::Busy(e) => e,
+        })?;
+        let channel = lent.channel.clone();
         let request = Self::request(spec);
         let call = async {
             match (spec.mode, spec.call) {
@@ -267,36 +326,52 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_channel_cache_is_bounded_and_drops_idle_channels() {
-        let participants = Participants::new(None, 2, Duration::from_millis(50));
-        for port in [7001, 7002, 7001, 7003] {
-            assert!(
-                participants
-                    .channel(&format!("http://127.0.0.1:{port}"))
-                    .is_ok()
-            );
-            // Uses a few ms apart, so "least recently used" is one channel.
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    async fn the_channel_cache_is_bounded_and_spares_busy_channels() {
+        let participants = Participants::new(None, 2, Duration::from_secs(60));
+        let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
+        let used_at = |port: u16, ms: u64| {
+            if let Some(cached) = participants
+                .channels
+                .read()
+                .ok()
+                .as_ref()
+                .and_then(|c| c.get(&endpoint(port)))
+            {
+                cached.last_used.store(ms, Ordering::Relaxed);
+            }
+        };
+        let held = participants.channel(&endpoint(7001)).ok();
+        drop(participants.channel(&endpoint(7002)));
+        used_at(7001, 1);
+        used_at(7002, 2);
+        // Full: 7001 is the least recently used but busy, so 7002 goes.
+        drop(participants.channel(&endpoint(7003)));
+        let kept = |port| {
+            participants
+                .channels
+                .read()
+                .map(|c| c.contains_key(&endpoint(port)))
+                .unwrap_or(false)
+        };
+        assert!(kept(7001) && kept(7003) && !kept(7002));
         assert_eq!(participants.channel_count(), 2, "at most the cap");
-        let kept: Vec<String> = participants
-            .channels
-            .read()
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default();
-        assert!(
-            kept.contains(&"http://127.0.0.1:7003".to_string())
-                && kept.contains(&"http://127.0.0.1:7001".to_string()),
-            "the least recently used (7002) went: {kept:?}"
-        );
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(participants.channel("http://127.0.0.1:7003").is_ok());
-        assert_eq!(
-            participants.evict_idle(),
-            1,
-            "7001 was idle past the timeout"
-        );
-        assert_eq!(participants.channel_count(), 1);
+        // Both busy: no room, and the call is told to retry.
+        let also_held = participants.channel(&endpoint(7003)).ok();
+        assert!(matches!(
+            participants.channel(&endpoint(7004)),
+            Err(NoChannel::Busy(_))
+        ));
+        drop((held, also_held));
+        // Idle past the timeout: closed by the sweep; a busy one never is.
+        let busy = participants.channel(&endpoint(7003)).ok();
+        used_at(7001, 0);
+        used_at(7003, 0);
+        let later = participants.now_ms() + 61_000;
+        assert_eq!(participants.evict_idle_at(later), 1);
+        assert!(kept(7003) && !kept(7001));
+        drop(busy);
+        assert_eq!(participants.evict_idle_at(later), 1);
+        assert_eq!(participants.channel_count(), 0);
     }
 
     #[test]

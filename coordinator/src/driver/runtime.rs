@@ -31,6 +31,22 @@ const SHARDS: usize = 64;
 pub struct Published {
     pub state: TxnState,
     pub reason: String,
+    pub mixed_branches: Vec<String>,
+}
+
+impl Published {
+    /// What readers may learn of `txn` as it is.
+    pub fn of(txn: &Txn) -> Published {
+        Published {
+            state: txn.state,
+            reason: txn.reason.clone(),
+            mixed_branches: txn
+                .mixed_branches()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        }
+    }
 }
 
 /// One live (unfinished, or just finished) transaction.
@@ -60,10 +76,7 @@ impl Slot {
     }
 
     fn with(txn: Txn, trace_id: Option<String>, written: Written) -> Arc<Slot> {
-        let published = Published {
-            state: txn.state,
-            reason: txn.reason.clone(),
-        };
+        let published = Published::of(&txn);
         Arc::new(Slot {
             txn: Mutex::new(txn),
             published: watch::Sender::new(published),
@@ -308,10 +321,7 @@ impl Inner {
                     }
                     Step::Lazy(self.persist_lazy(slot, &txn)?)
                 }
-                Action::Publish => Step::Publish(Published {
-                    state: txn.state,
-                    reason: txn.reason.clone(),
-                }),
+                Action::Publish => Step::Publish(Published::of(&txn)),
                 Action::Call {
                     branch,
                     call,
@@ -596,6 +606,7 @@ mod tests {
         slot.publish(Published {
             state: TxnState::Committing,
             reason: String::new(),
+            mixed_branches: Vec::new(),
         });
         let view = slot.durable_view();
         assert_eq!(
@@ -607,6 +618,7 @@ mod tests {
         slot.publish(Published {
             state: TxnState::Preparing,
             reason: String::new(),
+            mixed_branches: Vec::new(),
         });
         assert_eq!(slot.durable_view().state, TxnState::Committing);
     }

@@ -140,6 +140,14 @@ pub fn endpoint(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, Driv
     if host.is_empty() {
         return Err(invalid(format!("participant endpoint {uri:?} has no host")));
     }
+    // `127.1`, `2130706433`, `0x7f.1`: numeric forms the resolver reads as
+    // addresses, which would slip past the checks on addresses.
+    let numeric = host.starts_with("0x") || host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?}: write an IPv4 address as four decimal numbers"
+        )));
+    }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
         return Err(invalid(format!(
             "participant endpoint {uri:?} must not have a path or query"
@@ -176,6 +184,26 @@ pub fn endpoint(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, Driv
     Ok(format!("{scheme}://{host}:{port}"))
 }
 
+/// Whether two endpoints name the same participant: equal once normalised
+/// (records written before endpoints were normalised hold them as given).
+pub fn same_endpoint(a: &str, b: &str) -> bool {
+    a == b || {
+        let normal = |e: &str| endpoint(e, true, &[]).ok();
+        normal(a).is_some_and(|n| Some(n) == normal(b))
+    }
+}
+
+/// Normalises the endpoints of a transaction read from the log (written,
+/// perhaps, before endpoints were normalised); ones that no longer pass are
+/// kept as they are.
+pub fn normalise_stored(txn: &mut crate::engine::Txn) {
+    for branch in &mut txn.branches {
+        if let Ok(normal) = endpoint(&branch.participant, true, &[]) {
+            branch.participant = normal;
+        }
+    }
+}
+
 /// Whether `host:port` reaches one of this coordinator's own addresses, as
 /// far as can be told without DNS: the same IP (or any loopback or
 /// unspecified one where the coordinator listens on all or loopback
@@ -185,7 +213,8 @@ fn is_own(host: &str, port: u16, own: &[SocketAddr]) -> bool {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse()
-        .ok();
+        .ok()
+        .map(|ip: IpAddr| ip.to_canonical());
     let local = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified());
     own.iter().any(|addr| {
         addr.port() == port
@@ -283,6 +312,16 @@ mod tests {
         assert!(refused("http://u:p@127.0.0.1:5000", &[]).contains("user info"));
         assert!(refused("http://127.0.0.1:0", &[]).contains("port"));
         assert!(refused("http://127.0.0.1:99999", &[]).contains("port"));
+        for numeric in [
+            "http://127.1:7089",
+            "http://2130706433:7089",
+            "http://0x7f.1:7089",
+        ] {
+            assert!(
+                refused(numeric, &[]).contains("four decimal numbers"),
+                "{numeric}"
+            );
+        }
         let loopback: SocketAddr = "127.0.0.1:7089".parse().unwrap_or_else(|_| unreachable!());
         let any: SocketAddr = "0.0.0.0:7089".parse().unwrap_or_else(|_| unreachable!());
         for own in [

@@ -76,6 +76,7 @@ impl Coordinator for CoordinatorService {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
             reason: outcome.reason,
+            mixed_branches: outcome.mixed_branches,
         }))
     }
 
@@ -120,6 +121,7 @@ impl Coordinator for CoordinatorService {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
             reason: outcome.reason,
+            mixed_branches: outcome.mixed_branches,
             branch_ids,
         }))
     }

@@ -1,5 +1,6 @@
 //! Accepting client connections within bounds: at most `max_connections`
-//! held at once (more are closed on accept), and a connection that sends
+//! held at once and `max_connections_per_ip` from one address (more are
+//! closed on accept), and a connection that sends
 //! nothing for the handshake timeout (new) or the idle timeout (established)
 //! is closed. Without these, idle sockets that never send a request use up
 //! the process's descriptors and the log fails for want of one.
@@ -7,8 +8,10 @@
 //! Also the process's open-file limit: raised to its hard limit at start, and
 //! the connection cap lowered to what the limit leaves room for.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,32 +30,80 @@ use crate::config::ConnectionLimits;
 /// participant channels ([`participant_channels`]), metrics, and slack.
 const RESERVED_FDS: u64 = 64;
 
-/// One accepted client connection, holding its place under the cap.
+/// Bytes a client sends before the handshake deadline gives way to the idle
+/// one: the HTTP/2 connection preface is 24 bytes (a TLS ClientHello is
+/// longer), so one byte a minute cannot hold a connection open.
+const HANDSHAKE_BYTES: u64 = 24;
+
+/// One accepted client connection, holding its place under the caps.
 pub struct Conn {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
+    _peer: PeerPlace,
     deadline: Pin<Box<Sleep>>,
+    /// When the handshake window opened, then when bytes last arrived.
     last_read: Instant,
     handshake: Duration,
     idle: Duration,
-    spoken: bool,
+    received: u64,
 }
 
 impl Conn {
+    fn spoken(&self) -> bool {
+        self.received >= HANDSHAKE_BYTES
+    }
+
     /// When the connection is closed if nothing more arrives.
     fn due(&self) -> Instant {
-        self.last_read
-            + if self.spoken {
-                self.idle
-            } else {
-                self.handshake
-            }
+        let window = if self.spoken() {
+            self.idle
+        } else {
+            self.handshake
+        };
+        self.last_read + window
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         crate::metrics::connection_closed();
+    }
+}
+
+/// Connections held per peer address.
+type PerPeer = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in its peer's count, given back on drop.
+struct PeerPlace {
+    peers: PerPeer,
+    ip: IpAddr,
+}
+
+impl PeerPlace {
+    /// A place for `ip`, unless it already holds `max`.
+    fn take(peers: &PerPeer, ip: IpAddr, max: usize) -> Option<PeerPlace> {
+        let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerPlace {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -74,9 +125,15 @@ impl AsyncRead for Conn {
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.last_read = Instant::now();
-                    this.spoken = true;
+                let read = (buf.filled().len() - before) as u64;
+                if read > 0 {
+                    let was_spoken = this.spoken();
+                    this.received = this.received.saturating_add(read);
+                    // The handshake window runs from the accept, not from
+                    // each byte; after it, every byte restarts the idle one.
+                    if was_spoken || this.spoken() {
+                        this.last_read = Instant::now();
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -91,7 +148,7 @@ impl AsyncRead for Conn {
                         crate::metrics::connection_timed_out();
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
-                            if this.spoken {
+                            if this.spoken() {
                                 "connection idle past --idle-timeout"
                             } else {
                                 "nothing sent within --handshake-timeout"
@@ -143,6 +200,10 @@ pub fn accept(
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_peer_max = limits
+        .max_connections_per_ip
+        .clamp(1, limits.max_connections.max(1));
+    let peers = PerPeer::default();
     let (handshake, idle) = (limits.handshake_timeout, limits.idle_timeout);
     tokio::spawn(async move {
         let mut refused_since_warning = 0u64;
@@ -152,8 +213,8 @@ pub fn accept(
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors (or a similar passing failure):
                     // wait instead of spinning on the same error.
@@ -162,14 +223,19 @@ pub fn accept(
                     continue;
                 }
             };
-            let Ok(place) = places.clone().try_acquire_owned() else {
+            let places =
+                places.clone().try_acquire_owned().ok().and_then(|place| {
+                    Some((place, PeerPlace::take(&peers, peer.ip(), per_peer_max)?))
+                });
+            let Some((place, peer_place)) = places else {
                 drop(stream);
                 crate::metrics::connection_refused();
                 refused_since_warning += 1;
                 if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(
                         refused = refused_since_warning,
-                        "connection limit (--max-connections) reached; closing new connections"
+                        "connection limit (--max-connections or --max-connections-per-ip) reached; \
+                         closing new connections"
                     );
                     refused_since_warning = 0;
                     last_warning = Some(Instant::now());
@@ -181,11 +247,12 @@ pub fn accept(
             let conn = Conn {
                 stream,
                 _place: place,
+                _peer: peer_place,
                 deadline: Box::pin(tokio::time::sleep_until(now + handshake)),
                 last_read: now,
                 handshake,
                 idle,
-                spoken: false,
+                received: 0,
             };
             crate::metrics::connection_opened();
             if tx.send(Ok(conn)).await.is_err() {

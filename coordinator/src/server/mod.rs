@@ -92,9 +92,17 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_error = |e| ServeError::Setup(format!("gRPC reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    // Health and reflection need no token: their requests are small, so
+    // they may not be large.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(reflection_error)?
+        .max_decoding_message_size(OPEN_SERVICE_MESSAGE);
     // v1alpha too: grpcio-reflection, Postman and older grpcurl speak only it.
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(reflection_error)?
+        .max_decoding_message_size(OPEN_SERVICE_MESSAGE);
     let metrics = config.metrics_listen.is_some();
     if let Some(addr) = config.metrics_listen {
         crate::metrics::install(addr).map_err(ServeError::Setup)?;
@@ -124,6 +132,7 @@ pub async fn run(
     let recovered = recovery.len();
     crate::metrics::recovery_pending(recovered);
     let (health, health_service) = tonic_health::server::health_reporter();
+    let health_service = health_service.max_decoding_message_size(OPEN_SERVICE_MESSAGE);
     set_health(&health, ServingStatus::NotServing).await;
     let listen = listener
         .local_addr()
@@ -188,7 +197,10 @@ pub async fn run(
             stopped.notify_one();
         }
     };
-    let budget = Arc::new(requests::Budget::new(limits.max_request_memory));
+    let budget = Arc::new(requests::Budget::new(
+        limits.max_request_memory,
+        max_message,
+    ));
     let serving = builder
         .layer(requests::layer(&limits, budget))
         .add_service(health_service)
@@ -217,7 +229,12 @@ pub async fn run(
     let closing = driver.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     served?;
-    let fatal = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    // A failure while closing (the last checkpoint) counts too.
+    let fatal = fatal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .or_else(|| driver.fatal_now());
     match fatal {
         Some(reason) => Err(ServeError::LogFailed(reason)),
         None => {
@@ -226,6 +243,9 @@ pub async fn run(
         }
     }
 }
+
+/// Largest request message of the services open without a token.
+const OPEN_SERVICE_MESSAGE: usize = 64 * 1024;
 
 /// How long open connections may take to finish once the server stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

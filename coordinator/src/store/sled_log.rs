@@ -178,14 +178,16 @@ struct Blobs {
 
 impl Blobs {
     /// Whether the directory cannot have changed since it was listed: same
-    /// modification time, and that time well before the listing (a change
-    /// within the file system's timestamp granularity of it would not show).
+    /// modification time, and that time well before the listing. A change
+    /// within the file system's timestamp granularity of it would not show:
+    /// 3 s covers the coarsest in use (2 s on FAT; 1 s on ext3, HFS+ and
+    /// ext4 with small inodes).
     fn unchanged(&self, modified: std::time::SystemTime) -> bool {
         self.listed.is_some_and(|(seen, listed_at)| {
             seen == modified
                 && listed_at
                     .duration_since(seen)
-                    .is_ok_and(|gap| gap > std::time::Duration::from_millis(100))
+                    .is_ok_and(|gap| gap > std::time::Duration::from_secs(3))
         })
     }
 }
