@@ -159,6 +159,11 @@ impl PgCluster {
         )
     }
 
+    /// The `postgres://` URL of database `db`, as `arbiter serve --store` takes it.
+    pub fn store_url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
     /// A single connection to `db` (its driver runs in the background).
     pub async fn connect(&self, db: &str) -> anyhow::Result<tokio_postgres::Client> {
         let (client, connection) = tokio_postgres::connect(&self.url(db), NoTls).await?;

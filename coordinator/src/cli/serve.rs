@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// Directory of the sled transaction log (created if missing).
     #[arg(long, env = "ARBITER_DATA_DIR", default_value = "./arbiter-data")]
     pub data_dir: PathBuf,
+    /// Keep the log in PostgreSQL instead of sled in --data-dir:
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB (the schema is created or
+    /// migrated at start). README, "Running on PostgreSQL".
+    #[arg(
+        long,
+        env = "ARBITER_STORE",
+        hide_env_values = true,
+        conflicts_with = "in_memory"
+    )]
+    pub store: Option<String>,
     /// Keep the log in memory only (no durability; for experiments).
     #[arg(long, env = "ARBITER_IN_MEMORY")]
     pub in_memory: bool,
@@ -256,10 +266,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no --allow-participant: clients may register any endpoint, and the coordinator will call it"
         );
     }
-    let storage = if args.in_memory {
-        Storage::Memory
-    } else {
-        Storage::Sled(args.data_dir.clone())
+    let storage = match (&args.store, args.in_memory) {
+        (Some(url), _) => {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                anyhow::bail!(
+                    "--store {}: give a postgres://USER@HOST:PORT/DB URL \
+                     (the default store is sled in --data-dir)",
+                    crate::store::redacted(url)
+                );
+            }
+            Storage::Postgres(url.clone())
+        }
+        (None, true) => Storage::Memory,
+        (None, false) => Storage::Sled(args.data_dir.clone()),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

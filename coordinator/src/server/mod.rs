@@ -24,17 +24,30 @@ use tonic_health::server::HealthReporter;
 use crate::config::Config;
 use crate::driver::{Driver, DriverError};
 use crate::security::{Role, interceptor};
-use crate::store::{MemoryLog, OpenOptions, OpenReport, SledLog, StoreError, TxnLog};
+use crate::store::{MemoryLog, OpenOptions, OpenReport, PgLog, SledLog, StoreError, TxnLog};
 use admin::AdminService;
 use coordinator::CoordinatorService;
 
 /// Where the transaction log lives.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Storage {
     /// sled in this directory: the durable default.
     Sled(PathBuf),
     /// In memory only: everything is lost when the process ends.
     Memory,
+    /// PostgreSQL at this URL (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+/// Shown in logs: never a PostgreSQL password.
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sled(dir) => write!(f, "sled {}", dir.display()),
+            Storage::Memory => f.write_str("memory"),
+            Storage::Postgres(url) => write!(f, "postgres {}", crate::store::redacted(url)),
+        }
+    }
 }
 
 /// Why a coordinator stopped other than by being asked to.
@@ -125,6 +138,14 @@ pub async fn run(
             (Arc::new(log), report)
         }
         Storage::Memory => (Arc::new(MemoryLog::new()), OpenReport::default()),
+        Storage::Postgres(url) => {
+            let url = url.clone();
+            let (log, report) =
+                tokio::task::spawn_blocking(move || PgLog::open_postgres(&url, options))
+                    .await
+                    .map_err(|e| ServeError::Setup(format!("opening the log: {e}")))??;
+            (Arc::new(log), report)
+        }
     };
     let driver = Driver::new(config, log)?;
     driver.audit_open(&opened).await?;

@@ -3,8 +3,9 @@
 //! Everything goes through the [`TxnLog`] trait, so that the engine and driver
 //! never see sled (and a replicated backend can be added later). [`KvLog`]
 //! implements it once over any ordered key-value store ([`kv::Kv`]): sled
-//! ([`SledLog`], the default) and memory ([`MemoryLog`]); both run the same
-//! conformance suite (`coordinator/tests/store_conformance.rs`). [`keys`] owns
+//! ([`SledLog`], the default), PostgreSQL ([`PgLog`]) and memory
+//! ([`MemoryLog`]); all run the same conformance suite
+//! (`tests/tests/store_conformance.rs`). [`keys`] owns
 //! the on-disk layout, [`record`] the log's own schema and its checksums.
 //! [`LogWriter`] is the single writer that batches records into group commits.
 //!
@@ -26,12 +27,14 @@ pub mod keys;
 pub mod kv;
 pub(crate) mod memory;
 pub mod open;
+mod postgres;
 pub mod record;
 mod sled_log;
 mod writer;
 
 pub use kv::KvLog;
 pub use memory::MemoryLog;
+pub use postgres::{PgLog, SCHEMA as PG_SCHEMA, redacted};
 pub use record::{Record, Written};
 pub use sled_log::{OpenOptions, OpenReport, SledLog};
 pub use writer::{Durable, LogWriter, WriterStats};

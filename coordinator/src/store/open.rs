@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use crate::store::kv::{Kv, Pair, load};
 use crate::store::record::{self, FORMAT, Op, Record, TxnRecord, Written, v1};
-use crate::store::{StoreError, keys};
+use crate::store::{OpenOptions, StoreError, keys};
 
 /// Most problems listed in a refusal; the rest are counted.
 const LISTED: usize = 20;
@@ -381,6 +381,63 @@ fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Judges a checked log: damage accepted earlier is warned about; new damage
+/// (or `whole`, problems of the log as a whole) refuses `what` unless
+/// `options` accept it, in which case indexes are repaired and the damage
+/// remembered. Returns the accepted problems, one line each, if any.
+pub fn judge<K: Kv>(
+    kv: &K,
+    checked: &Checked,
+    whole: Vec<String>,
+    options: OpenOptions,
+    what: &str,
+    remedy: &str,
+) -> Result<Option<String>, StoreError> {
+    let accepted: std::collections::HashSet<String> = accepted_damage(kv)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let (known, new): (Vec<String>, Vec<String>) = checked
+        .problems
+        .iter()
+        .cloned()
+        .partition(|p| accepted.contains(p));
+    if !known.is_empty() {
+        tracing::warn!(
+            records = known.len(),
+            "the log still holds damaged records accepted earlier with --accept-damaged-log; \
+             their transactions answer DATA_LOSS:{}",
+            describe(&known, 0)
+        );
+    }
+    if whole.is_empty() && new.is_empty() && checked.more_problems == 0 {
+        return Ok(None);
+    }
+    let mut listed = whole;
+    listed.extend(new);
+    let problems = describe(&listed, checked.more_problems);
+    if !options.accept_damage {
+        return Err(StoreError::Damaged(format!(
+            "{what} is damaged; Arbiter will not serve it:{problems}\n\
+             {remedy} To start on it anyway, accepting that the transactions named above \
+             may be lost or wrong, start once with --accept-damaged-log (recorded in the \
+             audit log)."
+        )));
+    }
+    tracing::warn!(
+        "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
+    );
+    let repaired = repair_indexes(kv)?;
+    if repaired > 0 {
+        tracing::warn!(
+            repaired,
+            "put back missing index entries, so every unfinished transaction is resumed"
+        );
+    }
+    accept_damage(kv, checked.problems.clone())?;
+    Ok(Some(problems))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,3 +501,4 @@ mod tests {
         assert!(check_all(&kv).problems.is_empty());
     }
 }
+

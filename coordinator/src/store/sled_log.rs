@@ -325,49 +325,14 @@ fn open_existing(
             dir.join(hwm::FILE).display()
         ));
     }
-    let accepted: std::collections::HashSet<String> = open::accepted_damage(&kv)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let (known, new): (Vec<String>, Vec<String>) = checked
-        .problems
-        .iter()
-        .cloned()
-        .partition(|p| accepted.contains(p));
-    if !known.is_empty() {
-        tracing::warn!(
-            records = known.len(),
-            "the log still holds damaged records accepted earlier with --accept-damaged-log; \
-             their transactions answer DATA_LOSS:{}",
-            open::describe(&known, 0)
-        );
-    }
-    if !whole.is_empty() || !new.is_empty() || checked.more_problems > 0 {
-        let mut listed = whole;
-        listed.extend(new);
-        let problems = open::describe(&listed, checked.more_problems);
-        if !options.accept_damage {
-            return Err(StoreError::Damaged(format!(
-                "the transaction log in {} is damaged; Arbiter will not serve it:{problems}\n\
-                 Restore the data directory from a backup. To start on it anyway, accepting that \
-                 the transactions named above may be lost or wrong, start once with \
-                 --accept-damaged-log (recorded in the audit log).",
-                dir.display()
-            )));
-        }
-        tracing::warn!(
-            "starting on a damaged transaction log because --accept-damaged-log was given:{problems}"
-        );
-        let repaired = open::repair_indexes(&kv)?;
-        if repaired > 0 {
-            tracing::warn!(
-                repaired,
-                "put back missing index entries, so every unfinished transaction is resumed"
-            );
-        }
-        open::accept_damage(&kv, checked.problems.clone())?;
-        report.accepted_damage = Some(problems);
-    }
+    report.accepted_damage = open::judge(
+        &kv,
+        &checked,
+        whole,
+        options,
+        &format!("the transaction log in {}", dir.display()),
+        "Restore the data directory from a backup.",
+    )?;
     // What the log holds may still be only in the page cache (a crash
     // between a write and its fdatasync): make it durable before the mark
     // says so.

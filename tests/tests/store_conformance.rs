@@ -388,3 +388,78 @@ fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
         "close made it durable"
     );
 }
+
+/// A fresh database of `cluster` per log, as a PostgreSQL-backed log.
+fn open_postgres(url: &str) -> arbiter::store::PgLog {
+    arbiter::store::PgLog::open_postgres(url, OpenOptions::default())
+        .expect_ok("open on PostgreSQL")
+        .0
+}
+
+fn create_database(cluster: &arbiter_tests::postgres::PgCluster, name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect_ok("runtime");
+    runtime
+        .block_on(cluster.create_database(name))
+        .expect_ok("create database");
+}
+
+#[test]
+fn postgres_log_conforms_and_keeps_everything_across_reopen() {
+    let cluster = arbiter_tests::postgres::PgCluster::start(0).expect_ok("PostgreSQL");
+    let n = std::cell::Cell::new(0);
+    run_all(&|| {
+        n.set(n.get() + 1);
+        let name = format!("conform{}", n.get());
+        create_database(&cluster, &name);
+        Box::new(open_postgres(&cluster.store_url(&name)))
+    });
+    create_database(&cluster, "reopen");
+    let url = cluster.store_url("reopen");
+    reopen_keeps_everything(Box::new(open_postgres(&url)), &|| {
+        Box::new(open_postgres(&url))
+    });
+}
+
+#[test]
+fn postgres_log_refuses_a_newer_schema_and_a_bad_url() {
+    let cluster = arbiter_tests::postgres::PgCluster::start(0).expect_ok("PostgreSQL");
+    create_database(&cluster, "newer");
+    let url = cluster.store_url("newer");
+    drop(open_postgres(&url));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect_ok("runtime");
+    runtime
+        .block_on(async {
+            let client = cluster.connect("newer").await?;
+            client
+                .batch_execute("UPDATE arbiter_schema SET version = version + 1")
+                .await?;
+            anyhow::Ok(())
+        })
+        .expect_ok("bump the schema");
+    let err = arbiter::store::PgLog::open_postgres(&url, OpenOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.contains("newer than this binary")),
+        "{err:?}"
+    );
+    let unreachable = format!(
+        "postgres://postgres@127.0.0.1:{}/x",
+        arbiter_tests::process::free_port().expect_ok("port")
+    );
+    let err = arbiter::store::PgLog::open_postgres(&unreachable, OpenOptions::default())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_ref()
+            .is_some_and(|e| e.contains("cannot use PostgreSQL")),
+        "{err:?}"
+    );
+}
