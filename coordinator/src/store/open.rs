@@ -501,4 +501,3 @@ mod tests {
         assert!(check_all(&kv).problems.is_empty());
     }
 }
-
