@@ -35,6 +35,9 @@ pub const SCHEMA: i32 = 1;
 const MIGRATIONS: [&str; SCHEMA as usize] =
     ["CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)"];
 
+/// The advisory lock key one coordinator holds on its database.
+const COORDINATOR_LOCK: i64 = 0x4152_4249_5445_52; // "ARBITER"
+
 /// Keys read per round trip when visiting a range.
 const PAGE: i64 = 512;
 
@@ -44,6 +47,8 @@ const POOL: usize = 4;
 /// The key-value table, reached through a small pool.
 pub struct PgKv {
     pool: Pool,
+    /// The session holding the one-coordinator lock (see [`PgKv::lock`]).
+    _holder: Option<tokio_postgres::Client>,
     runtime: tokio::runtime::Handle,
     /// Ends the store's runtime thread when dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -97,9 +102,42 @@ impl PgKv {
             .map_err(|e| StoreError::Refused(format!("PostgreSQL pool: {e}")))?;
         Ok(PgKv {
             pool,
+            _holder: None,
             runtime,
             _stop: stop,
         })
+    }
+
+    /// Takes the database for this coordinator alone, as sled's file lock
+    /// does for a data directory: a session-level advisory lock held on a
+    /// connection of its own for as long as the store is open. Another
+    /// coordinator on the same database is refused at start.
+    fn lock(&mut self, url: &str) -> Result<(), StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Refused(format!("--store {}: {e}", redacted(url))))?;
+        let client = self.run(async move {
+            let locking = pg_error("taking the coordinator lock");
+            let (client, connection) = config.connect(NoTls).await.map_err(&locking)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::error!(error = %e, "lost the PostgreSQL session holding the coordinator lock");
+                }
+            });
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&COORDINATOR_LOCK])
+                .await
+                .map_err(&locking)?;
+            if !row.get::<_, bool>(0) {
+                return Err(StoreError::Refused(
+                    "another coordinator is using this database (its lock is held); \
+                     one coordinator per database"
+                        .into(),
+                ));
+            }
+            Ok(client)
+        })?;
+        self._holder = Some(client);
+        Ok(())
     }
 
     /// Runs `work` on the store's runtime and waits for it here.
@@ -288,32 +326,23 @@ impl Kv for PgKv {
         let pool = self.pool.clone();
         self.run(async move {
             let writing = pg_error("writing the log");
-            let mut client = pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(&writing)?;
-            if !put_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "INSERT INTO arbiter_kv (k, v) \
-                         SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                         ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                    )
-                    .await
-                    .map_err(&writing)?;
-                tx.execute(&statement, &[&put_keys, &put_values])
-                    .await
-                    .map_err(&writing)?;
-            }
-            if !deletes.is_empty() {
-                let statement = tx
-                    .prepare_cached("DELETE FROM arbiter_kv WHERE k = ANY($1::bytea[])")
-                    .await
-                    .map_err(&writing)?;
-                tx.execute(&statement, &[&deletes])
-                    .await
-                    .map_err(&writing)?;
-            }
-            // Durable once the commit returns (synchronous_commit on).
-            tx.commit().await.map_err(&writing)
+            let client = pool.get().await.map_err(pool_error)?;
+            // One statement, so one round trip, and atomic on its own: it
+            // commits (durably, with synchronous_commit on) before it returns.
+            let statement = client
+                .prepare_cached(
+                    "WITH gone AS (DELETE FROM arbiter_kv WHERE k = ANY($3::bytea[])) \
+                     INSERT INTO arbiter_kv (k, v) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                )
+                .await
+                .map_err(&writing)?;
+            client
+                .execute(&statement, &[&put_keys, &put_values, &deletes])
+                .await
+                .map_err(&writing)?;
+            Ok(())
         })
     }
 
@@ -331,13 +360,15 @@ impl KvLog<PgKv> {
         options: OpenOptions,
     ) -> Result<(PgLog, OpenReport), StoreError> {
         let where_ = redacted(url);
-        let kv = PgKv::connect(url)?;
+        let mut kv = PgKv::connect(url)?;
         kv.migrate().map_err(|e| match e {
             StoreError::Io { op, message } => StoreError::Refused(format!(
                 "cannot use PostgreSQL at {where_} ({op}): {message}"
             )),
             other => other,
         })?;
+        kv.lock(url)
+            .map_err(|e| StoreError::Refused(format!("{where_}: {e}")))?;
         let Some(format) = open::format_of(&kv)? else {
             kv.apply(&[
                 record::meta_op(keys::META_FORMAT, FORMAT),
