@@ -36,7 +36,7 @@ const MIGRATIONS: [&str; SCHEMA as usize] =
     ["CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)"];
 
 /// The advisory lock key one coordinator holds on its database.
-const COORDINATOR_LOCK: i64 = 0x4152_4249_5445_52; // "ARBITER"
+const COORDINATOR_LOCK: i64 = 0x0041_5242_4954_4552; // "ARBITER"
 
 /// Keys read per round trip when visiting a range.
 const PAGE: i64 = 512;
