@@ -37,6 +37,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 fn describe() {
     describe_gauge!("arbiter_connections", "Client connections held now.");
     describe_counter!(
+        "arbiter_log_unreachable_retries_total",
+        "Group commits tried again because the store (PostgreSQL) was out of reach."
+    );
+    describe_counter!(
         "arbiter_heuristic_outcomes_total",
         "Transactions finished with a mixed outcome: a branch resolved by hand against the decision."
     );
@@ -149,6 +153,10 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn log_unreachable() {
+    counter!("arbiter_log_unreachable_retries_total").increment(1);
 }
 
 pub fn heuristic_outcome(mode: &'static str) {

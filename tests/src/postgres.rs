@@ -15,6 +15,8 @@ pub struct PgCluster {
     bin: PathBuf,
     run_as: Option<String>,
     pub port: u16,
+    /// The server options it was started with, to start it again.
+    options: String,
 }
 
 /// Where `initdb` and `pg_ctl` are: on `PATH`, or Debian's versioned directory.
@@ -64,6 +66,7 @@ impl PgCluster {
             bin,
             run_as,
             port: 0,
+            options: String::new(),
         };
         let data = cluster.data_dir();
         cluster.run(
@@ -92,27 +95,46 @@ impl PgCluster {
                 cluster.dir.path().display(),
                 max_prepared_transactions
             );
-            let log = cluster.dir.path().join("server.log");
-            match cluster.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &data,
-                    "-l",
-                    &log.to_string_lossy(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    &options,
-                    "start",
-                ],
-            ) {
+            cluster.options = options;
+            match cluster.start_server() {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("pg_ctl start failed")))
+    }
+
+    fn start_server(&self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data,
+                "-l",
+                &log.to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &self.options,
+                "start",
+            ],
+        )
+    }
+
+    /// Stops the server at once (`-m immediate`: like a crash).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data_dir(), "-m", "immediate", "-w", "stop"],
+        )
+    }
+
+    /// Starts the server again after [`PgCluster::stop`], on the same port.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.start_server()
     }
 
     fn data_dir(&self) -> String {

@@ -116,3 +116,143 @@ async fn one_coordinator_per_database() -> anyhow::Result<()> {
     drop(first);
     Ok(())
 }
+
+/// A transaction id, and what its client was told (`None`: an error, or
+/// no answer in time).
+type Seen = (String, Option<TxnState>);
+
+/// PostgreSQL restarted under load: while it is down nothing is
+/// acknowledged that is not durable, the coordinator stays up, and after it
+/// is back every transaction finishes consistently with what its client and
+/// its participants were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_nothing() -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let cluster = PgCluster::start(0)?;
+    cluster.create_database("arbiter").await?;
+    let url = cluster.store_url("arbiter");
+    let dir = tempfile::tempdir()?;
+    let mut arbiter = ArbiterProcess::start(
+        dir.path(),
+        &[
+            "--store",
+            &url,
+            "--retry-base-ms",
+            "20",
+            "--retry-max-ms",
+            "200",
+        ],
+    )
+    .await?;
+    let (a, rec_a) = recorder_participant().await?;
+    let (b, rec_b) = recorder_participant().await?;
+    let client = arbiter.client().await?;
+
+    // What each client saw: Some(state) for an answer, None for an error or
+    // no answer in time.
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let (client, seen, stop) = (client.clone(), seen.clone(), stop.clone());
+        let (a, b) = (a.endpoint(), b.endpoint());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let id = format!("load-{worker}-{n}");
+                let execute = client.execute(
+                    Execute::two_phase()
+                        .txn_id(&id)
+                        .branch(Branch::new(&a, "r1"))
+                        .branch(Branch::new(&b, "r2"))
+                        .wait(true),
+                );
+                let state = match tokio::time::timeout(Duration::from_secs(3), execute).await {
+                    Ok(Ok(outcome)) => Some(outcome.state),
+                    _ => {
+                        // UNAVAILABLE at once while the database is down.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        None
+                    }
+                };
+                seen.lock().map(|mut s| s.push((id, state))).ok();
+            }
+        }));
+    }
+    let committed = |seen: &Mutex<Vec<Seen>>| {
+        seen.lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, st)| *st == Some(TxnState::Committed))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    eventually("load runs", || async {
+        (committed(&seen) >= 50).then_some(())
+    })
+    .await;
+    cluster.stop()?;
+    let during = committed(&seen);
+    // Down for a while under load: requests wait or fail, nothing is lost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        arbiter.is_running()?,
+        "the coordinator stays up while PostgreSQL is down"
+    );
+    cluster.start_again()?;
+    eventually("load runs again", || async {
+        (committed(&seen) >= during + 50).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await?;
+    }
+
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut unknown = 0;
+    for (id, state) in &seen {
+        let final_state = eventually("every transaction ends", || async {
+            let txn = client.get_transaction(id).await;
+            match txn {
+                Ok(txn) if matches!(txn.state(), TxnState::Committed | TxnState::Aborted) => {
+                    Some(Some(txn.state()))
+                }
+                Err(arbiter_sdk::ClientError::NotFound(_)) => Some(None),
+                _ => None,
+            }
+        })
+        .await;
+        match state {
+            // What a client was told is what happened.
+            Some(told) => assert_eq!(final_state, Some(*told), "{id}"),
+            None => unknown += 1,
+        }
+        let calls = [rec_a.calls(id), rec_b.calls(id)];
+        match final_state {
+            Some(TxnState::Committed) => {
+                for c in &calls {
+                    assert!(
+                        c.contains(&"commit") && !c.contains(&"rollback"),
+                        "{id}: {c:?}"
+                    );
+                }
+            }
+            _ => {
+                for c in &calls {
+                    assert!(!c.contains(&"commit"), "{id}: {c:?}");
+                }
+            }
+        }
+    }
+    println!(
+        "{} transactions, {} answered, {unknown} without an answer while PostgreSQL was down",
+        seen.len(),
+        seen.len() - unknown
+    );
+    Ok(())
+}

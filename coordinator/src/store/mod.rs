@@ -83,6 +83,11 @@ pub enum StoreError {
     Refused(String),
     #[error("the log is closed")]
     Closed,
+    /// The store cannot be reached for now (a database restarting or out of
+    /// reach). Nothing was written, or what was is written again: the
+    /// writer retries, and acknowledges nothing meanwhile.
+    #[error("the transaction log is out of reach: {0}")]
+    Unreachable(String),
 }
 
 impl StoreError {

@@ -54,17 +54,32 @@ pub struct PgKv {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A PostgreSQL failure: `Unreachable` when the server is gone for now (the
+/// connection closed or refused, shutting down, starting up), so the writer
+/// retries; `Io` for anything else, which stops the coordinator.
 fn pg_error(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::Io {
-        op,
-        message: e.to_string(),
+    move |e| {
+        let passing = e.is_closed()
+            || e.as_db_error().is_none()
+            || e.code().is_some_and(|code| {
+                let code = code.code();
+                code.starts_with("08") || code.starts_with("57P")
+            });
+        if passing {
+            StoreError::Unreachable(format!("{op}: {e}"))
+        } else {
+            StoreError::Io {
+                op,
+                message: e.to_string(),
+            }
+        }
     }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Io {
-        op: "connecting to PostgreSQL",
-        message: e.to_string(),
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error("connecting to PostgreSQL")(e),
+        other => StoreError::Unreachable(format!("connecting to PostgreSQL: {other}")),
     }
 }
 
@@ -85,8 +100,12 @@ pub fn redacted(url: &str) -> String {
 impl PgKv {
     /// Connects to `url` (a `postgres://` URL or a libpq key=value string).
     fn connect(url: &str) -> Result<PgKv, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Refused(format!("--store {}: {e}", redacted(url))))?;
+        if config.get_connect_timeout().is_none() {
+            // A host that drops packets must not hold the writer for minutes.
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
         let (runtime, stop) = runtime_thread()?;
         let manager = Manager::from_config(
             config,
@@ -365,6 +384,9 @@ impl KvLog<PgKv> {
             StoreError::Io { op, message } => StoreError::Refused(format!(
                 "cannot use PostgreSQL at {where_} ({op}): {message}"
             )),
+            StoreError::Unreachable(message) => {
+                StoreError::Refused(format!("cannot use PostgreSQL at {where_}: {message}"))
+            }
             other => other,
         })?;
         kv.lock(url)

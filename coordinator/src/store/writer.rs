@@ -10,7 +10,11 @@
 //! durable decision) can be submitted lazily: a batch of only those is
 //! written without a flush, and the next synced batch makes them durable.
 //!
-//! After a failed write the writer is poisoned: every later record fails with
+//! A store that is only out of reach for now ([`StoreError::Unreachable`]:
+//! a database restarting) gets the same batch again, with backoff, until it
+//! takes it; its callers wait, and nothing is acknowledged meanwhile.
+//!
+//! After any other failed write the writer is poisoned: every later record fails with
 //! the same error, because what sled holds is no longer known to be durable.
 //! It reports the failure at once (`on_failure`), so the coordinator stops
 //! even when no caller is waiting on a write (a failed checkpoint).
@@ -50,6 +54,8 @@ pub struct WriterStats {
 
 pub struct LogWriter {
     tx: mpsc::Sender<Msg>,
+    /// Set by [`LogWriter::close`]: stop retrying an unreachable store.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats: Arc<WriterStats>,
 }
@@ -59,12 +65,15 @@ impl LogWriter {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_closing = closing.clone();
         let thread = std::thread::Builder::new()
             .name("arbiter-log-writer".into())
-            .spawn(move || run(log, rx, &thread_stats, &*on_failure))
+            .spawn(move || run(log, rx, &thread_stats, &*on_failure, &thread_closing))
             .map_err(StoreError::io("starting the log writer thread"))?;
         Ok(LogWriter {
             tx,
+            closing,
             thread: std::sync::Mutex::new(Some(thread)),
             stats,
         })
@@ -100,6 +109,7 @@ impl LogWriter {
     /// Writes everything queued so far, then stops the thread and waits for it.
     /// Records submitted afterwards fail with [`StoreError::Closed`].
     pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
         let _ = self.tx.send(Msg::Close);
         let handle = self
             .thread
@@ -117,6 +127,7 @@ fn run(
     rx: mpsc::Receiver<Msg>,
     stats: &WriterStats,
     on_failure: &(dyn Fn(&StoreError) + Send),
+    shutting_down: &std::sync::atomic::AtomicBool,
 ) {
     let mut poisoned: Option<StoreError> = None;
     let mut records = Vec::with_capacity(64);
@@ -160,7 +171,7 @@ fn run(
             let started = std::time::Instant::now();
             let result = match &poisoned {
                 Some(err) => Err(err.clone()),
-                None => log.write(&records, sync),
+                None => write_until_reachable(&*log, &records, sync, shutting_down),
             };
             let result = result.map(|bytes| {
                 stats.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -191,6 +202,37 @@ fn run(
         if closing {
             checkpoint(&*log, &mut poisoned, on_failure);
             return;
+        }
+    }
+}
+
+/// Writes `records`, again and again while the store is out of reach (with
+/// backoff up to a second), until it takes them or the writer is closing.
+fn write_until_reachable(
+    log: &dyn TxnLog,
+    records: &[Write],
+    sync: bool,
+    closing: &std::sync::atomic::AtomicBool,
+) -> Result<u64, StoreError> {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut since: Option<std::time::Instant> = None;
+    loop {
+        match log.write(records, sync) {
+            Err(StoreError::Unreachable(why)) if !closing.load(Ordering::Acquire) => {
+                if since.is_none() {
+                    tracing::warn!(%why, "transaction log out of reach; retrying, nothing is acknowledged meanwhile");
+                    since = Some(std::time::Instant::now());
+                }
+                crate::metrics::log_unreachable();
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+            result => {
+                if let (Some(since), Ok(_)) = (since, &result) {
+                    tracing::info!(after = ?since.elapsed(), "transaction log reachable again");
+                }
+                return result;
+            }
         }
     }
 }
