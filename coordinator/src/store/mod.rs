@@ -79,7 +79,7 @@ pub enum StoreError {
     /// The log as a whole is damaged; it is not served.
     #[error("{0}")]
     Damaged(String),
-    #[error("refusing to use the data directory: {0}")]
+    #[error("refusing to use the log: {0}")]
     Refused(String),
     #[error("the log is closed")]
     Closed,

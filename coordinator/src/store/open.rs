@@ -242,12 +242,16 @@ fn header_of<K: Kv>(kv: &K, id: &str) -> Result<Option<TxnRecord>, StoreError> {
 
 /// Reads every record of the log and checks it. Reading errors of the store
 /// itself (a missing page or blob) are problems too.
-pub fn check_all<K: Kv>(kv: &K) -> Checked {
+/// A store out of reach (a database restarting) is not damage: that is an
+/// error, and the start can be tried again.
+pub fn check_all<K: Kv>(kv: &K) -> Result<Checked, StoreError> {
     let mut c = Checked::default();
-    if let Err(e) = check_into(kv, &mut c) {
-        c.problem(format!("the log cannot be read to the end: {e}"));
+    match check_into(kv, &mut c) {
+        Err(e @ StoreError::Unreachable(_)) => return Err(e),
+        Err(e) => c.problem(format!("the log cannot be read to the end: {e}")),
+        Ok(()) => {}
     }
-    c
+    Ok(c)
 }
 
 fn check_into<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
@@ -393,10 +397,10 @@ pub fn judge<K: Kv>(
     what: &str,
     remedy: &str,
 ) -> Result<Option<String>, StoreError> {
-    let accepted: std::collections::HashSet<String> = accepted_damage(kv)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let accepted: std::collections::HashSet<String> = match accepted_damage(kv) {
+        Err(e @ StoreError::Unreachable(_)) => return Err(e),
+        other => other.unwrap_or_default().into_iter().collect(),
+    };
     let (known, new): (Vec<String>, Vec<String>) = checked
         .problems
         .iter()
@@ -461,7 +465,7 @@ mod tests {
             matches!(load(&kv, "a"), Err(StoreError::Corrupt(_))),
             "an unreadable record is damage, never absence"
         );
-        let checked = check_all(&kv);
+        let checked = check_all(&kv).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(checked.problems.len(), 1, "{:?}", checked.problems);
         // Run again (as after a crash): nothing more to do, nothing lost.
         let again = upgrade_v1(&kv).unwrap_or_else(|e| panic!("{e}"));
@@ -483,7 +487,10 @@ mod tests {
         );
         assert_eq!(accepted_damage(&kv), Ok(problems));
         assert!(
-            check_all(&kv).problems.is_empty(),
+            check_all(&kv)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .problems
+                .is_empty(),
             "the list itself is a valid record"
         );
     }
@@ -496,8 +503,19 @@ mod tests {
         kv.apply(&record.ops).unwrap_or_else(|e| panic!("{e}"));
         kv.apply(&[Op::Delete(keys::unfinished_key("t"))])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(check_all(&kv).problems.len(), 1);
+        assert_eq!(
+            check_all(&kv)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .problems
+                .len(),
+            1
+        );
         assert_eq!(repair_indexes(&kv), Ok(1));
-        assert!(check_all(&kv).problems.is_empty());
+        assert!(
+            check_all(&kv)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .problems
+                .is_empty()
+        );
     }
 }

@@ -291,7 +291,7 @@ fn open_existing(
         report.upgraded = Some(upgraded);
     }
     let started = std::time::Instant::now();
-    let checked = open::check_all(&kv);
+    let checked = open::check_all(&kv)?;
     tracing::info!(records = checked.records, transactions = checked.transactions,
         elapsed = ?started.elapsed(), "checked every record of the log");
     report.records = checked.records;

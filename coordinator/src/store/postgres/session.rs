@@ -1,0 +1,324 @@
+//! Reaching PostgreSQL: the connection settings (and how they are shown,
+//! never with a password), the store's own runtime thread, which failures
+//! are passing, the schema migrations, and the writer's session, which
+//! holds the one-coordinator lock for every write it makes.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::store::StoreError;
+
+/// The schema this binary writes; each step of [`MIGRATIONS`] moves one up.
+pub const SCHEMA: i32 = 1;
+
+/// Statements that take the schema from version `n` to `n + 1` (index `n`).
+const MIGRATIONS: [&str; SCHEMA as usize] =
+    ["CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)"];
+
+/// The advisory lock key one coordinator holds on its database.
+const COORDINATOR_LOCK: i64 = 0x0041_5242_4954_4552; // "ARBITER"
+
+/// The batch statement: one round trip, atomic on its own, durable when it
+/// returns (with `synchronous_commit` on). The `DELETE` in the `WITH` runs
+/// even though its result is not read.
+const BATCH: &str = "WITH gone AS (DELETE FROM arbiter_kv WHERE k = ANY($3::bytea[])) \
+                     INSERT INTO arbiter_kv (k, v) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+
+/// The connection settings of `--store`, with timeouts that keep a dead or
+/// silent server from holding a caller for long.
+pub fn config(url: &str) -> Result<Config, StoreError> {
+    let mut config = Config::from_str(url)
+        .map_err(|e| StoreError::Refused(format!("--store is not a PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(10));
+    }
+    config.keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}
+
+/// `postgres://user@host:port/db` built from the parsed settings: never a
+/// password, however the URL carried one.
+pub fn describe(config: &Config) -> String {
+    // A password with an unescaped '@' ends up in what parses as the host.
+    let unclear = config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, Host::Tcp(name) if name.contains('@')));
+    if unclear {
+        return "(--store with an unescaped '@'; write it as %40)".into();
+    }
+    let user = config.get_user().unwrap_or("");
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            Host::Tcp(name) => format!("{name}:{port}"),
+            #[cfg(unix)]
+            Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{}/{db}", hosts.join(","))
+}
+
+/// What `--store` names, for messages: [`describe`]d, or a placeholder when
+/// it does not parse (its text may hold a password).
+pub fn redacted(url: &str) -> String {
+    Config::from_str(url).map_or_else(|_| "(unparsable --store)".into(), |c| describe(&c))
+}
+
+/// A current-thread runtime on a thread of its own, running until the
+/// returned sender is dropped.
+pub fn runtime_thread()
+-> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StoreError::io("starting the PostgreSQL runtime"))?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("arbiter-postgres".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })
+        .map_err(StoreError::io("starting the PostgreSQL thread"))?;
+    Ok((handle, stop))
+}
+
+/// Runs `work` on `runtime` and waits for it on this thread. Inside a
+/// multi-threaded tokio runtime the wait is announced (`block_in_place`), so
+/// the other tasks of that worker move elsewhere meanwhile.
+pub fn run_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = done.send(work.await);
+    });
+    let wait = || result.recv().map_err(|_| StoreError::Closed);
+    let in_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_worker {
+        tokio::task::block_in_place(wait)?
+    } else {
+        wait()?
+    }
+}
+
+/// A PostgreSQL failure: [`StoreError::Unreachable`] when the server is gone
+/// for now (the connection closed, refused or timed out; the server shutting
+/// down, starting up or out of connections), so the writer retries;
+/// [`StoreError::Io`] for anything else, which stops the coordinator.
+pub fn pg_error(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        let passing_code = e.code().is_some_and(|code| {
+            matches!(
+                code.code(),
+                "08000" | "08001" | "08003" | "08006" | "57P01" | "57P02" | "57P03" | "53300"
+            )
+        });
+        if e.is_closed() || io || passing_code || e.to_string().contains("timed out") {
+            StoreError::Unreachable(format!("{op}: {e}"))
+        } else {
+            StoreError::Io {
+                op,
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+pub fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error("connecting to PostgreSQL")(e),
+        other => StoreError::Unreachable(format!("connecting to PostgreSQL: {other}")),
+    }
+}
+
+/// The connection every write goes through. It holds the one-coordinator
+/// lock: if it is lost (PostgreSQL restarted), it is taken again before the
+/// next write, and if another coordinator has it by then, writing stops for
+/// good. So two coordinators never write the same database.
+pub struct WriterSession {
+    config: Config,
+    live: Option<Client>,
+    /// The batch statement, prepared on the first write of a session (the
+    /// table may not exist before the migration).
+    batch: Option<Statement>,
+}
+
+impl WriterSession {
+    pub fn new(config: Config) -> WriterSession {
+        WriterSession {
+            config,
+            live: None,
+            batch: None,
+        }
+    }
+
+    /// Connects, takes the lock, and checks the durability settings.
+    pub async fn open(&mut self) -> Result<(), StoreError> {
+        if self.live.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.live = None;
+        self.batch = None;
+        let connecting = pg_error("connecting to PostgreSQL");
+        let (client, connection) = self.config.connect(NoTls).await.map_err(&connecting)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the PostgreSQL session of the log writer ended");
+            }
+        });
+        let locking = pg_error("taking the coordinator lock");
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&COORDINATOR_LOCK])
+            .await
+            .map_err(&locking)?;
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::Refused(
+                "another coordinator is using this database (its lock is held); \
+                 one coordinator per database"
+                    .into(),
+            ));
+        }
+        let settings = client
+            .query_one(
+                "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
+                &[],
+            )
+            .await
+            .map_err(&locking)?;
+        let (synchronous_commit, fsync): (String, String) = (settings.get(0), settings.get(1));
+        if synchronous_commit == "off" {
+            return Err(StoreError::Refused(
+                "synchronous_commit is off for this session: PostgreSQL would acknowledge \
+                 commits it can still lose. Set it to on (README, \"Running on PostgreSQL\")"
+                    .into(),
+            ));
+        }
+        if fsync != "on" {
+            tracing::warn!(
+                "PostgreSQL runs with fsync off: a crash of its machine can lose acknowledged decisions"
+            );
+        }
+        self.live = Some(client);
+        Ok(())
+    }
+
+    /// Writes one batch: puts and deletes, all or none.
+    pub async fn write(
+        &mut self,
+        put_keys: &[Vec<u8>],
+        put_values: &[Vec<u8>],
+        deletes: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        self.open().await?;
+        let Some(client) = &self.live else {
+            return Err(StoreError::Unreachable("no PostgreSQL session".into()));
+        };
+        let statement = match &self.batch {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = client
+                    .prepare(BATCH)
+                    .await
+                    .map_err(pg_error("preparing the batch statement"))?;
+                self.batch = Some(statement.clone());
+                statement
+            }
+        };
+        let result = client
+            .execute(&statement, &[&put_keys, &put_values, &deletes])
+            .await;
+        if let Err(e) = result {
+            if client.is_closed() {
+                self.live = None;
+                self.batch = None;
+            }
+            return Err(pg_error("writing the log")(e));
+        }
+        Ok(())
+    }
+}
+
+/// Creates or migrates the schema; refuses one newer than this binary.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let migrating = pg_error("migrating the schema");
+    let tx = client.transaction().await.map_err(&migrating)?;
+    // One node migrates at a time; the others wait here.
+    tx.execute("SELECT pg_advisory_xact_lock(7089)", &[])
+        .await
+        .map_err(&migrating)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS arbiter_schema (version integer NOT NULL)")
+        .await
+        .map_err(&migrating)?;
+    let version: i32 = match tx
+        .query_opt("SELECT version FROM arbiter_schema", &[])
+        .await
+        .map_err(&migrating)?
+    {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO arbiter_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(&migrating)?;
+            0
+        }
+    };
+    if version > SCHEMA {
+        return Err(StoreError::Refused(format!(
+            "the database's Arbiter schema is version {version}, newer than this \
+             binary's ({SCHEMA}); run the newer release"
+        )));
+    }
+    for (n, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.batch_execute(step).await.map_err(&migrating)?;
+        tracing::info!(from = n, to = n + 1, "migrated the PostgreSQL schema");
+    }
+    tx.execute("UPDATE arbiter_schema SET version = $1", &[&SCHEMA])
+        .await
+        .map_err(&migrating)?;
+    tx.commit().await.map_err(&migrating)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_never_carry_a_password() {
+        for url in [
+            "postgres://u:secret@h:5433/db",
+            "postgres://u:se@cret@h/db",
+            "postgres://u@h/db?password=secret",
+            "host=h user=u password=secret dbname=db",
+        ] {
+            let shown = redacted(url);
+            assert!(
+                !shown.contains("secret") && !shown.contains("cret"),
+                "{url} -> {shown}"
+            );
+        }
+        assert_eq!(
+            redacted("postgres://u:p@h:5433/db"),
+            "postgres://u@h:5433/db"
+        );
+        assert_eq!(redacted("not a url at all ="), "(unparsable --store)");
+    }
+}
