@@ -149,11 +149,11 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     let rows = [
         ("listen", serve.listen.to_string()),
         (
-            "data-dir",
-            if serve.in_memory {
-                "(in memory)".into()
-            } else {
-                serve.data_dir.display().to_string()
+            "store",
+            match (&serve.store, serve.in_memory) {
+                (Some(url), _) => crate::store::redacted(url),
+                (None, true) => "(in memory)".into(),
+                (None, false) => format!("sled in {}", serve.data_dir.display()),
             },
         ),
         (

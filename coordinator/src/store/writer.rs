@@ -252,3 +252,98 @@ fn checkpoint(
         *poisoned = Some(err);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Txn;
+    use crate::store::{AuditEntry, MemoryLog};
+
+    /// A memory log whose first `outages` writes find the store out of reach.
+    struct Flaky {
+        inner: MemoryLog,
+        outages: AtomicU64,
+    }
+
+    impl TxnLog for Flaky {
+        fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
+            let left = self.outages.load(Ordering::Acquire);
+            if left > 0 {
+                self.outages.store(left - 1, Ordering::Release);
+                return Err(StoreError::Unreachable("restarting".into()));
+            }
+            self.inner.write(batch, sync)
+        }
+        fn get(&self, txn_id: &str) -> Result<Option<Txn>, StoreError> {
+            self.inner.get(txn_id)
+        }
+        fn unfinished(&self) -> Result<Vec<Txn>, StoreError> {
+            self.inner.unfinished()
+        }
+        fn collect_finished(&self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+            self.inner.collect_finished(before_ms, limit)
+        }
+        fn scan(
+            &self,
+            after: Option<&str>,
+            newest: bool,
+            n: usize,
+        ) -> Result<Vec<Txn>, StoreError> {
+            self.inner.scan(after, newest, n)
+        }
+        fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+            self.inner.audit(limit)
+        }
+    }
+
+    fn entry(seq: u64) -> Write {
+        Write::Audit(AuditEntry {
+            at_ms: 1,
+            seq,
+            action: "test".into(),
+            txn_id: "t".into(),
+            branch_id: String::new(),
+            reason: String::new(),
+            caller: String::new(),
+            result: String::new(),
+        })
+    }
+
+    #[test]
+    fn an_unreachable_store_is_retried_until_it_takes_the_batch() {
+        let log = Arc::new(Flaky {
+            inner: MemoryLog::new(),
+            outages: AtomicU64::new(3),
+        });
+        let failures = Arc::new(AtomicU64::new(0));
+        let seen = failures.clone();
+        let on_failure = Box::new(move |_: &StoreError| {
+            seen.fetch_add(1, Ordering::Relaxed);
+        });
+        let writer = LogWriter::start(log.clone(), on_failure).unwrap_or_else(|e| panic!("{e}"));
+        let answer = writer.submit(entry(1)).blocking_recv();
+        assert_eq!(answer, Ok(Ok(())), "acknowledged only once written");
+        assert_eq!(log.audit(10).map(|a| a.len()), Ok(1));
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            0,
+            "not a failure of the log"
+        );
+        writer.close();
+    }
+
+    #[test]
+    fn closing_stops_the_retries_and_fails_the_waiters() {
+        let log = Arc::new(Flaky {
+            inner: MemoryLog::new(),
+            outages: AtomicU64::new(u64::MAX),
+        });
+        let writer = LogWriter::start(log, Box::new(|_| {})).unwrap_or_else(|e| panic!("{e}"));
+        let waiting = writer.submit(entry(1));
+        writer.close();
+        assert!(
+            matches!(waiting.blocking_recv(), Ok(Err(StoreError::Unreachable(_)))),
+            "never a false OK"
+        );
+    }
+}
