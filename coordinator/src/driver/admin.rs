@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::driver::runtime::Slot;
+use crate::driver::slot::Slot;
 use crate::driver::{Driver, DriverError, Found, Outcome, Wait, ids, validate};
 use crate::engine::{Event, Mode, Txn, TxnState};
 use crate::store::{AuditEntry, StoreError, Write};

@@ -8,6 +8,7 @@ mod error;
 pub mod ids;
 mod participants;
 mod runtime;
+mod slot;
 pub mod trace;
 pub mod validate;
 
@@ -21,7 +22,8 @@ pub use validate::BranchSpec;
 use crate::config::Config;
 use crate::engine::{Branch, Event, Mode, Txn, TxnState};
 use crate::store::{LogWriter, TxnLog, WriterStats};
-use runtime::{Inner, Published, Slot};
+use runtime::Inner;
+use slot::{Published, Slot};
 
 /// The outcome a client is told.
 #[derive(Clone, Debug, PartialEq, Eq)]

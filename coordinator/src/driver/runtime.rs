@@ -1,8 +1,8 @@
 //! The runtime core: live transactions in memory, feeding events to the engine
 //! and carrying out the actions it returns.
 //!
-//! Each live transaction has a [`Slot`]: the [`Txn`] behind a mutex, and a watch
-//! channel through which waiting clients learn its state. [`Inner::apply`] runs
+//! Each live transaction has a [`Slot`] (`driver::slot`): the [`Txn`] behind a
+//! mutex, and a watch channel through which waiting clients learn its state. [`Inner::apply`] runs
 //! one engine step under the slot's lock and, *still under the lock*, queues any
 //! record to persist, so records reach the log in the order the engine made
 //! them. [`Inner::perform`] then runs the resulting steps in order: it waits for
@@ -16,110 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use crate::config::Config;
 use crate::driver::participants::{CallSpec, Participants};
+use crate::driver::slot::{Published, Slot};
 use crate::driver::{DriverError, backoff, ids};
 use crate::engine::{self, Action, CallKind, Durability, Event, Txn, TxnState};
-use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write, Written};
+use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write};
 
 const SHARDS: usize = 64;
-
-/// The state waiting clients see. Only published once what led to it is durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Published {
-    pub state: TxnState,
-    pub reason: String,
-    pub mixed_branches: Vec<String>,
-}
-
-impl Published {
-    /// What readers may learn of `txn` as it is.
-    pub fn of(txn: &Txn) -> Published {
-        Published {
-            state: txn.state,
-            reason: txn.reason.clone(),
-            mixed_branches: txn
-                .mixed_branches()
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-        }
-    }
-}
-
-/// One live (unfinished, or just finished) transaction.
-pub struct Slot {
-    txn: Mutex<Txn>,
-    published: watch::Sender<Published>,
-    /// The task that fires `TimedOut`; stopped when the transaction is final.
-    timer: Mutex<Option<AbortHandle>>,
-    /// The W3C trace id its participant calls carry.
-    trace_id: String,
-    /// What the log holds of it, so each record carries only what changed.
-    /// Locked only while `txn` is locked.
-    written: Mutex<Written>,
-}
-
-impl Slot {
-    /// A transaction read back from the log.
-    pub fn recovered(txn: Txn) -> Arc<Slot> {
-        let written = Written::all_of(&txn);
-        Slot::with(txn, None, written)
-    }
-
-    /// A new transaction whose calls continue trace `trace_id` (a new trace
-    /// if `None`); nothing of it is in the log yet.
-    pub fn traced(txn: Txn, trace_id: Option<String>) -> Arc<Slot> {
-        Slot::with(txn, trace_id, Written::default())
-    }
-
-    fn with(txn: Txn, trace_id: Option<String>, written: Written) -> Arc<Slot> {
-        let published = Published::of(&txn);
-        Arc::new(Slot {
-            txn: Mutex::new(txn),
-            published: watch::Sender::new(published),
-            timer: Mutex::new(None),
-            trace_id: trace_id.unwrap_or_else(super::trace::new_trace_id),
-            written: Mutex::new(written),
-        })
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Txn> {
-        self.txn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The transaction with its state as published: a decision whose record
-    /// is not yet durable is not shown.
-    pub fn durable_view(&self) -> Txn {
-        let mut txn = self.lock().clone();
-        let published = self.published.borrow();
-        if published.state.rank() < txn.state.rank() {
-            txn.state = published.state;
-            txn.reason = published.reason.clone();
-            if !txn.state.is_decided() {
-                txn.decided_at_ms = None;
-            }
-            if !txn.state.is_final() {
-                txn.finished_at_ms = None;
-            }
-        }
-        txn
-    }
-
-    fn publish(&self, next: Published) {
-        // States only move forward; a late publish of an older step is dropped.
-        self.published.send_if_modified(|current| {
-            if next.state.rank() > current.state.rank() {
-                *current = next;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
 
 /// An action turned into something the runtime can run outside the lock.
 enum Step {
@@ -577,49 +482,5 @@ impl Inner {
             }
         }
         published.borrow().clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::Mode;
-
-    #[test]
-    fn readers_never_see_a_decision_before_it_is_published() {
-        let mut txn = Txn::new("t".into(), Mode::TwoPhase, 1_000, 5);
-        txn.state = TxnState::Preparing;
-        let slot = Slot::traced(txn, None);
-        {
-            // The engine decided; the decision record is still being written.
-            let mut txn = slot.lock();
-            txn.state = TxnState::Committing;
-            txn.decided_at_ms = Some(9);
-        }
-        let view = slot.durable_view();
-        assert_eq!(
-            (view.state, view.decided_at_ms),
-            (TxnState::Preparing, None)
-        );
-
-        // Durable now: published, and visible.
-        slot.publish(Published {
-            state: TxnState::Committing,
-            reason: String::new(),
-            mixed_branches: Vec::new(),
-        });
-        let view = slot.durable_view();
-        assert_eq!(
-            (view.state, view.decided_at_ms),
-            (TxnState::Committing, Some(9))
-        );
-
-        // A late publish of an older state never moves it back.
-        slot.publish(Published {
-            state: TxnState::Preparing,
-            reason: String::new(),
-            mixed_branches: Vec::new(),
-        });
-        assert_eq!(slot.durable_view().state, TxnState::Committing);
     }
 }

@@ -535,23 +535,7 @@ fn finish(txn: &mut Txn, now_ms: u64, durability: Durability) -> Vec<Action> {
     };
     txn.finished_at_ms = Some(now_ms);
     txn.stuck_since_ms = None;
-    let mixed = txn.mixed_branches();
-    if !mixed.is_empty() {
-        let against = if txn.state == TxnState::Committed {
-            "rolled back"
-        } else {
-            "committed"
-        };
-        let note = format!(
-            "heuristic mixed outcome: branch {} resolved by hand as {against}",
-            mixed.join(", ")
-        );
-        txn.reason = if txn.reason.is_empty() {
-            note
-        } else {
-            format!("{}; {note}", txn.reason)
-        };
-    }
+    operator::note_mixed_outcome(txn);
     vec![Action::Persist(durability), Action::Publish, Action::Forget]
 }
 

@@ -133,3 +133,26 @@ pub(super) fn resolve_branch(
     }
     Ok(actions)
 }
+
+/// Says in the reason of a final transaction which branches an operator
+/// resolved against its decision, if any (a heuristic, mixed outcome).
+pub(super) fn note_mixed_outcome(txn: &mut Txn) {
+    let mixed = txn.mixed_branches();
+    if mixed.is_empty() {
+        return;
+    }
+    let against = if txn.state == TxnState::Committed {
+        "rolled back"
+    } else {
+        "committed"
+    };
+    let note = format!(
+        "heuristic mixed outcome: branch {} resolved by hand as {against}",
+        mixed.join(", ")
+    );
+    txn.reason = if txn.reason.is_empty() {
+        note
+    } else {
+        format!("{}; {note}", txn.reason)
+    };
+}
