@@ -61,6 +61,8 @@ pub struct Config {
     /// This coordinator's own addresses (set when it starts serving): a
     /// participant endpoint naming one is refused.
     pub own_addresses: Vec<SocketAddr>,
+    /// Who this coordinator is among those sharing a store.
+    pub node: NodeIdentity,
 }
 
 impl Default for Config {
@@ -90,6 +92,28 @@ impl Default for Config {
             accept_damaged_log: false,
             connections: ConnectionLimits::default(),
             own_addresses: Vec::new(),
+            node: NodeIdentity::default(),
+        }
+    }
+}
+
+/// A coordinator's identity and liveness among the nodes sharing a store
+/// (PostgreSQL): its id, the address others reach it at, and how long its
+/// lease lasts unless renewed (judged on the database's clock).
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub id: String,
+    /// `http(s)://host:port`.
+    pub address: String,
+    pub lease: Duration,
+}
+
+impl Default for NodeIdentity {
+    fn default() -> Self {
+        NodeIdentity {
+            id: "arbiter".into(),
+            address: "http://127.0.0.1:7089".into(),
+            lease: Duration::from_secs(5),
         }
     }
 }

@@ -256,3 +256,89 @@ async fn postgres_restarted_under_load_loses_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `arbiter cluster ls -o json` against `process`: its nodes, by id.
+fn nodes(process: &ArbiterProcess) -> anyhow::Result<Vec<serde_json::Value>> {
+    let listed = arbiter_tests::cli::json(&process.endpoint, &["cluster", "ls"])?;
+    Ok(listed["nodes"].as_array().cloned().unwrap_or_default())
+}
+
+fn node<'a>(nodes: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::Value> {
+    nodes.iter().find(|n| n["node_id"] == id)
+}
+
+/// Nodes join with their id and address, renew their leases on the
+/// database's clock, give them up on SIGTERM, let them run out after a
+/// kill -9, and rejoin with a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_renew_and_leave() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(0)?;
+    cluster.create_database("arbiter").await?;
+    let url = cluster.store_url("arbiter");
+    let dir = tempfile::tempdir()?;
+    let args = |id| {
+        [
+            "--store",
+            url.as_str(),
+            "--node-id",
+            id,
+            "--lease-ms",
+            "1500",
+        ]
+    };
+
+    let mut n1 = ArbiterProcess::start(&dir.path().join("n1"), &args("n1")).await?;
+    let listed = nodes(&n1)?;
+    let me = node(&listed, "n1").ok_or_else(|| anyhow::anyhow!("n1 not listed: {listed:?}"))?;
+    assert_eq!(me["alive"], true);
+    assert_eq!(me["this_node"], true);
+    assert_eq!(me["epoch"], 1);
+    assert_eq!(me["address"], n1.endpoint.as_str());
+    let first_lease = me["lease_expires_at_ms"].as_u64().unwrap_or(0);
+    eventually("the lease is renewed", || async {
+        let listed = nodes(&n1).ok()?;
+        let lease = node(&listed, "n1")?["lease_expires_at_ms"].as_u64()?;
+        (lease > first_lease).then_some(())
+    })
+    .await;
+
+    // SIGTERM gives the lease up at once.
+    assert!(n1.terminate().await?, "clean stop");
+    let mut n2 = ArbiterProcess::start(&dir.path().join("n2"), &args("n2")).await?;
+    let listed = nodes(&n2)?;
+    assert_eq!(
+        node(&listed, "n1").map(|n| &n["alive"]),
+        Some(&serde_json::json!(false))
+    );
+    assert_eq!(
+        node(&listed, "n2").map(|n| &n["alive"]),
+        Some(&serde_json::json!(true))
+    );
+
+    // After a kill -9 the lease runs out on its own; the node rejoins with
+    // a new epoch.
+    n2.kill().await?;
+    n1.restart().await?;
+    let listed = nodes(&n1)?;
+    assert_eq!(
+        node(&listed, "n1").map(|n| &n["epoch"]),
+        Some(&serde_json::json!(2))
+    );
+    eventually("n2's lease runs out", || async {
+        let listed = nodes(&n1).ok()?;
+        (node(&listed, "n2")?["alive"] == false).then_some(())
+    })
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sled_coordinator_lists_itself_alone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = ArbiterProcess::start(dir.path(), &["--node-id", "solo"]).await?;
+    let listed = nodes(&arbiter)?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["node_id"], "solo");
+    assert_eq!(listed[0]["this_node"], true);
+    Ok(())
+}

@@ -391,9 +391,13 @@ fn lazy_writes_cost_no_flush_and_are_durable_after_close() {
 
 /// A fresh database of `cluster` per log, as a PostgreSQL-backed log.
 fn open_postgres(url: &str) -> arbiter::store::PgLog {
-    arbiter::store::PgLog::open_postgres(url, OpenOptions::default())
-        .expect_ok("open on PostgreSQL")
-        .0
+    arbiter::store::PgLog::open_postgres(
+        url,
+        OpenOptions::default(),
+        arbiter::config::NodeIdentity::default(),
+    )
+    .expect_ok("open on PostgreSQL")
+    .0
 }
 
 fn create_database(cluster: &arbiter_tests::postgres::PgCluster, name: &str) {
@@ -442,9 +446,13 @@ fn postgres_log_refuses_a_newer_schema_and_a_bad_url() {
             anyhow::Ok(())
         })
         .expect_ok("bump the schema");
-    let err = arbiter::store::PgLog::open_postgres(&url, OpenOptions::default())
-        .err()
-        .map(|e| e.to_string());
+    let err = arbiter::store::PgLog::open_postgres(
+        &url,
+        OpenOptions::default(),
+        arbiter::config::NodeIdentity::default(),
+    )
+    .err()
+    .map(|e| e.to_string());
     assert!(
         err.as_ref()
             .is_some_and(|e| e.contains("newer than this binary")),
@@ -454,9 +462,13 @@ fn postgres_log_refuses_a_newer_schema_and_a_bad_url() {
         "postgres://postgres@127.0.0.1:{}/x",
         arbiter_tests::process::free_port().expect_ok("port")
     );
-    let err = arbiter::store::PgLog::open_postgres(&unreachable, OpenOptions::default())
-        .err()
-        .map(|e| e.to_string());
+    let err = arbiter::store::PgLog::open_postgres(
+        &unreachable,
+        OpenOptions::default(),
+        arbiter::config::NodeIdentity::default(),
+    )
+    .err()
+    .map(|e| e.to_string());
     assert!(
         err.as_ref()
             .is_some_and(|e| e.contains("cannot use PostgreSQL")),

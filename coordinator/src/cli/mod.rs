@@ -1,6 +1,7 @@
 //! The `arbiter` command line: one file per subcommand, one dispatch `match`.
 
 mod audit;
+mod cluster;
 mod config_file;
 mod connect;
 pub mod duration;
@@ -45,6 +46,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Counts by state, stuck transactions, retry queue.
     Stats(stats::StatsArgs),
+    /// The coordinators sharing this one's store.
+    Cluster(cluster::ClusterArgs),
     /// Check a config file for `arbiter serve --config`.
     Config(config_file::ConfigArgs),
 }
@@ -83,6 +86,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Txn(args) => txn::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Stats(args) => stats::run(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
         Command::Config(args) => config_file::run(args).await,
     }
 }

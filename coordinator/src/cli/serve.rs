@@ -9,7 +9,7 @@ use clap::Args;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::cli::duration;
-use crate::config::{Config, ConnectionLimits};
+use crate::config::{Config, ConnectionLimits, NodeIdentity};
 use crate::security::{Auth, EndpointPattern, Tls, Token};
 use crate::server::{self, Storage};
 
@@ -37,6 +37,19 @@ pub struct ServeArgs {
         conflicts_with = "in_memory"
     )]
     pub store: Option<String>,
+    /// This node's id among coordinators sharing a store (default: the host
+    /// name and the --listen port).
+    #[arg(long, env = "ARBITER_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The http(s)://host:port other nodes and clients reach this one at
+    /// (default: --listen, with the host name when it listens on all
+    /// addresses).
+    #[arg(long, env = "ARBITER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// How long this node's lease in the store lasts unless renewed (renewed
+    /// every third of it), in ms.
+    #[arg(long, env = "ARBITER_LEASE_MS", default_value_t = 5000)]
+    pub lease_ms: u64,
     /// Keep the log in memory only (no durability; for experiments).
     #[arg(long, env = "ARBITER_IN_MEMORY")]
     pub in_memory: bool,
@@ -229,7 +242,42 @@ impl ServeArgs {
             tls: self.tls()?,
             metrics_listen: self.metrics_listen,
             accept_damaged_log: self.accept_damaged_log,
+            node: self.node_identity()?,
             ..Config::default()
+        })
+    }
+
+    /// `--node-id`, `--advertise-addr` and `--lease-ms`, with their defaults.
+    fn node_identity(&self) -> anyhow::Result<NodeIdentity> {
+        let host = host_name();
+        let port = self.listen.port();
+        let id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{host}:{port}"));
+        crate::driver::validate::id("--node-id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let address = match &self.advertise_addr {
+            Some(address) => {
+                let uri: http::Uri = address
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--advertise-addr {address:?}: {e}"))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    anyhow::bail!("--advertise-addr {address:?}: give http(s)://host:port");
+                }
+                address.trim_end_matches('/').to_string()
+            }
+            None if self.listen.ip().is_unspecified() => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{}", self.listen),
+        };
+        Ok(NodeIdentity {
+            id,
+            address,
+            lease: Duration::from_millis(self.lease_ms.max(500)),
         })
     }
 
@@ -285,6 +333,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     server::run(config, storage, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// This machine's host name (Linux), else `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

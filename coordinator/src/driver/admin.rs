@@ -269,6 +269,23 @@ impl Driver {
         Ok(self.inner.log.audit(limit.clamp(1, 10_000))?)
     }
 
+    /// This node, its unfinished transactions, and the nodes its store
+    /// knows of (`None` for a store only one coordinator uses).
+    pub fn nodes(
+        &self,
+    ) -> Result<
+        (
+            crate::config::NodeIdentity,
+            u64,
+            Option<Vec<crate::store::NodeInfo>>,
+        ),
+        DriverError,
+    > {
+        let unfinished = self.stats().unfinished.iter().map(|(_, n)| n).sum();
+        let known = self.inner.log.nodes()?;
+        Ok((self.inner.config.node.clone(), unfinished, known))
+    }
+
     pub fn stats(&self) -> Stats {
         let now = ids::now_ms();
         let mut stats = Stats {

@@ -225,6 +225,37 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let (me, unfinished, known) = self.driver.nodes()?;
+        let nodes = match known {
+            Some(known) => known
+                .into_iter()
+                .map(|n| pb::Node {
+                    this_node: n.node_id == me.id,
+                    unfinished: if n.node_id == me.id { unfinished } else { 0 },
+                    node_id: n.node_id,
+                    address: n.address,
+                    epoch: n.epoch,
+                    lease_expires_at_ms: n.lease_expires_at_ms,
+                    alive: n.alive,
+                })
+                .collect(),
+            None => vec![pb::Node {
+                node_id: me.id,
+                address: me.address,
+                epoch: 0,
+                lease_expires_at_ms: 0,
+                alive: true,
+                this_node: true,
+                unfinished,
+            }],
+        };
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,

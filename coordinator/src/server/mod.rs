@@ -140,8 +140,9 @@ pub async fn run(
         Storage::Memory => (Arc::new(MemoryLog::new()), OpenReport::default()),
         Storage::Postgres(url) => {
             let url = url.clone();
+            let node = config.node.clone();
             let (log, report) =
-                tokio::task::spawn_blocking(move || PgLog::open_postgres(&url, options))
+                tokio::task::spawn_blocking(move || PgLog::open_postgres(&url, options, node))
                     .await
                     .map_err(|e| ServeError::Setup(format!("opening the log: {e}")))??;
             (Arc::new(log), report)

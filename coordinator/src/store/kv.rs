@@ -37,6 +37,11 @@ pub trait Kv: Send + Sync + 'static {
 
     /// Makes everything applied so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// The coordinators sharing this store, if it can be shared.
+    fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Feeds `items` (a store's range, in key order) to `f`, backwards if
@@ -362,6 +367,10 @@ impl<K: Kv> TxnLog for KvLog<K> {
 
     fn damaged_reads(&self) -> u64 {
         self.damaged.load(Ordering::Relaxed)
+    }
+
+    fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
+        self.kv.nodes()
     }
 }
 

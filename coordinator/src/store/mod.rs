@@ -59,6 +59,20 @@ pub struct AuditEntry {
     pub result: String,
 }
 
+/// One coordinator as the shared store knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub address: String,
+    /// Bumped each time the node (re)joins.
+    pub epoch: u64,
+    /// When its lease runs out unless renewed, by the store's clock (ms
+    /// since the Unix epoch).
+    pub lease_expires_at_ms: u64,
+    /// Whether the lease is still running, by the store's clock.
+    pub alive: bool,
+}
+
 /// One durable write.
 #[derive(Clone, Debug)]
 pub enum Write {
@@ -147,5 +161,11 @@ pub trait TxnLog: Send + Sync + 'static {
     /// Damaged records met while serving, since start.
     fn damaged_reads(&self) -> u64 {
         0
+    }
+
+    /// The coordinators the store knows of (PostgreSQL); `None` for a store
+    /// only one coordinator ever uses (sled, memory).
+    fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, StoreError> {
+        Ok(None)
     }
 }

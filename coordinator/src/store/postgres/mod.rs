@@ -16,6 +16,7 @@
 //! of its own, so they may be called from any thread, inside a tokio runtime
 //! or not, and block only the caller.
 
+mod nodes;
 mod session;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use crate::config::NodeIdentity;
 use crate::store::kv::{Kv, KvLog, Visitor};
 use crate::store::open::{self, Checked};
 use crate::store::record::{self, FORMAT, Op};
@@ -46,6 +48,8 @@ const POOL: usize = 4;
 /// session that holds the coordinator lock.
 pub struct PgKv {
     pool: Pool,
+    /// This node and its epoch, once joined.
+    node: Option<(NodeIdentity, i64)>,
     writer: Arc<tokio::sync::Mutex<WriterSession>>,
     runtime: tokio::runtime::Handle,
     /// Ends the store's runtime thread when dropped.
@@ -75,6 +79,7 @@ impl PgKv {
             .map_err(|e| StoreError::Refused(format!("PostgreSQL pool: {e}")))?;
         let kv = PgKv {
             pool,
+            node: None,
             writer: Arc::new(tokio::sync::Mutex::new(WriterSession::new(config))),
             runtime,
             _stop: stop,
@@ -90,6 +95,18 @@ impl PgKv {
         work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         session::run_on(&self.runtime, work)
+    }
+
+    /// Joins the nodes sharing the database as `node`, and keeps its lease.
+    fn join(&mut self, node: NodeIdentity) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let joining = node.clone();
+        let epoch = self.run(async move { nodes::join(&pool, &joining).await })?;
+        tracing::info!(node = %node.id, address = %node.address, epoch, "joined as a node of the store");
+        self.runtime
+            .spawn(nodes::renew_forever(self.pool.clone(), node.clone(), epoch));
+        self.node = Some((node, epoch));
+        Ok(())
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -211,9 +228,32 @@ impl Kv for PgKv {
         })
     }
 
+    fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
+        let pool = self.pool.clone();
+        self.run(async move { nodes::list(&pool).await }).map(Some)
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         // Every apply committed durably already.
         Ok(())
+    }
+}
+
+/// A clean stop gives the lease up at once, so others need not wait it out.
+impl Drop for PgKv {
+    fn drop(&mut self) {
+        let Some((node, epoch)) = self.node.take() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let left = self.run(async move {
+            tokio::time::timeout(nodes::LEAVE_PATIENCE, nodes::leave(&pool, &node, epoch))
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unreachable("timed out".into())))
+        });
+        if let Err(e) = left {
+            tracing::warn!(error = %e, "could not give up this node's lease; it runs out on its own");
+        }
     }
 }
 
@@ -223,6 +263,7 @@ impl KvLog<PgKv> {
     pub fn open_postgres(
         url: &str,
         options: OpenOptions,
+        node: NodeIdentity,
     ) -> Result<(PgLog, OpenReport), StoreError> {
         let config = session::config(url)?;
         let where_ = session::describe(&config);
@@ -237,8 +278,9 @@ impl KvLog<PgKv> {
         };
         // The lock first: a newer binary must not migrate the schema under
         // a running coordinator.
-        let kv = PgKv::connect(config.clone()).map_err(refused)?;
+        let mut kv = PgKv::connect(config.clone()).map_err(refused)?;
         kv.migrate().map_err(refused)?;
+        kv.join(node).map_err(refused)?;
         let Some(format) = open::format_of(&kv)? else {
             kv.apply(&[
                 record::meta_op(keys::META_FORMAT, FORMAT),

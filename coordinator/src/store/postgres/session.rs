@@ -13,11 +13,15 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 use crate::store::StoreError;
 
 /// The schema this binary writes; each step of [`MIGRATIONS`] moves one up.
-pub const SCHEMA: i32 = 1;
+pub const SCHEMA: i32 = 2;
 
 /// Statements that take the schema from version `n` to `n + 1` (index `n`).
-const MIGRATIONS: [&str; SCHEMA as usize] =
-    ["CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)"];
+/// Released steps never change; a new one is added at the end.
+const MIGRATIONS: [&str; SCHEMA as usize] = [
+    "CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+    "CREATE TABLE arbiter_nodes (node_id text PRIMARY KEY, address text NOT NULL, \
+     epoch bigint NOT NULL, lease_until timestamptz NOT NULL, joined_at timestamptz NOT NULL)",
+];
 
 /// The advisory lock key one coordinator holds on its database.
 const COORDINATOR_LOCK: i64 = 0x0041_5242_4954_4552; // "ARBITER"
