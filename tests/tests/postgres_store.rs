@@ -6,6 +6,9 @@ use arbiter_sdk::{Branch, Execute, Mode, TxnState};
 use arbiter_tests::postgres::PgCluster;
 use arbiter_tests::process::Start;
 use arbiter_tests::{ArbiterProcess, eventually, recorder_participant};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_on_postgres_survives_kill_9() -> anyhow::Result<()> {
@@ -117,6 +120,22 @@ async fn one_coordinator_per_database() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The whole server's health status, if it answers.
+async fn health(endpoint: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(response.into_inner().status())
+}
+
 /// A transaction id, and what its client was told (`None`: an error, or
 /// no answer in time).
 type Seen = (String, Option<TxnState>);
@@ -197,13 +216,21 @@ async fn postgres_restarted_under_load_loses_nothing() -> anyhow::Result<()> {
     .await;
     cluster.stop()?;
     let during = committed(&seen);
-    // Down for a while under load: requests wait or fail, nothing is lost.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down under load: requests wait or fail, nothing is lost, and health
+    // tells load balancers.
+    eventually("NOT_SERVING while PostgreSQL is down", || async {
+        (health(&arbiter.endpoint).await == Some(ServingStatus::NotServing)).then_some(())
+    })
+    .await;
     assert!(
         arbiter.is_running()?,
         "the coordinator stays up while PostgreSQL is down"
     );
     cluster.start_again()?;
+    eventually("SERVING once it is back", || async {
+        (health(&arbiter.endpoint).await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
     eventually("load runs again", || async {
         (committed(&seen) >= during + 50).then_some(())
     })

@@ -462,6 +462,11 @@ impl Driver {
         self.inner.participants.evict_idle()
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.inner.stopping.borrow()
+    }
+
     pub fn begin_shutdown(&self) {
         self.inner.stopping.send_replace(true);
     }

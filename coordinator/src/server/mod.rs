@@ -174,6 +174,7 @@ pub async fn run(
                 tracing::info!(resumed, elapsed = ?started.elapsed(), "recovery: every unfinished transaction resumed");
             }
             set_health(&health, ServingStatus::Serving).await;
+            follow_the_log(&driver, &health).await;
         })
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
@@ -276,6 +277,29 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in ["", "arbiter.v1.Coordinator", "arbiter.v1.Admin"] {
         health.set_service_status(service, status).await;
+    }
+}
+
+/// Once serving: `NOT_SERVING` while the log is out of reach (a database
+/// restarting; nothing is acknowledged meanwhile), `SERVING` again after.
+async fn follow_the_log(driver: &Driver, health: &HealthReporter) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        ticker.tick().await;
+        let reachable = !driver
+            .writer_stats()
+            .unreachable
+            .load(std::sync::atomic::Ordering::Acquire);
+        if reachable != serving && !driver.is_stopping() {
+            serving = reachable;
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(health, status).await;
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct WriterStats {
     pub records: AtomicU64,
     /// Bytes of keys and values written.
     pub bytes: AtomicU64,
+    /// Set while the store is out of reach and a batch waits to be retried.
+    pub unreachable: std::sync::atomic::AtomicBool,
 }
 
 pub struct LogWriter {
@@ -129,6 +131,7 @@ fn run(
     on_failure: &(dyn Fn(&StoreError) + Send),
     shutting_down: &std::sync::atomic::AtomicBool,
 ) {
+    let unreachable = &stats.unreachable;
     let mut poisoned: Option<StoreError> = None;
     let mut records = Vec::with_capacity(64);
     let mut waiters = Vec::with_capacity(64);
@@ -171,7 +174,7 @@ fn run(
             let started = std::time::Instant::now();
             let result = match &poisoned {
                 Some(err) => Err(err.clone()),
-                None => write_until_reachable(&*log, &records, sync, shutting_down),
+                None => write_until_reachable(&*log, &records, sync, shutting_down, unreachable),
             };
             let result = result.map(|bytes| {
                 stats.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -213,6 +216,7 @@ fn write_until_reachable(
     records: &[Write],
     sync: bool,
     closing: &std::sync::atomic::AtomicBool,
+    unreachable: &std::sync::atomic::AtomicBool,
 ) -> Result<u64, StoreError> {
     let mut delay = std::time::Duration::from_millis(50);
     let mut since: Option<std::time::Instant> = None;
@@ -222,6 +226,7 @@ fn write_until_reachable(
                 if since.is_none() {
                     tracing::warn!(%why, "transaction log out of reach; retrying, nothing is acknowledged meanwhile");
                     since = Some(std::time::Instant::now());
+                    unreachable.store(true, Ordering::Release);
                 }
                 crate::metrics::log_unreachable();
                 std::thread::sleep(delay);
@@ -231,6 +236,7 @@ fn write_until_reachable(
                 if let (Some(since), Ok(_)) = (since, &result) {
                     tracing::info!(after = ?since.elapsed(), "transaction log reachable again");
                 }
+                unreachable.store(false, Ordering::Release);
                 return result;
             }
         }
