@@ -1,15 +1,16 @@
 //! The log on PostgreSQL (`arbiter serve --store postgres://...`): the same
 //! records, keys and checksums as the sled log ([`KvLog`]), kept in one table
 //! `arbiter_kv (k bytea primary key, v bytea)`. A batch of the group-commit
-//! writer is one PostgreSQL transaction, durable when it commits (with
-//! `synchronous_commit` on, PostgreSQL's default: the README says why it
-//! must stay on).
+//! writer is one statement, so one PostgreSQL transaction, durable when it
+//! returns (with `synchronous_commit` on, PostgreSQL's default: the README
+//! says why it must stay on).
 //!
 //! The schema is versioned (`arbiter_schema`): migrations run at start under
 //! an advisory lock, and a schema newer than this binary is refused.
 //!
 //! Every write goes through one session that holds the one-coordinator lock
-//! ([`session::WriterSession`]); reads use a small pool.
+//! ([`session::WriterSession`]); reads use a small pool. The coordinators
+//! sharing the database, with their leases, are in [`nodes`].
 //!
 //! The [`Kv`] calls are synchronous (the writer is a thread; reads happen
 //! where sled's would). They run on a runtime of the store's own, on a thread
