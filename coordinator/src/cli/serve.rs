@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ARBITER_DATA_DIR", default_value = "./arbiter-data")]
     pub data_dir: PathBuf,
     /// Keep the log in PostgreSQL instead of sled in --data-dir:
-    /// postgres://USER[:PASSWORD]@HOST:PORT/DB (the schema is created or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (the schema is created or
     /// migrated at start). README, "Running on PostgreSQL".
     #[arg(
         long,

@@ -1,6 +1,6 @@
 //! The on-disk layout: every key prefix, and the index entries that go with a
 //! transaction's records. Every backend stores exactly these keys, and index
-//! maintenance happens here only ([`index_ops`], [`collect_ops`]).
+//! maintenance happens here only ([`index_ops`]).
 //!
 //! A prefix byte, once assigned, is never reused for anything else.
 //!

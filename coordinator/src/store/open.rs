@@ -166,7 +166,7 @@ pub struct Checked {
     pub batch: Option<u64>,
     /// Damaged or inconsistent records, one line each.
     pub problems: Vec<String>,
-    /// Problems beyond [`KEPT`].
+    /// Problems beyond `KEPT`.
     pub more_problems: usize,
 }
 
@@ -190,7 +190,7 @@ impl Checked {
     }
 }
 
-/// Problems as lines of a message: the first [`LISTED`], then a count.
+/// Problems as lines of a message: the first `LISTED`, then a count.
 pub fn describe(problems: &[String], more: usize) -> String {
     let mut text: String = problems
         .iter()

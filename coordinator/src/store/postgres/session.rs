@@ -12,7 +12,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::store::StoreError;
 
-/// The schema this binary writes; each step of [`MIGRATIONS`] moves one up.
+/// The schema this binary writes; each migration step moves one up.
 pub const SCHEMA: i32 = 2;
 
 /// Statements that take the schema from version `n` to `n + 1` (index `n`).
@@ -75,7 +75,7 @@ pub fn describe(config: &Config) -> String {
     format!("postgres://{user}@{}/{db}", hosts.join(","))
 }
 
-/// What `--store` names, for messages: [`describe`]d, or a placeholder when
+/// What `--store` names, for messages: described, or a placeholder when
 /// it does not parse (its text may hold a password).
 pub fn redacted(url: &str) -> String {
     Config::from_str(url).map_or_else(|_| "(unparsable --store)".into(), |c| describe(&c))
