@@ -46,7 +46,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 "lease_expires_at_ms": n.lease_expires_at_ms,
                 "alive": n.alive,
                 "this_node": n.this_node,
-                "unfinished": n.unfinished,
+                // Known for the node that answered only.
+                "unfinished": n.this_node.then_some(n.unfinished),
             })).collect::<Vec<_>>(),
         })),
         Format::Table => {

@@ -251,11 +251,13 @@ impl ServeArgs {
     fn node_identity(&self) -> anyhow::Result<NodeIdentity> {
         let host = host_name();
         let port = self.listen.port();
-        let id = self
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("{host}:{port}"));
-        crate::driver::validate::id("--node-id", &id).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let id = match &self.node_id {
+            Some(id) => {
+                crate::driver::validate::id("--node-id", id).map_err(|e| anyhow::anyhow!("{e}"))?;
+                id.clone()
+            }
+            None => format!("{host}:{port}"),
+        };
         let scheme = if self.tls_cert.is_some() {
             "https"
         } else {
@@ -266,7 +268,11 @@ impl ServeArgs {
                 let uri: http::Uri = address
                     .parse()
                     .map_err(|e| anyhow::anyhow!("--advertise-addr {address:?}: {e}"))?;
-                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                let plain = matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.port_u16().is_some()
+                    && matches!(uri.path(), "" | "/");
+                if !plain {
                     anyhow::bail!("--advertise-addr {address:?}: give http(s)://host:port");
                 }
                 address.trim_end_matches('/').to_string()
@@ -277,7 +283,8 @@ impl ServeArgs {
         Ok(NodeIdentity {
             id,
             address,
-            lease: Duration::from_millis(self.lease_ms.max(500)),
+            // Renewed every third of it; an hour at most.
+            lease: Duration::from_millis(self.lease_ms.clamp(500, 3_600_000)),
         })
     }
 
@@ -335,13 +342,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This machine's host name (Linux), else `localhost`.
+/// This machine's host name (Linux), else `localhost`, with anything an id
+/// may not hold turned into `-`.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

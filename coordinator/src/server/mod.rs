@@ -163,8 +163,11 @@ pub async fn run(
 
     // Not serving (health) until every transaction found unfinished has
     // been resumed; requests are still answered meanwhile.
+    // One health change at a time: a stop's NOT_SERVING is never overtaken
+    // by a SERVING decided just before it.
+    let health_turn = Arc::new(tokio::sync::Mutex::new(()));
     let resumer = {
-        let (driver, health) = (driver.clone(), health.clone());
+        let (driver, health, turn) = (driver.clone(), health.clone(), health_turn.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let resumed = driver.resume(recovery).await;
@@ -173,8 +176,7 @@ pub async fn run(
             if resumed > 0 {
                 tracing::info!(resumed, elapsed = ?started.elapsed(), "recovery: every unfinished transaction resumed");
             }
-            set_health(&health, ServingStatus::Serving).await;
-            follow_the_log(&driver, &health).await;
+            follow_the_log(&driver, &health, &turn).await;
         })
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
@@ -200,6 +202,7 @@ pub async fn run(
         let driver = driver.clone();
         let fatal = fatal.clone();
         let health = health.clone();
+        let turn = health_turn.clone();
         async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutting down"),
@@ -208,8 +211,9 @@ pub async fn run(
                     *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 }
             }
-            set_health(&health, ServingStatus::NotServing).await;
             driver.begin_shutdown();
+            let _turn = turn.lock().await;
+            set_health(&health, ServingStatus::NotServing).await;
         }
     };
     let stopped = Arc::new(tokio::sync::Notify::new());
@@ -280,26 +284,33 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Once serving: `NOT_SERVING` while the log is out of reach (a database
-/// restarting; nothing is acknowledged meanwhile), `SERVING` again after.
-async fn follow_the_log(driver: &Driver, health: &HealthReporter) {
-    let mut serving = true;
+/// After recovery: `SERVING`, but `NOT_SERVING` while the log is out of
+/// reach (a database restarting; nothing is acknowledged meanwhile) or has
+/// failed; never changed once the server is stopping.
+async fn follow_the_log(driver: &Driver, health: &HealthReporter, turn: &tokio::sync::Mutex<()>) {
+    let mut shown: Option<bool> = None;
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         ticker.tick().await;
-        let reachable = !driver
+        let unreachable = driver
             .writer_stats()
             .unreachable
             .load(std::sync::atomic::Ordering::Acquire);
-        if reachable != serving && !driver.is_stopping() {
-            serving = reachable;
-            let status = if serving {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(health, status).await;
+        let serving = !unreachable && driver.fatal_now().is_none();
+        if shown == Some(serving) {
+            continue;
         }
+        let _turn = turn.lock().await;
+        if driver.is_stopping() {
+            return;
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(health, status).await;
+        shown = Some(serving);
     }
 }
 

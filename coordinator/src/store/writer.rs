@@ -236,7 +236,9 @@ fn write_until_reachable(
                 if let (Some(since), Ok(_)) = (since, &result) {
                     tracing::info!(after = ?since.elapsed(), "transaction log reachable again");
                 }
-                unreachable.store(false, Ordering::Release);
+                if result.is_ok() {
+                    unreachable.store(false, Ordering::Release);
+                }
                 return result;
             }
         }

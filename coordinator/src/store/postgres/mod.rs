@@ -49,8 +49,8 @@ const POOL: usize = 4;
 /// session that holds the coordinator lock.
 pub struct PgKv {
     pool: Pool,
-    /// This node and its epoch, once joined.
-    node: Option<(NodeIdentity, i64)>,
+    /// This node and its epoch, once joined, and the task renewing its lease.
+    node: Option<(NodeIdentity, i64, tokio::task::JoinHandle<()>)>,
     writer: Arc<tokio::sync::Mutex<WriterSession>>,
     runtime: tokio::runtime::Handle,
     /// Ends the store's runtime thread when dropped.
@@ -104,9 +104,10 @@ impl PgKv {
         let joining = node.clone();
         let epoch = self.run(async move { nodes::join(&pool, &joining).await })?;
         tracing::info!(node = %node.id, address = %node.address, epoch, "joined as a node of the store");
-        self.runtime
-            .spawn(nodes::renew_forever(self.pool.clone(), node.clone(), epoch));
-        self.node = Some((node, epoch));
+        let renewal =
+            self.runtime
+                .spawn(nodes::renew_forever(self.pool.clone(), node.clone(), epoch));
+        self.node = Some((node, epoch, renewal));
         Ok(())
     }
 
@@ -243,9 +244,10 @@ impl Kv for PgKv {
 /// A clean stop gives the lease up at once, so others need not wait it out.
 impl Drop for PgKv {
     fn drop(&mut self) {
-        let Some((node, epoch)) = self.node.take() else {
+        let Some((node, epoch, renewal)) = self.node.take() else {
             return;
         };
+        renewal.abort();
         let pool = self.pool.clone();
         let left = self.run(async move {
             tokio::time::timeout(nodes::LEAVE_PATIENCE, nodes::leave(&pool, &node, epoch))

@@ -1,6 +1,7 @@
 //! The coordinators sharing one database: each joins with its id and address
-//! (a rejoin bumps its epoch), renews its lease every third of it, and gives
-//! the lease up when it stops. Leases are judged on the database's clock
+//! (each join bumps its epoch), renews its lease every third of it, and gives
+//! the lease up when it stops (bumping the epoch again, so that no renewal
+//! still on its way can bring the lease back). Leases are judged on the database's clock
 //! (`now()`), never on a node's own.
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub async fn join(pool: &Pool, node: &NodeIdentity) -> Result<i64, StoreError> {
 /// replaced by a newer instance of itself: said loudly, never overwritten.
 pub async fn renew_forever(pool: Pool, node: NodeIdentity, epoch: i64) {
     let every = node.lease / 3;
+    let mut replaced = false;
     loop {
         tokio::time::sleep(every).await;
         let renewed = async {
@@ -47,11 +49,17 @@ pub async fn renew_forever(pool: Pool, node: NodeIdentity, epoch: i64) {
                 .await
                 .map_err(pg_error("renewing the lease"))
         };
-        match renewed.await {
-            Ok(1) => {}
-            Ok(_) => tracing::error!(node = %node.id, epoch,
-                "this node's lease belongs to a newer instance of it; not renewed"),
-            Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
+        // A renewal slower than its period is as good as lost.
+        match tokio::time::timeout(every, renewed).await {
+            Ok(Ok(1)) => {}
+            Ok(Ok(_)) if !replaced => {
+                replaced = true;
+                tracing::error!(node = %node.id, epoch,
+                    "this node's lease belongs to a newer instance of it; no longer renewed");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew this node's lease"),
+            Err(_) => tracing::warn!("renewing this node's lease took longer than its period"),
         }
     }
 }
@@ -61,7 +69,8 @@ pub async fn leave(pool: &Pool, node: &NodeIdentity, epoch: i64) -> Result<(), S
     let client = pool.get().await.map_err(pool_error)?;
     client
         .execute(
-            "UPDATE arbiter_nodes SET lease_until = now() WHERE node_id = $1 AND epoch = $2",
+            "UPDATE arbiter_nodes SET lease_until = now(), epoch = epoch + 1 \
+             WHERE node_id = $1 AND epoch = $2",
             &[&node.id, &epoch],
         )
         .await
