@@ -54,3 +54,36 @@ pub async fn patient_server(dir: &std::path::Path) -> anyhow::Result<crate::Arbi
     ];
     crate::ArbiterProcess::start(dir, &args).await
 }
+
+/// A decided transaction stuck on a participant that is gone for good:
+/// branch 1 finished, branch 2's participant refused phase 2 and then went
+/// away. Returns the transaction id, and branch 1's participant and recorder.
+pub async fn stuck_with_a_gone_branch(
+    client: &arbiter_sdk::Client,
+    execute: arbiter_sdk::Execute,
+) -> anyhow::Result<(
+    String,
+    arbiter_sdk::RunningParticipant,
+    std::sync::Arc<crate::Recorder>,
+)> {
+    use arbiter_sdk::Branch;
+    let (a, rec_a) = crate::recorder_participant().await?;
+    let (gone, rec_gone) = crate::recorder_participant().await?;
+    rec_gone.set_fail_phase2(true);
+    let decided = client
+        .execute(
+            execute
+                .wait(false)
+                .branch(Branch::new(a.endpoint(), "r1"))
+                .branch(Branch::new(gone.endpoint(), "r2")),
+        )
+        .await?;
+    let id = decided.txn_id;
+    crate::eventually("branch 1 finished, branch 2 stuck", || async {
+        let txn = client.get_transaction(&id).await.ok()?;
+        (txn.stuck && txn.branches[0].state() == arbiter_sdk::BranchState::Committed).then_some(())
+    })
+    .await;
+    gone.shutdown().await; // gone for good
+    Ok((id, a, rec_a))
+}

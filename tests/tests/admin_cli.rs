@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use arbiter_sdk::{Branch, Execute, Mode, TxnState};
-use arbiter_tests::cli::{Output, cli, json, patient_server as server};
+use arbiter_tests::cli::{Output, cli, json, patient_server as server, stuck_with_a_gone_branch};
 use arbiter_tests::process::{arbiter_bin, free_port};
 use arbiter_tests::{eventually, recorder_participant};
 use serde_json::Value;
@@ -218,25 +218,8 @@ async fn resolve_branch_lets_a_decided_stuck_transaction_finish() -> anyhow::Res
     let dir = tempfile::tempdir()?;
     let arbiter = server(dir.path()).await?;
     let addr = arbiter.endpoint.clone();
-    let (a, rec_a) = recorder_participant().await?;
-    let (gone, rec_gone) = recorder_participant().await?;
-    rec_gone.set_fail_phase2(true);
     let client = arbiter.client().await?;
-    let decided = client
-        .execute(
-            Execute::tcc()
-                .wait(false)
-                .branch(Branch::new(a.endpoint(), "r1"))
-                .branch(Branch::new(gone.endpoint(), "r1")),
-        )
-        .await?;
-    let id = decided.txn_id;
-    gone.shutdown().await; // gone for good
-    eventually("branch 1 confirmed, branch 2 stuck", || async {
-        let txn = client.get_transaction(&id).await.ok()?;
-        (txn.stuck && txn.branches[0].state() == arbiter_sdk::BranchState::Committed).then_some(())
-    })
-    .await;
+    let (id, _a, rec_a) = stuck_with_a_gone_branch(&client, Execute::tcc()).await?;
 
     let early = cli(
         &addr,

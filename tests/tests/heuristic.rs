@@ -2,9 +2,8 @@
 //! still reach a final state, marked as a heuristic (mixed) outcome, in
 //! `txn show`, the audit log and across a restart.
 
-use arbiter_sdk::{Branch, Execute, TxnState};
-use arbiter_tests::cli::{cli, json, patient_server};
-use arbiter_tests::{eventually, recorder_participant};
+use arbiter_sdk::{Execute, TxnState};
+use arbiter_tests::cli::{cli, json, patient_server, stuck_with_a_gone_branch};
 
 /// `txn resolve-branch ID N --as rolled-back` on a COMMITTING transaction
 /// used to leave it COMMITTING and stuck for good.
@@ -13,25 +12,8 @@ async fn rolling_back_a_branch_of_a_commit_by_hand_finishes_it_as_mixed() -> any
     let dir = tempfile::tempdir()?;
     let mut arbiter = patient_server(dir.path()).await?;
     let addr = arbiter.endpoint.clone();
-    let (a, rec_a) = recorder_participant().await?;
-    let (gone, rec_gone) = recorder_participant().await?;
-    rec_gone.set_fail_phase2(true);
     let client = arbiter.client().await?;
-    let decided = client
-        .execute(
-            Execute::two_phase()
-                .wait(false)
-                .branch(Branch::new(a.endpoint(), "r1"))
-                .branch(Branch::new(gone.endpoint(), "r2")),
-        )
-        .await?;
-    let id = decided.txn_id;
-    eventually("branch 1 committed, branch 2 stuck", || async {
-        let txn = client.get_transaction(&id).await.ok()?;
-        (txn.stuck && txn.branches[0].state() == arbiter_sdk::BranchState::Committed).then_some(())
-    })
-    .await;
-    gone.shutdown().await;
+    let (id, _a, rec_a) = stuck_with_a_gone_branch(&client, Execute::two_phase()).await?;
 
     let resolved = cli(
         &addr,

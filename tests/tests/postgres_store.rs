@@ -10,11 +10,17 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_on_postgres_survives_kill_9() -> anyhow::Result<()> {
+/// A throwaway PostgreSQL cluster with an empty database, and its URL.
+async fn fresh_database() -> anyhow::Result<(PgCluster, String)> {
     let cluster = PgCluster::start(0)?;
     cluster.create_database("arbiter").await?;
     let url = cluster.store_url("arbiter");
+    Ok((cluster, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_on_postgres_survives_kill_9() -> anyhow::Result<()> {
+    let (_cluster, url) = fresh_database().await?;
     let dir = tempfile::tempdir()?;
     let args = [
         "--store",
@@ -100,9 +106,7 @@ async fn a_store_it_cannot_use_is_refused_at_start() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn one_coordinator_per_database() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let url = cluster.store_url("arbiter");
+    let (_cluster, url) = fresh_database().await?;
     let dir = tempfile::tempdir()?;
     let first = ArbiterProcess::start(&dir.path().join("a"), &["--store", &url]).await?;
     let stderr = dir.path().join("stderr");
@@ -149,9 +153,7 @@ async fn postgres_restarted_under_load_loses_nothing() -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let url = cluster.store_url("arbiter");
+    let (cluster, url) = fresh_database().await?;
     let dir = tempfile::tempdir()?;
     let mut arbiter = ArbiterProcess::start(
         dir.path(),
@@ -299,9 +301,7 @@ fn node<'a>(nodes: &'a [serde_json::Value], id: &str) -> Option<&'a serde_json::
 /// kill -9, and rejoin with a new epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_join_renew_and_leave() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let url = cluster.store_url("arbiter");
+    let (_cluster, url) = fresh_database().await?;
     let dir = tempfile::tempdir()?;
     let args = |id| {
         [

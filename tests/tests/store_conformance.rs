@@ -400,14 +400,29 @@ fn open_postgres(url: &str) -> arbiter::store::PgLog {
     .0
 }
 
-fn create_database(cluster: &arbiter_tests::postgres::PgCluster, name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `work` to its end on a runtime of its own (the suite is synchronous).
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>, what: &str) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect_ok("runtime");
-    runtime
-        .block_on(cluster.create_database(name))
-        .expect_ok("create database");
+        .expect_ok("runtime")
+        .block_on(work)
+        .expect_ok(what)
+}
+
+fn create_database(cluster: &arbiter_tests::postgres::PgCluster, name: &str) {
+    block_on(cluster.create_database(name), "create database");
+}
+
+/// Why opening a PostgreSQL log at `url` failed, if it did.
+fn open_error(url: &str) -> Option<String> {
+    arbiter::store::PgLog::open_postgres(
+        url,
+        OpenOptions::default(),
+        arbiter::config::NodeIdentity::default(),
+    )
+    .err()
+    .map(|e| e.to_string())
 }
 
 #[test]
@@ -433,26 +448,17 @@ fn postgres_log_refuses_a_newer_schema_and_a_bad_url() {
     create_database(&cluster, "newer");
     let url = cluster.store_url("newer");
     drop(open_postgres(&url));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect_ok("runtime");
-    runtime
-        .block_on(async {
+    block_on(
+        async {
             let client = cluster.connect("newer").await?;
             client
                 .batch_execute("UPDATE arbiter_schema SET version = version + 1")
                 .await?;
             anyhow::Ok(())
-        })
-        .expect_ok("bump the schema");
-    let err = arbiter::store::PgLog::open_postgres(
-        &url,
-        OpenOptions::default(),
-        arbiter::config::NodeIdentity::default(),
-    )
-    .err()
-    .map(|e| e.to_string());
+        },
+        "bump the schema",
+    );
+    let err = open_error(&url);
     assert!(
         err.as_ref()
             .is_some_and(|e| e.contains("newer than this binary")),
@@ -462,13 +468,7 @@ fn postgres_log_refuses_a_newer_schema_and_a_bad_url() {
         "postgres://postgres@127.0.0.1:{}/x",
         arbiter_tests::process::free_port().expect_ok("port")
     );
-    let err = arbiter::store::PgLog::open_postgres(
-        &unreachable,
-        OpenOptions::default(),
-        arbiter::config::NodeIdentity::default(),
-    )
-    .err()
-    .map(|e| e.to_string());
+    let err = open_error(&unreachable);
     assert!(
         err.as_ref()
             .is_some_and(|e| e.contains("cannot use PostgreSQL")),
