@@ -109,6 +109,14 @@ fn describe() {
         "Records made durable by one flush."
     );
     describe_counter!(
+        "arbiter_taken_over_total",
+        "Unfinished transactions this node took over from coordinator nodes that were gone (cluster on PostgreSQL)."
+    );
+    describe_counter!(
+        "arbiter_fenced_total",
+        "Transactions this node let go of because another node took them over: their writes were refused (fenced)."
+    );
+    describe_counter!(
         "arbiter_log_damaged_reads_total",
         "Reads that met a damaged record (checksum or decoding failed); that transaction is reported, the rest served."
     );
@@ -153,6 +161,14 @@ pub fn recovery_pending(pending: usize) {
 
 pub fn recovered(n: u64) {
     counter!("arbiter_recovered_total").increment(n);
+}
+
+pub fn taken_over(n: u64) {
+    counter!("arbiter_taken_over_total").increment(n);
+}
+
+pub fn fenced_write() {
+    counter!("arbiter_fenced_total").increment(1);
 }
 
 pub fn log_unreachable() {

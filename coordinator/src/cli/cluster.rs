@@ -1,5 +1,7 @@
 //! `arbiter cluster ls`: the coordinators sharing a store, their addresses
-//! and leases (judged on the store's clock), alive or not.
+//! and leases (judged on the store's clock), alive or not, and the
+//! unfinished transactions each owns. A dead node's count falls to zero as
+//! the live ones take its transactions over.
 
 use arbiter_proto::v1 as pb;
 use clap::{Args, Subcommand};
@@ -17,7 +19,7 @@ pub struct ClusterArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Each node: id, address, lease expiry, alive or not, and the
-    /// unfinished transactions of the node that answers.
+    /// unfinished transactions it owns.
     Ls(LsArgs),
 }
 
@@ -46,8 +48,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 "lease_expires_at_ms": n.lease_expires_at_ms,
                 "alive": n.alive,
                 "this_node": n.this_node,
-                // Known for the node that answered only.
-                "unfinished": n.this_node.then_some(n.unfinished),
+                "owned": n.unfinished,
             })).collect::<Vec<_>>(),
         })),
         Format::Table => {
@@ -57,7 +58,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 "EPOCH",
                 "LEASE UNTIL",
                 "ALIVE",
-                "UNFINISHED",
+                "OWNED",
             ]);
             for n in &nodes {
                 let id = if n.this_node {
@@ -75,11 +76,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 } else {
                     ("no", Some("31"))
                 };
-                let unfinished = if n.this_node {
-                    n.unfinished.to_string()
-                } else {
-                    "-".into()
-                };
+                let unfinished = n.unfinished.to_string();
                 table.row(vec![
                     id.into(),
                     n.address.clone().into(),

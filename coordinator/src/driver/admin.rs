@@ -3,12 +3,13 @@
 //! Every action that changes something is written to the audit log (durably)
 //! before it is answered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::driver::slot::Slot;
-use crate::driver::{Driver, DriverError, Found, Outcome, Wait, ids, validate};
+use crate::driver::{Driver, DriverError, Found, Outcome, Wait, elsewhere, ids, validate};
 use crate::engine::{Event, Mode, Txn, TxnState};
 use crate::store::{AuditEntry, StoreError, Write};
 
@@ -89,10 +90,8 @@ impl Driver {
         let now = ids::now_ms();
         if filter.unfinished_only() {
             let mut txns: Vec<Txn> = self
-                .inner
-                .live_slots()
-                .iter()
-                .map(|slot| slot.durable_view())
+                .unfinished_everywhere()?
+                .into_iter()
                 .filter(|txn| filter.matches(txn, now))
                 .filter(|txn| match (&filter.after, filter.newest_first) {
                     (None, _) => true,
@@ -286,7 +285,56 @@ impl Driver {
         Ok((self.inner.config.node.clone(), unfinished, known))
     }
 
+    /// Every unfinished transaction: this node's live ones, and in a
+    /// cluster those the other nodes drive too (as the store holds them).
+    fn unfinished_everywhere(&self) -> Result<Vec<Txn>, DriverError> {
+        let mut txns: Vec<Txn> = self
+            .inner
+            .live_slots()
+            .iter()
+            .map(|slot| slot.durable_view())
+            .collect();
+        if self.inner.log.shared() {
+            let here: std::collections::HashSet<String> =
+                txns.iter().map(|t| t.id.clone()).collect();
+            let stored = self.inner.log.unfinished()?;
+            txns.extend(stored.into_iter().filter(|t| !here.contains(&t.id)));
+        }
+        Ok(txns)
+    }
+
+    /// The owner node of each of `txns` in a cluster (none for final ones,
+    /// or with a single coordinator).
+    pub fn owners_of(&self, txns: &[Txn]) -> Result<HashMap<String, String>, DriverError> {
+        if !self.inner.log.shared() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = txns
+            .iter()
+            .filter(|t| !t.state.is_final())
+            .map(|t| t.id.clone())
+            .collect();
+        Ok(self.inner.log.owners(&ids)?.into_iter().collect())
+    }
+
+    /// [`Driver::stats`], with the unfinished transactions of every node
+    /// in a cluster.
+    pub fn cluster_stats(&self) -> Result<Stats, DriverError> {
+        Ok(self.stats_of(self.unfinished_everywhere()?))
+    }
+
+    /// This node's numbers.
     pub fn stats(&self) -> Stats {
+        let live = self
+            .inner
+            .live_slots()
+            .iter()
+            .map(|slot| slot.durable_view())
+            .collect();
+        self.stats_of(live)
+    }
+
+    fn stats_of(&self, txns: Vec<Txn>) -> Stats {
         let now = ids::now_ms();
         let mut stats = Stats {
             committed_since_start: self.inner.committed.load(Ordering::Relaxed),
@@ -304,8 +352,7 @@ impl Driver {
             TxnState::Committing,
             TxnState::Aborting,
         ];
-        for slot in self.inner.live_slots() {
-            let txn = slot.durable_view();
+        for txn in txns {
             if let Some(i) = order.iter().position(|s| *s == txn.state) {
                 counts[i] += 1;
             }
@@ -326,9 +373,15 @@ impl Driver {
         stats
     }
 
+    /// Whether several coordinator nodes share the store.
+    pub fn is_shared(&self) -> bool {
+        self.inner.log.shared()
+    }
+
     fn live_for(&self, txn_id: &str, op: &str) -> Result<Arc<Slot>, DriverError> {
         match self.find(txn_id)? {
             Found::Live(slot) => Ok(slot),
+            Found::Elsewhere(txn, owner) => Err(elsewhere(&txn, owner)),
             Found::Stored(txn) => Err(DriverError::FailedPrecondition(format!(
                 "transaction {} is already {}; {op} needs an unfinished transaction",
                 txn.id,

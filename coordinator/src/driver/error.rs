@@ -23,6 +23,18 @@ pub enum DriverError {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Another coordinator node took the transaction over: this one let go
+    /// of it. The caller retries (or is forwarded) and reaches the owner.
+    #[error("transaction {0} is now driven by another coordinator node; retry")]
+    Moved(String),
+    /// Another live node drives the transaction; the server forwards the
+    /// call to it.
+    #[error("transaction {txn} is driven by coordinator node {node} at {address}")]
+    Elsewhere {
+        txn: String,
+        node: String,
+        address: String,
+    },
     /// A record of this transaction in the log is damaged: it cannot be
     /// read, and nothing about it may be guessed.
     #[error("{0}")]
@@ -50,6 +62,7 @@ impl From<StoreError> for DriverError {
             StoreError::Closed => {
                 DriverError::Unavailable("the coordinator is shutting down".into())
             }
+            StoreError::Fenced(txn) => DriverError::Moved(txn),
             StoreError::Corrupt(m) => DriverError::DataLoss(format!(
                 "the transaction log holds a damaged record ({m}); its outcome cannot be \
                  read here and must not be presumed: see the coordinator's log"

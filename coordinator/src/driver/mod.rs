@@ -6,6 +6,7 @@ mod admin;
 mod backoff;
 mod error;
 pub mod ids;
+mod ownership;
 mod participants;
 mod runtime;
 mod slot;
@@ -22,6 +23,7 @@ pub use validate::BranchSpec;
 use crate::config::Config;
 use crate::engine::{Branch, Event, Mode, Txn, TxnState};
 use crate::store::{LogWriter, TxnLog, WriterStats};
+use ownership::{Found, stored};
 use runtime::Inner;
 use slot::{Published, Slot};
 
@@ -59,31 +61,13 @@ impl Recovery {
     }
 }
 
-/// A live transaction, or the stored record of a finished one.
-///
-/// **Stored only ⇒ final.** Recovery makes every unfinished transaction of
-/// the log live before anything is served, and a transaction stays live
-/// until its final state is in the log; so one found only in the log is
-/// final, and may be answered from the log without the engine. [`stored`]
-/// checks that rule rather than trusting it.
-enum Found {
-    Live(Arc<Slot>),
-    Stored(Txn),
-}
-
-/// Applies the "stored only ⇒ final" rule to a transaction read from the log.
-/// An unfinished one is live by the rule: it was begun between the look-up
-/// in memory and the read, so the live one is the answer.
-fn stored(inner: &Inner, txn: Txn) -> Result<Found, DriverError> {
-    if txn.state.is_final() {
-        return Ok(Found::Stored(txn));
+/// The error that sends a call to the node driving the transaction.
+fn elsewhere(txn: &Txn, owner: crate::store::Owner) -> DriverError {
+    DriverError::Elsewhere {
+        txn: txn.id.clone(),
+        node: owner.node_id,
+        address: owner.address,
     }
-    inner.live(&txn.id).map(Found::Live).ok_or_else(|| {
-        DriverError::Internal(format!(
-            "transaction {} is unfinished in the log but not being driven",
-            txn.id
-        ))
-    })
 }
 
 #[derive(Clone)]
@@ -108,7 +92,11 @@ impl Driver {
     /// Loads every unfinished transaction of the log into memory, so that each
     /// is live before requests are served. [`Driver::resume`] then finishes them.
     pub fn load_unfinished(&self) -> Result<Recovery, DriverError> {
-        let txns = self.inner.log.unfinished()?;
+        let txns = if self.inner.log.shared() {
+            self.claim_at_start()?
+        } else {
+            self.inner.log.unfinished()?
+        };
         let mut slots = Vec::with_capacity(txns.len());
         for mut txn in txns {
             validate::normalise_stored(&mut txn);
@@ -265,7 +253,7 @@ impl Driver {
             self.inner.persist(&slot, &txn)?
         };
         self.inner.arm_timer(&slot, deadline_ms);
-        self.inner.wait_durable(durable).await?;
+        self.inner.wait_durable_of(&slot, durable).await?;
         crate::crash_point!("after-begin-persisted");
         Ok((id, Some(slot)))
     }
@@ -332,6 +320,7 @@ impl Driver {
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
             Found::Stored(txn) => return Ok(outcome(&txn.id, Published::of(&txn))),
+            Found::Elsewhere(txn, owner) => return Err(elsewhere(&txn, owner)),
         };
         self.commit_slot(txn_id, slot, wait, deadline).await
     }
@@ -358,6 +347,7 @@ impl Driver {
         validate::reason(&reason)?;
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
+            Found::Elsewhere(txn, owner) => return Err(elsewhere(&txn, owner)),
             Found::Stored(txn) if txn.state == TxnState::Aborted => {
                 return Ok(outcome(&txn.id, Published::of(&txn)));
             }
@@ -415,7 +405,7 @@ impl Driver {
     pub fn get(&self, txn_id: &str) -> Result<Txn, DriverError> {
         match self.find(txn_id)? {
             Found::Live(slot) => Ok(slot.durable_view()),
-            Found::Stored(txn) => Ok(txn),
+            Found::Stored(txn) | Found::Elsewhere(txn, _) => Ok(txn),
         }
     }
 
@@ -498,6 +488,7 @@ impl Driver {
     fn live_or_final(&self, txn_id: &str, op: &str) -> Result<Arc<Slot>, DriverError> {
         match self.find(txn_id)? {
             Found::Live(slot) => Ok(slot),
+            Found::Elsewhere(txn, owner) => Err(elsewhere(&txn, owner)),
             Found::Stored(txn) => Err(DriverError::FailedPrecondition(format!(
                 "transaction {} is {}, {op} needs it to be ACTIVE",
                 txn.id,
@@ -568,7 +559,7 @@ fn repeated_begin(
 ) -> Result<(), DriverError> {
     let existing = match found {
         Found::Live(slot) => slot.lock().clone(),
-        Found::Stored(txn) => txn,
+        Found::Stored(txn) | Found::Elsewhere(txn, _) => txn,
     };
     let same_branches = wanted.is_empty()
         || (existing.branches.len() == wanted.len()

@@ -78,6 +78,13 @@ pub struct Inner {
     pub aborted: AtomicU64,
     /// Transactions held in memory (unfinished, or just finished).
     live: std::sync::atomic::AtomicUsize,
+    /// The store's count of lease lapses last acted on (`ownership`).
+    pub lapses_seen: AtomicU64,
+}
+
+/// The error for a transaction this node let go of.
+pub fn moved(txn_id: &str) -> DriverError {
+    DriverError::Moved(txn_id.to_string())
 }
 
 /// Records the first failure of the log: the coordinator must stop.
@@ -117,6 +124,7 @@ impl Inner {
             committed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
             live: Default::default(),
+            lapses_seen: AtomicU64::new(0),
         }
     }
 
@@ -187,6 +195,9 @@ impl Inner {
         make_event: impl FnOnce(&Txn) -> Result<(Event, T), DriverError>,
     ) -> Result<(Steps, T), DriverError> {
         let mut txn = slot.lock();
+        if slot.is_fenced() {
+            return Err(moved(&txn.id));
+        }
         let (event, extra) = make_event(&txn)?;
         let was_stuck = txn.stuck_since_ms.is_some();
         let actions = engine::step(&mut txn, event, ids::now_ms(), &self.policy)?;
@@ -290,7 +301,7 @@ impl Inner {
         for step in steps.0 {
             match step {
                 Step::Durable(durable, state) => {
-                    self.wait_durable(durable).await?;
+                    self.wait_durable_of(slot, durable).await?;
                     match state {
                         TxnState::Committing | TxnState::Committed => {
                             crate::crash_point!("after-decision-persisted")
@@ -322,7 +333,7 @@ impl Inner {
                 } => self.spawn_retry(slot.clone(), branch, call, seq, delay),
                 Step::Forget => {
                     if let Some(durable) = lazy.take() {
-                        self.wait_durable(durable).await?;
+                        self.wait_durable_of(slot, durable).await?;
                     }
                     self.forget(slot);
                 }
@@ -348,11 +359,25 @@ impl Inner {
         result.map_err(DriverError::from)
     }
 
-    fn store_failed(&self, error: &StoreError) {
-        if *error == StoreError::Closed && *self.stopping.borrow() {
-            return; // expected while shutting down
+    /// Like [`Inner::wait_durable`] for a record of `slot`'s transaction:
+    /// if another node took it over, this one lets go of it.
+    pub async fn wait_durable_of(&self, slot: &Arc<Slot>, durable: Durable) -> Result<(), DriverError> {
+        let result = self.wait_durable(durable).await;
+        if result.is_err() && slot.is_fenced() {
+            return Err(moved(&slot.lock().id));
         }
-        set_fatal(&self.fatal, error);
+        if let Err(DriverError::Moved(_)) = &result {
+            self.lose(slot);
+        }
+        result
+    }
+
+    fn store_failed(&self, error: &StoreError) {
+        match error {
+            StoreError::Closed if *self.stopping.borrow() => {} // expected while shutting down
+            StoreError::Fenced(_) => {} // that transaction only
+            _ => set_fatal(&self.fatal, error),
+        }
     }
 
     fn spawn_call(self: &Arc<Self>, slot: Arc<Slot>, spec: CallSpec) {
@@ -436,6 +461,7 @@ impl Inner {
             Ok(steps) => {
                 let _ = self.perform(slot, steps).await;
             }
+            Err(DriverError::Moved(_)) => {} // a late answer for a transaction let go of
             Err(e) => tracing::warn!(error = %e, "internal event refused"),
         }
     }
@@ -449,9 +475,15 @@ impl Inner {
             TxnState::Committed => self.committed.fetch_add(1, Ordering::Relaxed),
             _ => self.aborted.fetch_add(1, Ordering::Relaxed),
         };
-        let mut shard = self.shard(&id);
-        if shard.get(&id).is_some_and(|live| Arc::ptr_eq(live, slot)) {
-            shard.remove(&id);
+        self.remove(slot, &id);
+    }
+
+    /// Takes `slot` out of memory (if it is still the live one of `id`) and
+    /// stops its timer.
+    pub fn remove(&self, slot: &Arc<Slot>, id: &str) {
+        let mut shard = self.shard(id);
+        if shard.get(id).is_some_and(|live| Arc::ptr_eq(live, slot)) {
+            shard.remove(id);
             self.live.fetch_sub(1, Ordering::Relaxed);
         }
         drop(shard);
@@ -472,7 +504,7 @@ impl Inner {
         let mut stopping = self.stopping.subscribe();
         let deadline = tokio::time::Instant::from_std(deadline);
         loop {
-            if done(published.borrow_and_update().state) {
+            if done(published.borrow_and_update().state) || slot.is_fenced() {
                 break;
             }
             tokio::select! {

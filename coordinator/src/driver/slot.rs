@@ -43,6 +43,8 @@ pub struct Slot {
     /// What the log holds of it, so each record carries only what changed.
     /// Locked only while `txn` is locked.
     pub(super) written: Mutex<Written>,
+    /// Another coordinator node took it over; this one let go of it.
+    pub(super) fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -66,7 +68,13 @@ impl Slot {
             timer: Mutex::new(None),
             trace_id: trace_id.unwrap_or_else(super::trace::new_trace_id),
             written: Mutex::new(written),
+            fenced: Default::default(),
         })
+    }
+
+    /// Whether this node let go of it (another took it over).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Txn> {

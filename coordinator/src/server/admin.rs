@@ -1,8 +1,13 @@
-//! The `arbiter.v1.Admin` service: decode, call the driver, encode.
+//! The `arbiter.v1.Admin` service: decode, call the driver, encode; an
+//! action on a transaction another node drives is forwarded to it.
 
 use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::admin_client::AdminClient;
 use arbiter_proto::v1::admin_server::Admin;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+use crate::server::forward::Forwarder;
 
 use crate::driver::validate::truncated;
 use crate::driver::{Driver, ListFilter, ids};
@@ -13,6 +18,14 @@ use crate::server::convert::{
 
 pub struct AdminService {
     pub driver: Driver,
+    pub forward: std::sync::Arc<Forwarder>,
+}
+
+/// A client of another node's Admin service.
+fn client(channel: Channel, max_message: usize) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
 }
 
 /// Who is calling, for the audit log: the token's name when authentication
@@ -27,7 +40,7 @@ fn caller<T>(request: &Request<T>) -> String {
     }
 }
 
-fn summary(txn: &Txn, now_ms: u64) -> pb::TxnSummary {
+fn summary(txn: &Txn, now_ms: u64, owner_node: String) -> pb::TxnSummary {
     let last_error = txn
         .branches
         .iter()
@@ -44,6 +57,7 @@ fn summary(txn: &Txn, now_ms: u64) -> pb::TxnSummary {
     // A listing carries a bounded line per transaction, whatever an older
     // log holds (`txn show` has the whole record).
     pb::TxnSummary {
+        owner_node,
         txn_id: txn.id.clone(),
         mode: mode_to_pb(txn.mode) as i32,
         state: state_to_pb(txn.state) as i32,
@@ -108,9 +122,14 @@ impl Admin for AdminService {
             after: optional(req.page_token),
         };
         let page = self.driver.list(&filter)?;
+        let mut owners = self.driver.owners_of(&page.txns)?;
         let now = ids::now_ms();
         Ok(Response::new(pb::ListTransactionsResponse {
-            transactions: page.txns.iter().map(|t| summary(t, now)).collect(),
+            transactions: page
+                .txns
+                .iter()
+                .map(|t| summary(t, now, owners.remove(&t.id).unwrap_or_default()))
+                .collect(),
             next_page_token: page.next.unwrap_or_default(),
         }))
     }
@@ -120,9 +139,11 @@ impl Admin for AdminService {
         request: Request<pb::AdminGetTransactionRequest>,
     ) -> Result<Response<pb::AdminGetTransactionResponse>, Status> {
         let txn = self.driver.get(&request.into_inner().txn_id)?;
+        let mut transaction = txn_to_pb(&txn);
+        transaction.owner_node = self.driver.owner_node(&txn)?;
         Ok(Response::new(pb::AdminGetTransactionResponse {
             branches: detail(&txn),
-            transaction: Some(txn_to_pb(&txn)),
+            transaction: Some(transaction),
         }))
     }
 
@@ -131,10 +152,20 @@ impl Admin for AdminService {
         request: Request<pb::RetryNowRequest>,
     ) -> Result<Response<pb::RetryNowResponse>, Status> {
         let caller = caller(&request);
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let txn_ids = match (req.all_stuck, req.txn_id.is_empty()) {
             (true, true) => self.driver.retry_all_stuck(&caller).await?,
-            (false, false) => vec![self.driver.retry_now(&req.txn_id, &caller).await?.id],
+            (false, false) => match self.driver.retry_now(&req.txn_id, &caller).await {
+                Ok(txn) => vec![txn.id],
+                Err(e) => {
+                    return self
+                        .forward
+                        .forward(e, &metadata, req, None, |c, m, r| async move {
+                            client(c, m).retry_now(r).await
+                        })
+                        .await;
+                }
+            },
             (true, false) => {
                 return Err(Status::invalid_argument(
                     "give either txn_id or all_stuck, not both",
@@ -152,7 +183,7 @@ impl Admin for AdminService {
         request: Request<pb::ForceOutcomeRequest>,
     ) -> Result<Response<pb::ForceOutcomeResponse>, Status> {
         let caller = caller(&request);
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let commit = match pb::ForcedOutcome::try_from(req.outcome) {
             Ok(pb::ForcedOutcome::Commit) => true,
             Ok(pb::ForcedOutcome::Abort) => false,
@@ -162,10 +193,21 @@ impl Admin for AdminService {
                 ));
             }
         };
-        let outcome = self
+        let outcome = match self
             .driver
             .force_outcome(&req.txn_id, commit, &req.reason, &caller)
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                return self
+                    .forward
+                    .forward(e, &metadata, req, None, |c, m, r| async move {
+                        client(c, m).force_outcome(r).await
+                    })
+                    .await;
+            }
+        };
         Ok(Response::new(pb::ForceOutcomeResponse {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
@@ -178,7 +220,7 @@ impl Admin for AdminService {
         request: Request<pb::ResolveBranchRequest>,
     ) -> Result<Response<pb::ResolveBranchResponse>, Status> {
         let caller = caller(&request);
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let committed = match pb::BranchResolution::try_from(req.resolution) {
             Ok(pb::BranchResolution::Committed) => true,
             Ok(pb::BranchResolution::RolledBack) => false,
@@ -191,10 +233,21 @@ impl Admin for AdminService {
         if req.branch_id.is_empty() {
             return Err(Status::invalid_argument("branch_id is empty"));
         }
-        let txn = self
+        let txn = match self
             .driver
             .resolve_branch(&req.txn_id, &req.branch_id, committed, &req.reason, &caller)
-            .await?;
+            .await
+        {
+            Ok(txn) => txn,
+            Err(e) => {
+                return self
+                    .forward
+                    .forward(e, &metadata, req, None, |c, m, r| async move {
+                        client(c, m).resolve_branch(r).await
+                    })
+                    .await;
+            }
+        };
         Ok(Response::new(pb::ResolveBranchResponse {
             transaction: Some(txn_to_pb(&txn)),
         }))
@@ -235,7 +288,7 @@ impl Admin for AdminService {
                 .into_iter()
                 .map(|n| pb::Node {
                     this_node: n.node_id == me.id,
-                    unfinished: if n.node_id == me.id { unfinished } else { 0 },
+                    unfinished: n.owned,
                     node_id: n.node_id,
                     address: n.address,
                     epoch: n.epoch,
@@ -260,7 +313,7 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let stats = self.driver.stats();
+        let stats = self.driver.cluster_stats()?;
         Ok(Response::new(pb::StatsResponse {
             unfinished: stats
                 .unfinished

@@ -91,6 +91,7 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
 
 pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {
     pb::Transaction {
+        owner_node: String::new(),
         txn_id: txn.id.clone(),
         mode: mode_to_pb(txn.mode) as i32,
         state: state_to_pb(txn.state) as i32,

@@ -1,8 +1,13 @@
-//! The `arbiter.v1.Coordinator` service: decode, call the driver, encode.
+//! The `arbiter.v1.Coordinator` service: decode, call the driver, encode;
+//! a call on a transaction another node drives is forwarded to it.
 
 use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::coordinator_client::CoordinatorClient;
 use arbiter_proto::v1::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
+
+use crate::driver::DriverError;
+use crate::server::forward::Forwarder;
 
 use crate::driver::{Driver, Wait, trace};
 use crate::server::convert::{
@@ -11,6 +16,14 @@ use crate::server::convert::{
 
 pub struct CoordinatorService {
     pub driver: Driver,
+    pub forward: std::sync::Arc<Forwarder>,
+}
+
+/// A client of another node's Coordinator service.
+fn client(channel: tonic::transport::Channel, max_message: usize) -> CoordinatorClient<tonic::transport::Channel> {
+    CoordinatorClient::new(channel)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
 }
 
 /// The trace id of the caller's `traceparent`, if it sent a valid one.
@@ -48,18 +61,28 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RegisterBranchRequest>,
     ) -> Result<Response<pb::RegisterBranchResponse>, Status> {
-        let req = request.into_inner();
+        let deadline = answer_by(&request);
+        let (metadata, _, req) = request.into_parts();
+        let copy = self.driver.is_shared().then(|| req.clone());
         let spec = branch_spec(pb::BranchSpec {
             participant: req.participant,
             resource: req.resource,
             payload: req.payload,
             call_timeout_ms: req.call_timeout_ms,
         });
-        let branch_id = self
+        match self
             .driver
             .register(&req.txn_id, spec, optional(req.branch_id))
-            .await?;
-        Ok(Response::new(pb::RegisterBranchResponse { branch_id }))
+            .await
+        {
+            Ok(branch_id) => Ok(Response::new(pb::RegisterBranchResponse { branch_id })),
+            Err(e) => {
+                self.elsewhere(e, &metadata, copy, deadline, |c, m, r| async move {
+                    client(c, m).register_branch(r).await
+                })
+                .await
+            }
+        }
     }
 
     async fn commit(
@@ -67,11 +90,21 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let deadline = answer_by(&request);
-        let req = request.into_inner();
-        let outcome = self
+        let (metadata, _, req) = request.into_parts();
+        let outcome = match self
             .driver
             .commit(&req.txn_id, wait_mode(req.wait), deadline)
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                return self
+                    .elsewhere(e, &metadata, Some(req), deadline, |c, m, r| async move {
+                        client(c, m).commit(r).await
+                    })
+                    .await;
+            }
+        };
         Ok(Response::new(pb::CommitResponse {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
@@ -85,11 +118,22 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
         let deadline = answer_by(&request);
-        let req = request.into_inner();
-        let outcome = self
+        let (metadata, _, req) = request.into_parts();
+        let copy = self.driver.is_shared().then(|| req.clone());
+        let outcome = match self
             .driver
             .rollback(&req.txn_id, req.reason, deadline)
-            .await?;
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                return self
+                    .elsewhere(e, &metadata, copy, deadline, |c, m, r| async move {
+                        client(c, m).rollback(r).await
+                    })
+                    .await;
+            }
+        };
         Ok(Response::new(pb::RollbackResponse {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
@@ -102,10 +146,11 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let deadline = answer_by(&request);
         let trace_id = trace_of(&request);
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
+        let copy = self.driver.is_shared().then(|| req.clone());
         let mode = mode_from_pb(req.mode)?;
         let branches = req.branches.into_iter().map(branch_spec).collect();
-        let (outcome, branch_ids) = trace::scope(
+        let executed = trace::scope(
             trace_id,
             self.driver.execute(
                 mode,
@@ -116,7 +161,17 @@ impl Coordinator for CoordinatorService {
                 deadline,
             ),
         )
-        .await?;
+        .await;
+        let (outcome, branch_ids) = match executed {
+            Ok(executed) => executed,
+            Err(e) => {
+                return self
+                    .elsewhere(e, &metadata, copy, deadline, |c, m, r| async move {
+                        client(c, m).execute(r).await
+                    })
+                    .await;
+            }
+        };
         Ok(Response::new(pb::ExecuteResponse {
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
@@ -131,8 +186,35 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let txn = self.driver.get(&request.into_inner().txn_id)?;
+        let mut transaction = txn_to_pb(&txn);
+        transaction.owner_node = self.driver.owner_node(&txn)?;
         Ok(Response::new(pb::GetTransactionResponse {
-            transaction: Some(txn_to_pb(&txn)),
+            transaction: Some(transaction),
         }))
+    }
+}
+
+impl CoordinatorService {
+    /// Forwards the call `message` to the node `error` names, if it names
+    /// one; otherwise answers with `error`.
+    async fn elsewhere<Req, Resp, Fut>(
+        &self,
+        error: DriverError,
+        metadata: &tonic::metadata::MetadataMap,
+        message: Option<Req>,
+        deadline: Option<std::time::Instant>,
+        call: impl FnOnce(tonic::transport::Channel, usize, Request<Req>) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match message {
+            Some(message) => {
+                self.forward
+                    .forward(error, metadata, message, deadline, call)
+                    .await
+            }
+            None => Err(error.into()),
+        }
     }
 }

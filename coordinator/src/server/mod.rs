@@ -5,6 +5,7 @@
 mod admin;
 pub(crate) mod convert;
 mod coordinator;
+mod forward;
 pub mod incoming;
 pub mod requests;
 mod status;
@@ -148,6 +149,8 @@ pub async fn run(
             (Arc::new(log), report)
         }
     };
+    let shared = log.shared();
+    let participant_tls = config.tls.participants.clone();
     let driver = Driver::new(config, log)?;
     driver.audit_open(&opened).await?;
     let recovery = driver.load_unfinished()?;
@@ -182,9 +185,13 @@ pub async fn run(
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
     // The gauges scan every live transaction: only when someone scrapes them.
     let gauges = metrics.then(|| tokio::spawn(update_gauges(driver.clone())));
+    // In a cluster: claim the transactions of nodes that are gone.
+    let taker = shared.then(|| tokio::spawn(take_over_periodically(driver.clone())));
+    let forward = Arc::new(forward::Forwarder::new(participant_tls, max_message));
     let coordinator = InterceptedService::new(
         CoordinatorServer::new(CoordinatorService {
             driver: driver.clone(),
+            forward: forward.clone(),
         })
         .max_decoding_message_size(max_message),
         interceptor(auth.clone(), Role::Coordinator),
@@ -192,6 +199,7 @@ pub async fn run(
     let admin = InterceptedService::new(
         AdminServer::new(AdminService {
             driver: driver.clone(),
+            forward,
         })
         .max_decoding_message_size(max_message),
         interceptor(auth, Role::Admin),
@@ -250,6 +258,9 @@ pub async fn run(
     };
     collector.abort();
     resumer.abort();
+    if let Some(taker) = taker {
+        taker.abort();
+    }
     if let Some(gauges) = gauges {
         gauges.abort();
     }
@@ -323,6 +334,20 @@ async fn update_gauges(driver: Driver) {
         let unfinished = stats.unfinished.iter().map(|(_, n)| n).sum();
         crate::metrics::unfinished(unfinished, stats.stuck);
         crate::metrics::participant_channels(driver.participant_channels());
+    }
+}
+
+/// How often a node looks for transactions of nodes that are gone.
+const TAKEOVER_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+async fn take_over_periodically(driver: Driver) {
+    let mut ticker = tokio::time::interval(TAKEOVER_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = driver.take_over().await {
+            tracing::warn!(error = %e, "looking for transactions to take over failed; trying again");
+        }
     }
 }
 

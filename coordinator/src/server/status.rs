@@ -16,6 +16,9 @@ impl From<DriverError> for Status {
             DriverError::PermissionDenied(m) => Status::permission_denied(m.clone()),
             DriverError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
             DriverError::Unavailable(m) => Status::unavailable(m.clone()),
+            DriverError::Moved(_) | DriverError::Elsewhere { .. } => {
+                Status::unavailable(e.to_string())
+            }
             DriverError::DataLoss(m) => Status::data_loss(m.clone()),
             DriverError::Internal(m) => Status::internal(m.clone()),
         }

@@ -11,12 +11,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::engine::Txn;
 use crate::store::hwm::Hwm;
 use crate::store::record::{self, BranchSpecs, Op, TxnRecord};
-use crate::store::{AuditEntry, StoreError, TxnLog, Write, keys};
+use crate::store::{AuditEntry, Owner, StoreError, TakenOver, TxnLog, Write, Wrote, keys};
 
 /// What [`Kv::visit`] calls with each key and value.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// The ops of one transaction in a batch, with what its ownership needs.
+pub struct TxnOps<'a> {
+    pub txn_id: &'a str,
+    /// Its first record is among them: the writing node becomes its owner.
+    pub creates: bool,
+    /// It is final with them: its owner lets go of it.
+    pub finishes: bool,
+    pub ops: Vec<&'a Op>,
+}
 
 /// An ordered key-value store with atomic batches.
 pub trait Kv: Send + Sync + 'static {
@@ -42,6 +52,72 @@ pub trait Kv: Send + Sync + 'static {
     fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
         Ok(None)
     }
+
+    /// Applies `shared` and the ops of each transaction this node owns (or
+    /// creates), all or none, and returns the transactions it left out
+    /// because another node owns them. A store one coordinator has to
+    /// itself owns everything.
+    fn apply_owned(&self, txns: &[TxnOps<'_>], shared: &[Op]) -> Result<Vec<String>, StoreError> {
+        self.apply(
+            txns.iter()
+                .flat_map(|t| t.ops.iter().copied())
+                .chain(shared),
+        )?;
+        Ok(Vec::new())
+    }
+
+    /// Whether nodes share this store (see [`TxnLog::shared`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// See [`TxnLog::lease_lapses`].
+    fn lease_lapses(&self) -> u64 {
+        0
+    }
+
+    /// See [`TxnLog::owner`].
+    fn owner(&self, _txn_id: &str) -> Result<Option<Owner>, StoreError> {
+        Ok(None)
+    }
+
+    /// See [`TxnLog::owners`].
+    fn owners(&self, _txn_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Claims transactions whose owner is gone (see [`TxnLog::take_over`]);
+    /// returns each id with the node that owned it.
+    fn claim(
+        &self,
+        _limit: usize,
+        _txn_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Groups the records of `batch` by transaction, in first-seen order.
+fn by_transaction(batch: &[Write]) -> Vec<TxnOps<'_>> {
+    let mut txns: Vec<TxnOps<'_>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for write in batch {
+        let Write::Txn(record) = write else { continue };
+        let i = *index.entry(record.txn_id.as_str()).or_insert_with(|| {
+            txns.push(TxnOps {
+                txn_id: &record.txn_id,
+                creates: false,
+                finishes: false,
+                ops: Vec::new(),
+            });
+            txns.len() - 1
+        });
+        let txn = &mut txns[i];
+        txn.creates |= record.creates;
+        txn.finishes |= record.finishes;
+        txn.ops.extend(record.ops.iter());
+    }
+    txns
 }
 
 /// Feeds `items` (a store's range, in key order) to `f`, backwards if
@@ -176,7 +252,7 @@ impl<K: Kv> KvLog<K> {
 }
 
 impl<K: Kv> TxnLog for KvLog<K> {
-    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
+    fn write(&self, batch: &[Write], sync: bool) -> Result<Wrote, StoreError> {
         // The records' own ops are applied where they are (no copy of the
         // payloads); only audit entries and the batch counter are made here.
         let mut made = Vec::new();
@@ -193,18 +269,15 @@ impl<K: Kv> TxnLog for KvLog<K> {
         if sync {
             made.push(record::meta_op(keys::META_BATCH, next));
         }
-        let ops = || {
-            batch
-                .iter()
-                .filter_map(|w| match w {
-                    Write::Txn(record) => Some(record.ops.iter()),
-                    Write::Audit(_) => None,
-                })
-                .flatten()
-                .chain(made.iter())
-        };
-        let bytes = ops().map(|op| op.size() as u64).sum();
-        self.kv.apply(ops())?;
+        let txns = by_transaction(batch);
+        let fenced = self.kv.apply_owned(&txns, &made)?;
+        let bytes = txns
+            .iter()
+            .filter(|t| !fenced.iter().any(|f| f == t.txn_id))
+            .flat_map(|t| t.ops.iter().copied())
+            .chain(made.iter())
+            .map(|op| op.size() as u64)
+            .sum();
         if sync {
             if crate::failpoints::failing("log-sync-fails") {
                 return Err(StoreError::Io {
@@ -216,7 +289,7 @@ impl<K: Kv> TxnLog for KvLog<K> {
             self.batch.store(next, Ordering::Release);
             self.hwm_update(false)?;
         }
-        Ok(bytes)
+        Ok(Wrote { bytes, fenced })
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
@@ -371,6 +444,44 @@ impl<K: Kv> TxnLog for KvLog<K> {
 
     fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
         self.kv.nodes()
+    }
+
+    fn shared(&self) -> bool {
+        self.kv.shared()
+    }
+
+    fn owner(&self, txn_id: &str) -> Result<Option<Owner>, StoreError> {
+        self.kv.owner(txn_id)
+    }
+
+    fn lease_lapses(&self) -> u64 {
+        self.kv.lease_lapses()
+    }
+
+    fn owners(&self, txn_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        self.kv.owners(txn_ids)
+    }
+
+    fn take_over(&self, limit: usize, txn_id: Option<&str>) -> Result<Vec<TakenOver>, StoreError> {
+        let claimed = self.kv.claim(limit, txn_id)?;
+        let mut out = Vec::with_capacity(claimed.len());
+        for (id, from) in claimed {
+            // Ours now; one that cannot be read is reported and left owned
+            // by this node, so it is not claimed round and round.
+            match self.get(&id) {
+                Ok(Some(txn)) if !txn.state.is_final() => out.push(TakenOver { txn, from }),
+                Ok(Some(_)) => tracing::warn!(txn = %id, "took over a transaction that is already final"),
+                Ok(None) => self.damaged_read(
+                    "a transaction taken over",
+                    &StoreError::Corrupt(format!(
+                        "transaction {id} has an owner but no record"
+                    )),
+                ),
+                Err(StoreError::Corrupt(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -36,8 +36,10 @@ pub use kv::KvLog;
 pub use memory::MemoryLog;
 pub use postgres::{PgLog, SCHEMA as PG_SCHEMA, redacted};
 pub use record::{Record, Written};
+pub use kv::TxnOps;
 pub use sled_log::{OpenOptions, OpenReport, SledLog};
 pub use writer::{Durable, LogWriter, WriterStats};
+
 
 use crate::engine::Txn;
 
@@ -71,6 +73,40 @@ pub struct NodeInfo {
     pub lease_expires_at_ms: u64,
     /// Whether the lease is still running, by the store's clock.
     pub alive: bool,
+    /// Unfinished transactions it owns.
+    pub owned: u64,
+}
+
+/// The node driving an unfinished transaction, in a store nodes share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node_id: String,
+    /// Its `--advertise-addr`.
+    pub address: String,
+    /// Its lease runs and it still holds the transaction at the epoch it
+    /// claimed it with; otherwise anyone may take the transaction over.
+    pub alive: bool,
+    /// It is this node, at its current epoch.
+    pub mine: bool,
+}
+
+/// A transaction this node took over from another (or from an earlier run
+/// of itself).
+#[derive(Clone, Debug)]
+pub struct TakenOver {
+    pub txn: Txn,
+    /// The node that owned it before.
+    pub from: String,
+}
+
+/// What a write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wrote {
+    /// Bytes of keys and values stored.
+    pub bytes: u64,
+    /// Transactions whose records were refused, all of them, because this
+    /// node no longer owns them (another node took them over).
+    pub fenced: Vec<String>,
 }
 
 /// One durable write.
@@ -102,6 +138,10 @@ pub enum StoreError {
     /// writer retries, and acknowledges nothing meanwhile.
     #[error("the transaction log is out of reach: {0}")]
     Unreachable(String),
+    /// This node no longer owns the transaction: another took it over, and
+    /// nothing was written for it. Concerns that transaction only.
+    #[error("transaction {0} is now driven by another coordinator node")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -123,8 +163,9 @@ pub trait TxnLog: Send + Sync + 'static {
     /// Stores every record of `batch`, in order. With `sync`, returns only
     /// once all of them, and every earlier unsynced write, are durable;
     /// without, they are visible to reads at once and durable with the next
-    /// sync. Returns the bytes of keys and values it stored.
-    fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError>;
+    /// sync. In a store nodes share, the records of a transaction this node
+    /// does not own are left out, and named in [`Wrote::fenced`].
+    fn write(&self, batch: &[Write], sync: bool) -> Result<Wrote, StoreError>;
 
     /// Brings the acknowledged mark up to what is durable (called at least
     /// once a second while idle, and when closing).
@@ -167,5 +208,40 @@ pub trait TxnLog: Send + Sync + 'static {
     /// only one coordinator ever uses (sled, memory).
     fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, StoreError> {
         Ok(None)
+    }
+
+    /// Whether several coordinators share this store, each owning the
+    /// unfinished transactions it drives.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// How many times this node's lease was found run out when renewed
+    /// (it was paused or cut off): it may have lost transactions since.
+    fn lease_lapses(&self) -> u64 {
+        0
+    }
+
+    /// Who drives the unfinished transaction `txn_id`; `None` when the
+    /// store is not shared, or nobody owns it (it is final, or unknown).
+    fn owner(&self, _txn_id: &str) -> Result<Option<Owner>, StoreError> {
+        Ok(None)
+    }
+
+    /// The owning node of each of `txn_ids` that has one.
+    fn owners(&self, _txn_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Claims up to `limit` unfinished transactions whose owner is gone
+    /// (its lease ran out, or it rejoined since), or only `txn_id` if given,
+    /// and returns them as the log holds them. Claims by several nodes at
+    /// once never overlap. Nothing for a store that is not shared.
+    fn take_over(
+        &self,
+        _limit: usize,
+        _txn_id: Option<&str>,
+    ) -> Result<Vec<TakenOver>, StoreError> {
+        Ok(Vec::new())
     }
 }

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use crate::store::{StoreError, TxnLog, Write};
+use crate::store::{StoreError, TxnLog, Write, Wrote};
 
 /// The most records written in one group commit.
 pub const MAX_BATCH: usize = 4096;
@@ -176,9 +176,14 @@ fn run(
                 Some(err) => Err(err.clone()),
                 None => write_until_reachable(&*log, &records, sync, shutting_down, unreachable),
             };
-            let result = result.map(|bytes| {
-                stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-            });
+            let fenced = match &result {
+                Ok(wrote) => {
+                    stats.bytes.fetch_add(wrote.bytes, Ordering::Relaxed);
+                    wrote.fenced.iter().cloned().collect()
+                }
+                Err(_) => std::collections::HashSet::new(),
+            };
+            let result = result.map(|_| ());
             if sync && result.is_ok() {
                 crate::metrics::log_flush(started.elapsed(), records.len());
             }
@@ -197,9 +202,16 @@ fn run(
                     .records
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
-            records.clear();
-            for done in waiters.drain(..) {
-                let _ = done.send(result.clone());
+            // A transaction another node took over is refused alone: its
+            // callers learn it, everything else of the batch is written.
+            for (record, done) in records.drain(..).zip(waiters.drain(..)) {
+                let answer = match &record {
+                    Write::Txn(r) if fenced.contains(&r.txn_id) => {
+                        Err(StoreError::Fenced(r.txn_id.clone()))
+                    }
+                    _ => result.clone(),
+                };
+                let _ = done.send(answer);
             }
         }
         if closing {
@@ -217,7 +229,7 @@ fn write_until_reachable(
     sync: bool,
     closing: &std::sync::atomic::AtomicBool,
     unreachable: &std::sync::atomic::AtomicBool,
-) -> Result<u64, StoreError> {
+) -> Result<Wrote, StoreError> {
     let mut delay = std::time::Duration::from_millis(50);
     let mut since: Option<std::time::Instant> = None;
     loop {
@@ -274,7 +286,7 @@ mod tests {
     }
 
     impl TxnLog for Flaky {
-        fn write(&self, batch: &[Write], sync: bool) -> Result<u64, StoreError> {
+        fn write(&self, batch: &[Write], sync: bool) -> Result<Wrote, StoreError> {
             let left = self.outages.load(Ordering::Acquire);
             if left > 0 {
                 self.outages.store(left - 1, Ordering::Release);

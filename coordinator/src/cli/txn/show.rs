@@ -41,6 +41,7 @@ fn to_json(txn: &pb::Transaction, details: &[pb::BranchDetail]) -> serde_json::V
         "reason": txn.reason,
         "stuck": txn.stuck,
         "mixed_branches": txn.mixed_branches,
+        "owner_node": txn.owner_node,
         "stuck_since_ms": txn.stuck_since_ms,
         "timeout_ms": txn.timeout_ms,
         "created_at_ms": txn.created_at_ms,
@@ -94,6 +95,9 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
     );
     if !txn.reason.is_empty() {
         say!("reason       {}", txn.reason);
+    }
+    if !txn.owner_node.is_empty() {
+        say!("owner node   {}", txn.owner_node);
     }
     say!(
         "created      {} ({} ago), timeout {}",

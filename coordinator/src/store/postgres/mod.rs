@@ -8,9 +8,11 @@
 //! The schema is versioned (`arbiter_schema`): migrations run at start under
 //! an advisory lock, and a schema newer than this binary is refused.
 //!
-//! Every write goes through one session that holds the one-coordinator lock
-//! ([`session::WriterSession`]); reads use a small pool. The coordinators
-//! sharing the database, with their leases, are in [`nodes`].
+//! Several coordinators (nodes) may share the database. Each unfinished
+//! transaction has an owner node, and every write of it is fenced on that
+//! ownership ([`owners`]); the nodes, with their leases, are in [`nodes`].
+//! Every write goes through one session ([`session::WriterSession`]); reads
+//! use a small pool.
 //!
 //! The [`Kv`] calls are synchronous (the writer is a thread; reads happen
 //! where sled's would). They run on a runtime of the store's own, on a thread
@@ -18,9 +20,9 @@
 //! or not, and block only the caller.
 
 mod nodes;
+mod owners;
 mod session;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -28,11 +30,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::config::NodeIdentity;
-use crate::store::kv::{Kv, KvLog, Visitor};
+use crate::store::kv::{Kv, KvLog, TxnOps, Visitor};
 use crate::store::open::{self, Checked};
 use crate::store::record::{self, FORMAT, Op};
-use crate::store::{OpenOptions, OpenReport, StoreError, keys};
-use session::{WriterSession, pg_error, pool_error};
+use crate::store::{OpenOptions, OpenReport, Owner, StoreError, keys};
+use session::{TxnWrite, WriterSession, pg_error, pool_error};
 
 /// The log on PostgreSQL.
 pub type PgLog = KvLog<PgKv>;
@@ -45,12 +47,14 @@ const PAGE: i64 = 512;
 /// Connections kept to PostgreSQL for reads.
 const POOL: usize = 4;
 
-/// The key-value table: reads through a small pool, writes through the
-/// session that holds the coordinator lock.
+/// The key-value table: reads through a small pool, writes through one
+/// session, fenced by this node's ownership.
 pub struct PgKv {
     pool: Pool,
     /// This node and its epoch, once joined, and the task renewing its lease.
     node: Option<(NodeIdentity, i64, tokio::task::JoinHandle<()>)>,
+    /// Times the renewal found this node's lease had run out.
+    lapses: Arc<std::sync::atomic::AtomicU64>,
     writer: Arc<tokio::sync::Mutex<WriterSession>>,
     runtime: tokio::runtime::Handle,
     /// Ends the store's runtime thread when dropped.
@@ -58,8 +62,8 @@ pub struct PgKv {
 }
 
 impl PgKv {
-    /// Connects to the database `config` names and takes the coordinator
-    /// lock (refused if another coordinator holds it).
+    /// Connects to the database `config` names, checking its durability
+    /// settings.
     fn connect(config: tokio_postgres::Config) -> Result<PgKv, StoreError> {
         let (runtime, stop) = session::runtime_thread()?;
         let manager = Manager::from_config(
@@ -81,6 +85,7 @@ impl PgKv {
         let kv = PgKv {
             pool,
             node: None,
+            lapses: Arc::default(),
             writer: Arc::new(tokio::sync::Mutex::new(WriterSession::new(config))),
             runtime,
             _stop: stop,
@@ -105,10 +110,21 @@ impl PgKv {
         let epoch = self.run(async move { nodes::join(&pool, &joining).await })?;
         tracing::info!(node = %node.id, address = %node.address, epoch, "joined as a node of the store");
         let renewal =
-            self.runtime
-                .spawn(nodes::renew_forever(self.pool.clone(), node.clone(), epoch));
+            self.runtime.spawn(nodes::renew_forever(
+                self.pool.clone(),
+                node.clone(),
+                epoch,
+                self.lapses.clone(),
+            ));
         self.node = Some((node, epoch, renewal));
         Ok(())
+    }
+
+    /// This node's id and epoch (none yet while opening).
+    fn me(&self) -> (String, i64) {
+        self.node
+            .as_ref()
+            .map_or_else(|| (String::new(), 0), |(n, epoch, _)| (n.id.clone(), *epoch))
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -199,34 +215,63 @@ impl Kv for PgKv {
     }
 
     fn apply<'a>(&self, ops: impl IntoIterator<Item = &'a Op>) -> Result<(), StoreError> {
-        // The last op on a key wins: one statement may not touch a row twice.
-        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for op in ops {
-            match op {
-                Op::Put(k, v) => last.insert(k.clone(), Some(v.clone())),
-                Op::Delete(k) => last.insert(k.clone(), None),
-            };
-        }
-        if last.is_empty() {
+        let shared: Vec<Op> = ops.into_iter().cloned().collect();
+        if shared.is_empty() {
             return Ok(());
         }
-        let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, v) in last {
-            match v {
-                Some(v) => {
-                    put_keys.push(k);
-                    put_values.push(v);
-                }
-                None => deletes.push(k),
-            }
-        }
+        self.apply_owned(&[], &shared).map(|_| ())
+    }
+
+    fn apply_owned(&self, txns: &[TxnOps<'_>], shared: &[Op]) -> Result<Vec<String>, StoreError> {
+        let txns: Vec<TxnWrite> = txns
+            .iter()
+            .map(|t| TxnWrite {
+                id: t.txn_id.to_string(),
+                header_key: keys::header_key(t.txn_id),
+                creates: t.creates,
+                finishes: t.finishes,
+                ops: t.ops.iter().map(|op| (*op).clone()).collect(),
+            })
+            .collect();
+        let shared = shared.to_vec();
+        let (node, epoch) = self.me();
         let writer = self.writer.clone();
         self.run(async move {
             writer
                 .lock()
                 .await
-                .write(&put_keys, &put_values, &deletes)
+                .write(&node, epoch, txns, shared)
                 .await
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn lease_lapses(&self) -> u64 {
+        self.lapses.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn owner(&self, txn_id: &str) -> Result<Option<Owner>, StoreError> {
+        let pool = self.pool.clone();
+        let (node, epoch) = self.me();
+        let txn_id = txn_id.to_string();
+        self.run(async move { owners::owner(&pool, &node, epoch, &txn_id).await })
+    }
+
+    fn owners(&self, txn_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        let pool = self.pool.clone();
+        let txn_ids = txn_ids.to_vec();
+        self.run(async move { owners::owners(&pool, &txn_ids).await })
+    }
+
+    fn claim(&self, limit: usize, txn_id: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+        let pool = self.pool.clone();
+        let (node, epoch) = self.me();
+        let txn_id = txn_id.map(str::to_string);
+        self.run(async move {
+            owners::claim(&pool, &node, epoch, limit, txn_id.as_deref()).await
         })
     }
 
@@ -279,8 +324,6 @@ impl KvLog<PgKv> {
             }
             other => other,
         };
-        // The lock first: a newer binary must not migrate the schema under
-        // a running coordinator.
         let mut kv = PgKv::connect(config.clone()).map_err(refused)?;
         kv.migrate().map_err(refused)?;
         kv.join(node).map_err(refused)?;

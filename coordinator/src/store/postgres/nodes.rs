@@ -12,9 +12,24 @@ use crate::config::NodeIdentity;
 use crate::store::postgres::session::{pg_error, pool_error};
 use crate::store::{NodeInfo, StoreError};
 
-/// Joins (or rejoins) as `node`; returns its new epoch.
+/// Joins (or rejoins) as `node`; returns its new epoch. Transactions an
+/// earlier run of it owned are orphans from now on, taken over like a dead
+/// node's (by this node too): none is revived from memory.
 pub async fn join(pool: &Pool, node: &NodeIdentity) -> Result<i64, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
+    let alive = client
+        .query_opt(
+            "SELECT address FROM arbiter_nodes WHERE node_id = $1 AND lease_until > now()",
+            &[&node.id],
+        )
+        .await
+        .map_err(pg_error("joining the cluster"))?;
+    if let Some(row) = alive {
+        let address: String = row.get(0);
+        tracing::warn!(node = %node.id, %address,
+            "a node with this id still held a lease: taking its place (its transactions are \
+             taken over). If another process runs with this id, give each its own --node-id");
+    }
     let row = client
         .query_one(
             "INSERT INTO arbiter_nodes (node_id, address, epoch, lease_until, joined_at) \
@@ -33,7 +48,15 @@ pub async fn join(pool: &Pool, node: &NodeIdentity) -> Result<i64, StoreError> {
 /// Renews the lease of `node` at `epoch` every third of it, for as long as
 /// the store runs. A renewal that finds another epoch means this node was
 /// replaced by a newer instance of itself: said loudly, never overwritten.
-pub async fn renew_forever(pool: Pool, node: NodeIdentity, epoch: i64) {
+/// One that finds the lease had run out (the process was paused, or cut off
+/// from the database) counts a lapse in `lapses`: other nodes may have taken
+/// over some of its transactions meanwhile.
+pub async fn renew_forever(
+    pool: Pool,
+    node: NodeIdentity,
+    epoch: i64,
+    lapses: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let every = node.lease / 3;
     let mut replaced = false;
     loop {
@@ -41,9 +64,12 @@ pub async fn renew_forever(pool: Pool, node: NodeIdentity, epoch: i64) {
         let renewed = async {
             let client = pool.get().await.map_err(pool_error)?;
             client
-                .execute(
-                    "UPDATE arbiter_nodes SET lease_until = now() + make_interval(secs => $3) \
-                     WHERE node_id = $1 AND epoch = $2",
+                .query_opt(
+                    "WITH old AS (SELECT lease_until FROM arbiter_nodes \
+                       WHERE node_id = $1 AND epoch = $2) \
+                     UPDATE arbiter_nodes n SET lease_until = now() + make_interval(secs => $3) \
+                     FROM old WHERE n.node_id = $1 AND n.epoch = $2 \
+                     RETURNING old.lease_until <= now()",
                     &[&node.id, &epoch, &node.lease.as_secs_f64()],
                 )
                 .await
@@ -51,13 +77,20 @@ pub async fn renew_forever(pool: Pool, node: NodeIdentity, epoch: i64) {
         };
         // A renewal slower than its period is as good as lost.
         match tokio::time::timeout(every, renewed).await {
-            Ok(Ok(1)) => {}
-            Ok(Ok(_)) if !replaced => {
+            Ok(Ok(Some(row))) => {
+                if row.get::<_, bool>(0) {
+                    lapses.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    tracing::warn!(node = %node.id, epoch,
+                        "this node's lease had run out (paused, or cut off from the database); \
+                         renewed, and checking which transactions it still owns");
+                }
+            }
+            Ok(Ok(None)) if !replaced => {
                 replaced = true;
                 tracing::error!(node = %node.id, epoch,
                     "this node's lease belongs to a newer instance of it; no longer renewed");
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not renew this node's lease"),
             Err(_) => tracing::warn!("renewing this node's lease took longer than its period"),
         }
@@ -83,9 +116,10 @@ pub async fn list(pool: &Pool) -> Result<Vec<NodeInfo>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     let rows = client
         .query(
-            "SELECT node_id, address, epoch, \
-               (extract(epoch FROM lease_until) * 1000)::bigint, lease_until > now() \
-             FROM arbiter_nodes ORDER BY node_id",
+            "SELECT n.node_id, n.address, n.epoch, \
+               (extract(epoch FROM n.lease_until) * 1000)::bigint, n.lease_until > now(), \
+               (SELECT count(*) FROM arbiter_owners o WHERE o.node_id = n.node_id) \
+             FROM arbiter_nodes n ORDER BY n.node_id",
             &[],
         )
         .await
@@ -98,6 +132,7 @@ pub async fn list(pool: &Pool) -> Result<Vec<NodeInfo>, StoreError> {
             epoch: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
             lease_expires_at_ms: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
             alive: row.get(4),
+            owned: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
         })
         .collect())
 }

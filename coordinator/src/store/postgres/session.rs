@@ -1,7 +1,7 @@
 //! Reaching PostgreSQL: the connection settings (and how they are shown,
 //! never with a password), the store's own runtime thread, which failures
-//! are passing, the schema migrations, and the writer's session, which
-//! holds the one-coordinator lock for every write it makes.
+//! are passing, the schema migrations, and the writer's session, through
+//! which every write goes, fenced by ownership (see [`WriterSession::write`]).
 
 use std::future::Future;
 use std::str::FromStr;
@@ -11,9 +11,10 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::store::StoreError;
+use crate::store::record::Op;
 
 /// The schema this binary writes; each migration step moves one up.
-pub const SCHEMA: i32 = 2;
+pub const SCHEMA: i32 = 3;
 
 /// Statements that take the schema from version `n` to `n + 1` (index `n`).
 /// Released steps never change; a new one is added at the end.
@@ -21,10 +22,31 @@ const MIGRATIONS: [&str; SCHEMA as usize] = [
     "CREATE TABLE arbiter_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
     "CREATE TABLE arbiter_nodes (node_id text PRIMARY KEY, address text NOT NULL, \
      epoch bigint NOT NULL, lease_until timestamptz NOT NULL, joined_at timestamptz NOT NULL)",
+    "CREATE TABLE arbiter_owners (txn_id text PRIMARY KEY, node_id text NOT NULL, \
+     epoch bigint NOT NULL); \
+     CREATE INDEX arbiter_owners_node ON arbiter_owners (node_id, epoch); \
+     INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
+       SELECT encode(substring(k FROM 2), 'escape'), '', 0 FROM arbiter_kv \
+       WHERE k >= '\\x02'::bytea AND k < '\\x03'::bytea",
 ];
 
-/// The advisory lock key one coordinator holds on its database.
-const COORDINATOR_LOCK: i64 = 0x0041_5242_4954_4552; // "ARBITER"
+/// Locks the owner rows of a batch's transactions that this node holds at
+/// its epoch: a takeover (`FOR UPDATE SKIP LOCKED`) waits for the batch, or
+/// passes these rows by; one that came first has changed them already.
+const LOCK_OWNED: &str = "SELECT txn_id FROM arbiter_owners \
+                          WHERE txn_id = ANY($1::text[]) AND node_id = $2 AND epoch = $3 \
+                          FOR UPDATE";
+
+/// Makes this node the owner of new transactions: only of an id nobody
+/// owns and the log does not hold (two nodes beginning the same
+/// client-chosen id at once: one wins, the other is fenced).
+const CREATE_OWNED: &str = "INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
+                            SELECT t.id, $3, $4 FROM unnest($1::text[], $2::bytea[]) AS t(id, hk) \
+                            WHERE NOT EXISTS (SELECT 1 FROM arbiter_kv WHERE k = t.hk) \
+                            ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id";
+
+/// A final transaction has no owner.
+const RELEASE_OWNED: &str = "DELETE FROM arbiter_owners WHERE txn_id = ANY($1::text[])";
 
 /// The batch statement: one round trip, atomic on its own, durable when it
 /// returns (with `synchronous_commit` on). The `DELETE` in the `WITH` runs
@@ -154,16 +176,24 @@ pub fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// The connection every write goes through. It holds the one-coordinator
-/// lock: if it is lost (PostgreSQL restarted), it is taken again before the
-/// next write, and if another coordinator has it by then, writing stops for
-/// good. So two coordinators never write the same database.
+/// One transaction's share of a batch.
+pub struct TxnWrite {
+    pub id: String,
+    /// Where its record lives: a new transaction's must not exist yet.
+    pub header_key: Vec<u8>,
+    pub creates: bool,
+    pub finishes: bool,
+    pub ops: Vec<Op>,
+}
+
+/// The connection every write goes through, reconnecting after PostgreSQL
+/// restarts.
 pub struct WriterSession {
     config: Config,
     live: Option<Client>,
-    /// The batch statement, prepared on the first write of a session (the
-    /// table may not exist before the migration).
-    batch: Option<Statement>,
+    /// The batch's statements, prepared on the first write of a session
+    /// (the tables may not exist before the migration).
+    statements: Option<[Statement; 4]>,
 }
 
 impl WriterSession {
@@ -171,17 +201,17 @@ impl WriterSession {
         WriterSession {
             config,
             live: None,
-            batch: None,
+            statements: None,
         }
     }
 
-    /// Connects, takes the lock, and checks the durability settings.
+    /// Connects and checks the durability settings.
     pub async fn open(&mut self) -> Result<(), StoreError> {
         if self.live.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
         self.live = None;
-        self.batch = None;
+        self.statements = None;
         let connecting = pg_error("connecting to PostgreSQL");
         let (client, connection) = self.config.connect(NoTls).await.map_err(&connecting)?;
         tokio::spawn(async move {
@@ -189,25 +219,14 @@ impl WriterSession {
                 tracing::warn!(error = %e, "the PostgreSQL session of the log writer ended");
             }
         });
-        let locking = pg_error("taking the coordinator lock");
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&COORDINATOR_LOCK])
-            .await
-            .map_err(&locking)?;
-        if !row.get::<_, bool>(0) {
-            return Err(StoreError::Refused(
-                "another coordinator is using this database (its lock is held); \
-                 one coordinator per database"
-                    .into(),
-            ));
-        }
+        let checking = pg_error("checking the durability settings");
         let settings = client
             .query_one(
                 "SELECT current_setting('synchronous_commit'), current_setting('fsync')",
                 &[],
             )
             .await
-            .map_err(&locking)?;
+            .map_err(&checking)?;
         let (synchronous_commit, fsync): (String, String) = (settings.get(0), settings.get(1));
         if synchronous_commit == "off" {
             return Err(StoreError::Refused(
@@ -225,40 +244,116 @@ impl WriterSession {
         Ok(())
     }
 
-    /// Writes one batch: puts and deletes, all or none.
+    /// Writes one batch as one PostgreSQL transaction, all or none: the
+    /// `shared` ops, and the ops of each transaction that `node` owns at
+    /// `epoch` (or creates). Returns the transactions it left out because
+    /// another node owns them.
     pub async fn write(
         &mut self,
-        put_keys: &[Vec<u8>],
-        put_values: &[Vec<u8>],
-        deletes: &[Vec<u8>],
-    ) -> Result<(), StoreError> {
+        node: &str,
+        epoch: i64,
+        txns: Vec<TxnWrite>,
+        shared: Vec<Op>,
+    ) -> Result<Vec<String>, StoreError> {
         self.open().await?;
-        let Some(client) = &self.live else {
-            return Err(StoreError::Unreachable("no PostgreSQL session".into()));
-        };
-        let statement = match &self.batch {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = client
-                    .prepare(BATCH)
-                    .await
-                    .map_err(pg_error("preparing the batch statement"))?;
-                self.batch = Some(statement.clone());
-                statement
-            }
-        };
-        let result = client
-            .execute(&statement, &[&put_keys, &put_values, &deletes])
-            .await;
-        if let Err(e) = result {
-            if client.is_closed() {
-                self.live = None;
-                self.batch = None;
-            }
-            return Err(pg_error("writing the log")(e));
+        let result = self.write_open(node, epoch, txns, shared).await;
+        if self.live.as_ref().is_none_or(|c| c.is_closed()) {
+            self.live = None;
+            self.statements = None;
         }
-        Ok(())
+        result.map_err(pg_error("writing the log"))
     }
+
+    async fn write_open(
+        &mut self,
+        node: &str,
+        epoch: i64,
+        txns: Vec<TxnWrite>,
+        shared: Vec<Op>,
+    ) -> Result<Vec<String>, tokio_postgres::Error> {
+        let Some(client) = &mut self.live else {
+            return Ok(Vec::new());
+        };
+        let statements = match &self.statements {
+            Some(statements) => statements.clone(),
+            None => {
+                let statements = [
+                    client.prepare(LOCK_OWNED).await?,
+                    client.prepare(CREATE_OWNED).await?,
+                    client.prepare(RELEASE_OWNED).await?,
+                    client.prepare(BATCH).await?,
+                ];
+                self.statements = Some(statements.clone());
+                statements
+            }
+        };
+        let [lock, create, release, batch] = &statements;
+        let tx = client.transaction().await?;
+        let ids: Vec<&str> = txns.iter().map(|t| t.id.as_str()).collect();
+        let mut owned: std::collections::HashSet<String> = std::collections::HashSet::new();
+        if !ids.is_empty() {
+            for row in tx.query(lock, &[&ids, &node, &epoch]).await? {
+                owned.insert(row.get(0));
+            }
+        }
+        let (new_ids, new_keys): (Vec<&str>, Vec<&[u8]>) = txns
+            .iter()
+            .filter(|t| t.creates && !owned.contains(&t.id))
+            .map(|t| (t.id.as_str(), t.header_key.as_slice()))
+            .unzip();
+        if !new_ids.is_empty() {
+            for row in tx.query(create, &[&new_ids, &new_keys, &node, &epoch]).await? {
+                owned.insert(row.get(0));
+            }
+        }
+        let finished: Vec<&str> = txns
+            .iter()
+            .filter(|t| t.finishes && owned.contains(&t.id))
+            .map(|t| t.id.as_str())
+            .collect();
+        if !finished.is_empty() {
+            tx.execute(release, &[&finished]).await?;
+        }
+        let mut fenced = Vec::new();
+        let mut ops = Vec::new();
+        for txn in txns {
+            if owned.contains(&txn.id) {
+                ops.extend(txn.ops);
+            } else {
+                fenced.push(txn.id);
+            }
+        }
+        ops.extend(shared);
+        let (put_keys, put_values, deletes) = last_op_per_key(ops);
+        if !put_keys.is_empty() || !deletes.is_empty() {
+            tx.execute(batch, &[&put_keys, &put_values, &deletes]).await?;
+        }
+        tx.commit().await?;
+        Ok(fenced)
+    }
+}
+
+/// The puts (keys, values) and deletes of `ops`, the last op on a key
+/// winning: one statement may not touch a row twice.
+fn last_op_per_key(ops: Vec<Op>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => last.insert(k, Some(v)),
+            Op::Delete(k) => last.insert(k, None),
+        };
+    }
+    let (mut put_keys, mut put_values, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in last {
+        match v {
+            Some(v) => {
+                put_keys.push(k);
+                put_values.push(v);
+            }
+            None => deletes.push(k),
+        }
+    }
+    (put_keys, put_values, deletes)
 }
 
 /// Creates or migrates the schema; refuses one newer than this binary.

@@ -531,6 +531,11 @@ impl Written {
 pub struct Record {
     pub txn_id: String,
     pub ops: Vec<Op>,
+    /// The transaction's first record: a shared store makes this node its
+    /// owner, unless the id is already another's.
+    pub creates: bool,
+    /// It is final with this record: a shared store lets go of its owner.
+    pub finishes: bool,
 }
 
 impl Record {
@@ -561,6 +566,8 @@ impl Record {
         Ok(Record {
             txn_id: txn.id.clone(),
             ops,
+            creates: first,
+            finishes: txn.finished_at_ms.is_some(),
         })
     }
 }
