@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod cli;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod recorder;
 
 use std::future::Future;

@@ -367,6 +367,18 @@ impl ArbiterProcess {
         self.wait_exit().await
     }
 
+    /// SIGSTOP: the process stays, frozen (a long pause, as a stalled VM).
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        let pid = self.child()?.id();
+        signal(pid, libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`ArbiterProcess::pause`].
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        let pid = self.child()?.id();
+        signal(pid, libc::SIGCONT)
+    }
+
     /// SIGKILL: no chance to clean up.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         let pid = self.child()?.id();

@@ -104,26 +104,6 @@ async fn a_store_it_cannot_use_is_refused_at_start() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn one_coordinator_per_database() -> anyhow::Result<()> {
-    let (_cluster, url) = fresh_database().await?;
-    let dir = tempfile::tempdir()?;
-    let first = ArbiterProcess::start(&dir.path().join("a"), &["--store", &url]).await?;
-    let stderr = dir.path().join("stderr");
-    let second =
-        ArbiterProcess::try_start(&dir.path().join("b"), &["--store", &url], &stderr).await?;
-    let Start::Refused { code, stderr } = second else {
-        anyhow::bail!("a second coordinator started on the same database");
-    };
-    assert_eq!(code, Some(1));
-    assert!(
-        stderr.contains("another coordinator is using this database"),
-        "{stderr}"
-    );
-    drop(first);
-    Ok(())
-}
-
 /// The whole server's health status, if it answers.
 async fn health(endpoint: &str) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())

@@ -511,6 +511,9 @@ impl Driver {
             Wait::Final => TxnState::is_final,
         };
         let published = self.inner.wait_for(slot, done, deadline).await;
+        if slot.is_fenced() {
+            return Err(runtime::moved(txn_id));
+        }
         if let Some(reason) = self.inner.fatal.borrow().clone() {
             return Err(DriverError::Unavailable(format!(
                 "transaction log failed: {reason}"

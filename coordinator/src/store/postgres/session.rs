@@ -39,10 +39,14 @@ const LOCK_OWNED: &str = "SELECT txn_id FROM arbiter_owners \
 
 /// Makes this node the owner of new transactions: only of an id nobody
 /// owns and the log does not hold (two nodes beginning the same
-/// client-chosen id at once: one wins, the other is fenced).
+/// client-chosen id at once: one wins, the other is fenced), and only
+/// while its lease runs: a node whose lease ran out (paused, cut off) may
+/// have its transactions claimed any moment, and starts none until renewed.
 const CREATE_OWNED: &str = "INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
                             SELECT t.id, $3, $4 FROM unnest($1::text[], $2::bytea[]) AS t(id, hk) \
                             WHERE NOT EXISTS (SELECT 1 FROM arbiter_kv WHERE k = t.hk) \
+                              AND EXISTS (SELECT 1 FROM arbiter_nodes n WHERE n.node_id = $3 \
+                                AND n.epoch = $4 AND n.lease_until > now()) \
                             ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id";
 
 /// A final transaction has no owner.
