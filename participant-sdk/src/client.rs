@@ -353,6 +353,18 @@ impl Client {
         txn_id: &str,
         branch: &Branch,
     ) -> Result<String, ClientError> {
+        self.register_branch_with_id(txn_id, branch, "").await
+    }
+
+    /// Adds a branch under an id of the caller's choosing, so that a retry
+    /// (after a timeout, or on another coordinator node) is a no-op instead
+    /// of a second branch. An empty id lets the coordinator number it.
+    pub async fn register_branch_with_id(
+        &self,
+        txn_id: &str,
+        branch: &Branch,
+        branch_id: &str,
+    ) -> Result<String, ClientError> {
         let spec = branch.to_pb();
         let response = self
             .inner
@@ -363,7 +375,7 @@ impl Client {
                 resource: spec.resource,
                 payload: spec.payload,
                 call_timeout_ms: spec.call_timeout_ms,
-                branch_id: String::new(),
+                branch_id: branch_id.to_string(),
             })
             .await?;
         Ok(response.into_inner().branch_id)

@@ -346,13 +346,30 @@ impl ArbiterProcess {
                 self.last_exit = Some(status);
                 bail!("arbiter exited during start-up with {status}");
             }
-            if Client::connect(self.endpoint.clone()).await.is_ok() {
+            if self.answers().await {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("arbiter did not answer on {} in time", self.endpoint);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Whether it answers a call (any status but a transport failure): a
+    /// bound port alone may still be opening its log, and refuse it.
+    async fn answers(&self) -> bool {
+        let Ok(client) = Client::connect(self.endpoint.clone()).await else {
+            return false;
+        };
+        let probe = client.get_transaction("readiness-probe");
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(_)) | Ok(Err(arbiter_sdk::ClientError::NotFound(_))) => true,
+            Ok(Err(e)) => !matches!(
+                crate::code_of(&e),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            ),
+            Err(_) => false,
         }
     }
 

@@ -78,12 +78,19 @@ async fn any_node_answers_any_call_and_forwards_to_the_owner() -> anyhow::Result
     assert_eq!(outcome.state, TxnState::Committed, "{outcome:?}");
     assert_eq!(rec_a.calls(&id), ["prepare", "commit"]);
     assert_eq!(rec_b.calls(&id), ["prepare", "commit"]);
-    assert_eq!(owner(&c2, &id).await.as_deref(), Some(""), "final: no owner");
+    assert_eq!(
+        owner(&c2, &id).await.as_deref(),
+        Some(""),
+        "final: no owner"
+    );
 
     let undone = c2.begin(Mode::Tcc, None).await?;
     c1.register_branch(&undone, &Branch::new(a.endpoint(), "r1"))
         .await?;
-    assert_eq!(c1.rollback(&undone, "changed my mind").await?, TxnState::Aborted);
+    assert_eq!(
+        c1.rollback(&undone, "changed my mind").await?,
+        TxnState::Aborted
+    );
     assert_eq!(state(&c2, &undone).await, Some(TxnState::Aborted));
 
     // The same client-chosen id begun on both nodes is one transaction.
@@ -103,7 +110,11 @@ async fn any_node_answers_any_call_and_forwards_to_the_owner() -> anyhow::Result
     }
     let again = c2.execute(execute()).await?;
     assert_eq!(again.state, TxnState::Committed);
-    let prepares = rec_a.calls("same-id").iter().filter(|c| **c == "prepare").count();
+    let prepares = rec_a
+        .calls("same-id")
+        .iter()
+        .filter(|c| **c == "prepare")
+        .count();
     assert_eq!(prepares, 1, "{:?}", rec_a.calls("same-id"));
 
     let listed = arbiter_tests::cli::json(&n2.endpoint, &["cluster", "ls"])?;
@@ -167,7 +178,10 @@ async fn a_stopped_node_hands_over_at_once_and_a_dead_one_after_its_lease() -> a
         owners.iter().all(|o| o == "n1").then_some(())
     })
     .await;
-    println!("takeover after kill -9 (lease {LEASE_MS} ms): {:?}", killed.elapsed());
+    println!(
+        "takeover after kill -9 (lease {LEASE_MS} ms): {:?}",
+        killed.elapsed()
+    );
 
     rec_b.set_fail_phase2(false);
     for id in [&first.txn_id, &second.txn_id] {
@@ -193,7 +207,11 @@ async fn undecided_with_prepares_in_flight(
 ) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for n in 0..4 {
-        let mode = if n % 2 == 0 { Mode::TwoPhase } else { Mode::Tcc };
+        let mode = if n % 2 == 0 {
+            Mode::TwoPhase
+        } else {
+            Mode::Tcc
+        };
         let id = c1.begin(mode, Some(Duration::from_secs(60))).await?;
         c1.register_branch(&id, &Branch::new(slow, "r1").payload("slow:4000"))
             .await?;
@@ -269,11 +287,19 @@ async fn an_isolated_owner_is_fenced(
                 "{id}: a lost transaction was committed: {calls:?}"
             );
         }
-        assert_eq!(state(&c1, id).await, Some(TxnState::Aborted), "{id} as n1 tells it");
+        assert_eq!(
+            state(&c1, id).await,
+            Some(TxnState::Aborted),
+            "{id} as n1 tells it"
+        );
     }
     // Losing transactions never stops the node: it goes on serving.
     let after = c1
-        .execute(Execute::two_phase().branch(Branch::new(fast.endpoint(), "r1")).wait(true))
+        .execute(
+            Execute::two_phase()
+                .branch(Branch::new(fast.endpoint(), "r1"))
+                .wait(true),
+        )
         .await?;
     assert_eq!(after.state, TxnState::Committed);
     Ok(())
@@ -293,12 +319,13 @@ async fn a_paused_owner_is_fenced_and_commits_nothing_it_lost() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_owner_cut_off_from_postgres_is_fenced_and_commits_nothing_it_lost()
--> anyhow::Result<()> {
+async fn an_owner_cut_off_from_postgres_is_fenced_and_commits_nothing_it_lost() -> anyhow::Result<()>
+{
     let cluster = PgCluster::start(0)?;
     cluster.create_database("arbiter").await?;
     let proxy = Arc::new(Proxy::start(cluster.port).await?);
-    let via_proxy = |store: &str| store.replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
+    let via_proxy =
+        |store: &str| store.replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
     let (cut, restore) = (proxy.clone(), proxy.clone());
     an_isolated_owner_is_fenced(
         move |_| {

@@ -90,22 +90,37 @@ fn a_taken_over_transaction_is_fenced_for_its_old_owner() -> anyhow::Result<()> 
     let b = open(&url, "b")?;
 
     let mut t = txn("t1");
-    assert!(fenced(&a, created(&t)?)?.is_empty(), "a creates and owns t1");
-    let owner = b.owner("t1")?.ok_or_else(|| anyhow::anyhow!("t1 has no owner"))?;
-    assert_eq!((owner.node_id.as_str(), owner.alive, owner.mine), ("a", true, false));
+    assert!(
+        fenced(&a, created(&t)?)?.is_empty(),
+        "a creates and owns t1"
+    );
+    let owner = b
+        .owner("t1")?
+        .ok_or_else(|| anyhow::anyhow!("t1 has no owner"))?;
+    assert_eq!(
+        (owner.node_id.as_str(), owner.alive, owner.mine),
+        ("a", true, false)
+    );
     assert!(a.owner("t1")?.is_some_and(|o| o.mine));
 
     // b may neither write it nor claim it while a lives.
     t.state = TxnState::Aborting;
     assert_eq!(fenced(&b, updated(&t)?)?, vec!["t1".to_string()]);
-    assert_eq!(b.get("t1")?.map(|t| t.state), Some(TxnState::Active), "nothing of b's written");
+    assert_eq!(
+        b.get("t1")?.map(|t| t.state),
+        Some(TxnState::Active),
+        "nothing of b's written"
+    );
     assert!(b.take_over(10, None)?.is_empty(), "a is alive");
 
     // a stops renewing: b takes t1 over; a's late decision is refused.
     expire(&cluster, "fencing", "a")?;
     let taken = b.take_over(10, None)?;
     assert_eq!(taken.len(), 1);
-    assert_eq!((taken[0].txn.id.as_str(), taken[0].from.as_str()), ("t1", "a"));
+    assert_eq!(
+        (taken[0].txn.id.as_str(), taken[0].from.as_str()),
+        ("t1", "a")
+    );
     let mut late = txn("t1");
     late.state = TxnState::Committing;
     assert_eq!(fenced(&a, updated(&late)?)?, vec!["t1".to_string()]);
@@ -139,8 +154,14 @@ fn one_batch_writes_what_it_owns_and_refuses_only_the_rest() -> anyhow::Result<(
     let mut ours = txn("ours");
     let wrote = a.write(&[created(&ours)?, created(&both)?, updated(&theirs)?], true)?;
     let refused: HashSet<String> = wrote.fenced.into_iter().collect();
-    assert_eq!(refused, HashSet::from(["both".to_string(), "theirs".to_string()]));
-    assert!(a.get("ours")?.is_some(), "the owned part of the batch is written");
+    assert_eq!(
+        refused,
+        HashSet::from(["both".to_string(), "theirs".to_string()])
+    );
+    assert!(
+        a.get("ours")?.is_some(),
+        "the owned part of the batch is written"
+    );
     ours.state = TxnState::Preparing;
     assert!(fenced(&a, updated(&ours)?)?.is_empty());
     assert_eq!(b.get("ours")?.map(|t| t.state), Some(TxnState::Preparing));
@@ -179,13 +200,20 @@ fn survivors_claim_a_dead_nodes_transactions_disjointly() -> anyhow::Result<()> 
             .collect();
         claims
             .into_iter()
-            .map(|c| c.join().map_err(|_| anyhow::anyhow!("claimer panicked"))?.map_err(Into::into))
+            .map(|c| {
+                c.join()
+                    .map_err(|_| anyhow::anyhow!("claimer panicked"))?
+                    .map_err(Into::into)
+            })
             .collect::<anyhow::Result<_>>()
     })?;
     let mut all = HashSet::new();
     for (n, mine) in claimed.iter().enumerate() {
         for id in mine {
-            assert!(all.insert(id.clone()), "{id} claimed twice (again by survivor {n})");
+            assert!(
+                all.insert(id.clone()),
+                "{id} claimed twice (again by survivor {n})"
+            );
         }
     }
     assert_eq!(all.len(), COUNT, "every transaction claimed once");
@@ -195,7 +223,11 @@ fn survivors_claim_a_dead_nodes_transactions_disjointly() -> anyhow::Result<()> 
         }
     }
     let listed = survivors[0].nodes()?.unwrap_or_default();
-    let owned: u64 = listed.iter().filter(|n| n.node_id != "dead").map(|n| n.owned).sum();
+    let owned: u64 = listed
+        .iter()
+        .filter(|n| n.node_id != "dead")
+        .map(|n| n.owned)
+        .sum();
     assert_eq!(owned, COUNT as u64, "{listed:?}");
     Ok(())
 }
@@ -211,7 +243,10 @@ fn a_node_rejoining_under_its_id_takes_its_transactions_back_as_orphans() -> any
     // out): the first run's transaction is an orphan, the first run fenced.
     let second = open(&url, "n")?;
     let taken = second.take_over(10, None)?;
-    assert_eq!(taken.iter().map(|t| t.txn.id.as_str()).collect::<Vec<_>>(), ["t"]);
+    assert_eq!(
+        taken.iter().map(|t| t.txn.id.as_str()).collect::<Vec<_>>(),
+        ["t"]
+    );
     assert_eq!(fenced(&first, updated(&t)?)?, vec!["t".to_string()]);
     assert!(fenced(&second, updated(&t)?)?.is_empty());
     Ok(())

@@ -95,7 +95,9 @@ fn adopt(inner: &Arc<Inner>, mut txn: Txn) -> Option<Arc<Slot>> {
     let slot = inner.insert(Slot::recovered(txn), &id).ok()?;
     match inner.apply(&slot, Event::Recovered) {
         Ok(steps) => inner.perform_detached(slot.clone(), steps),
-        Err(e) => tracing::error!(txn = %id, error = %e, "could not resume a transaction taken over"),
+        Err(e) => {
+            tracing::error!(txn = %id, error = %e, "could not resume a transaction taken over")
+        }
     }
     Some(slot)
 }
@@ -113,11 +115,9 @@ impl Driver {
         let mut total = 0;
         loop {
             let inner = self.inner.clone();
-            let taken = tokio::task::spawn_blocking(move || {
-                inner.log.take_over(CLAIM_BATCH, None)
-            })
-            .await
-            .map_err(|e| DriverError::Internal(format!("takeover task: {e}")))??;
+            let taken = tokio::task::spawn_blocking(move || inner.log.take_over(CLAIM_BATCH, None))
+                .await
+                .map_err(|e| DriverError::Internal(format!("takeover task: {e}")))??;
             let claimed = taken.len();
             if claimed == 0 {
                 return Ok(total);
@@ -140,7 +140,11 @@ impl Driver {
         }
         crate::metrics::taken_over(adopted as u64);
         for (node, count) in from {
-            let node = if node.is_empty() { "(none: an older log)".to_string() } else { node };
+            let node = if node.is_empty() {
+                "(none: an older log)".to_string()
+            } else {
+                node
+            };
             tracing::warn!(from = %node, count, "took over the unfinished transactions of a node that is gone");
         }
         adopted

@@ -361,7 +361,11 @@ impl Inner {
 
     /// Like [`Inner::wait_durable`] for a record of `slot`'s transaction:
     /// if another node took it over, this one lets go of it.
-    pub async fn wait_durable_of(&self, slot: &Arc<Slot>, durable: Durable) -> Result<(), DriverError> {
+    pub async fn wait_durable_of(
+        &self,
+        slot: &Arc<Slot>,
+        durable: Durable,
+    ) -> Result<(), DriverError> {
         let result = self.wait_durable(durable).await;
         if result.is_err() && slot.is_fenced() {
             return Err(moved(&slot.lock().id));
@@ -375,7 +379,7 @@ impl Inner {
     fn store_failed(&self, error: &StoreError) {
         match error {
             StoreError::Closed if *self.stopping.borrow() => {} // expected while shutting down
-            StoreError::Fenced(_) => {} // that transaction only
+            StoreError::Fenced(_) => {}                         // that transaction only
             _ => set_fatal(&self.fatal, error),
         }
     }

@@ -20,7 +20,10 @@ pub struct CoordinatorService {
 }
 
 /// A client of another node's Coordinator service.
-fn client(channel: tonic::transport::Channel, max_message: usize) -> CoordinatorClient<tonic::transport::Channel> {
+fn client(
+    channel: tonic::transport::Channel,
+    max_message: usize,
+) -> CoordinatorClient<tonic::transport::Channel> {
     CoordinatorClient::new(channel)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message)

@@ -85,18 +85,22 @@ impl Forwarder {
         });
         request.set_timeout(patience.max(Duration::from_millis(1)));
         tracing::debug!(%txn, %node, %address, "forwarding a call to the transaction's owner");
-        call(channel, self.max_message, request).await.map_err(|status| {
-            if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
-                // The owner went away under the call: say who, so the retry
-                // can be understood.
-                Status::unavailable(format!(
-                    "forwarded to coordinator node {node} at {address}: {}",
-                    status.message()
-                ))
-            } else {
-                status
-            }
-        })
+        call(channel, self.max_message, request)
+            .await
+            .map_err(|status| {
+                if status.code() == tonic::Code::Unavailable
+                    || status.code() == tonic::Code::Unknown
+                {
+                    // The owner went away under the call: say who, so the retry
+                    // can be understood.
+                    Status::unavailable(format!(
+                        "forwarded to coordinator node {node} at {address}: {}",
+                        status.message()
+                    ))
+                } else {
+                    status
+                }
+            })
     }
 
     fn channel(&self, address: &str) -> Result<Channel, String> {
@@ -104,8 +108,8 @@ impl Forwarder {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let mut endpoint = Endpoint::from_shared(address.to_string())
-            .map_err(|e| format!("bad address: {e}"))?;
+        let mut endpoint =
+            Endpoint::from_shared(address.to_string()).map_err(|e| format!("bad address: {e}"))?;
         if address.starts_with("https://") {
             let tls = self.tls.clone().unwrap_or_default();
             endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;

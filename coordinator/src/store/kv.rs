@@ -48,6 +48,27 @@ pub trait Kv: Send + Sync + 'static {
     /// Makes everything applied so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// The values of `keys` that exist, and every pair in `start..end` in
+    /// key order, read as of one moment.
+    fn read_together(
+        &self,
+        keys: &[Vec<u8>],
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<Pair>, StoreError> {
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(v) = self.get(key)? {
+                out.push((key.clone(), v));
+            }
+        }
+        self.visit(start, end, false, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
     /// The coordinators sharing this store, if it can be shared.
     fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
         Ok(None)
@@ -168,40 +189,42 @@ pub fn pairs_under<K: Kv + ?Sized>(kv: &K, prefix: &[u8]) -> Result<Vec<Pair>, S
 /// it remain (its branch specs, its unfinished-index entry, a format-1
 /// record) is damage, not absence: a committed transaction must never look
 /// unknown, which participants would read as "aborted".
+///
+/// Everything of the transaction is read at once ([`Kv::read_together`]):
+/// on a store other nodes write, a record and its specs read apart could
+/// belong to different moments, and look damaged.
 pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreError> {
-    let key = keys::header_key(txn_id);
-    let Some(value) = kv.get(&key)? else {
-        return match traces(kv, txn_id)? {
+    let header_key = keys::header_key(txn_id);
+    let prefix = keys::spec_prefix(txn_id);
+    let traces = [keys::unfinished_key(txn_id), keys::v1_txn_key(txn_id)];
+    let mut wanted = vec![header_key.clone()];
+    wanted.extend(traces.iter().cloned());
+    let found = kv.read_together(&wanted, &prefix, &prefix_end(&prefix))?;
+    let mut header = None;
+    let mut chunks = Vec::new();
+    let mut trace = None;
+    for (k, v) in &found {
+        if *k == header_key {
+            header = Some(v);
+        } else if k.starts_with(&prefix) {
+            let first = keys::parse_branch_index(prefix.len(), k)?;
+            chunks.push((first, BranchSpecs::decode(k, v)?));
+            trace.get_or_insert_with(|| keys::describe(k));
+        } else {
+            trace.get_or_insert_with(|| keys::describe(k));
+        }
+    }
+    let Some(value) = header else {
+        return match trace {
             None => Ok(None),
             Some(trace) => Err(StoreError::Corrupt(format!(
                 "transaction {txn_id}: its record is missing, but {trace} remains"
             ))),
         };
     };
-    let record = TxnRecord::decode(&key, &value)?;
-    let prefix = keys::spec_prefix(txn_id);
-    let mut chunks = Vec::new();
-    for (k, v) in pairs_under(kv, &prefix)? {
-        let first = keys::parse_branch_index(prefix.len(), &k)?;
-        chunks.push((first, BranchSpecs::decode(&k, &v)?));
-    }
+    let record = TxnRecord::decode(&header_key, value)?;
+    chunks.sort_by_key(|(first, _)| *first);
     record::fold(txn_id, record, chunks).map(Some)
-}
-
-/// What the log still holds of a transaction without its record, if anything.
-fn traces<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<String>, StoreError> {
-    for key in [keys::unfinished_key(txn_id), keys::v1_txn_key(txn_id)] {
-        if kv.get(&key)?.is_some() {
-            return Ok(Some(keys::describe(&key)));
-        }
-    }
-    let prefix = keys::spec_prefix(txn_id);
-    let mut found = None;
-    kv.visit(&prefix, &prefix_end(&prefix), false, &mut |k, _| {
-        found = Some(keys::describe(k));
-        ControlFlow::Break(())
-    })?;
-    Ok(found)
 }
 
 /// The transaction log over a [`Kv`].
@@ -266,7 +289,9 @@ impl<K: Kv> TxnLog for KvLog<K> {
             .load(Ordering::Acquire)
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("the log's batch counter is exhausted".into()))?;
-        if sync {
+        // The durable batch counter backs the acknowledged mark of a log
+        // on one machine; nodes sharing a store would only contend for it.
+        if sync && !self.kv.shared() {
             made.push(record::meta_op(keys::META_BATCH, next));
         }
         let txns = by_transaction(batch);
@@ -470,12 +495,12 @@ impl<K: Kv> TxnLog for KvLog<K> {
             // by this node, so it is not claimed round and round.
             match self.get(&id) {
                 Ok(Some(txn)) if !txn.state.is_final() => out.push(TakenOver { txn, from }),
-                Ok(Some(_)) => tracing::warn!(txn = %id, "took over a transaction that is already final"),
+                Ok(Some(_)) => {
+                    tracing::warn!(txn = %id, "took over a transaction that is already final")
+                }
                 Ok(None) => self.damaged_read(
                     "a transaction taken over",
-                    &StoreError::Corrupt(format!(
-                        "transaction {id} has an owner but no record"
-                    )),
+                    &StoreError::Corrupt(format!("transaction {id} has an owner but no record")),
                 ),
                 Err(StoreError::Corrupt(_)) => {}
                 Err(e) => return Err(e),

@@ -33,13 +33,12 @@ mod sled_log;
 mod writer;
 
 pub use kv::KvLog;
+pub use kv::TxnOps;
 pub use memory::MemoryLog;
 pub use postgres::{PgLog, SCHEMA as PG_SCHEMA, redacted};
 pub use record::{Record, Written};
-pub use kv::TxnOps;
 pub use sled_log::{OpenOptions, OpenReport, SledLog};
 pub use writer::{Durable, LogWriter, WriterStats};
-
 
 use crate::engine::Txn;
 

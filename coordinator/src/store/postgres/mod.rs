@@ -41,6 +41,27 @@ pub type PgLog = KvLog<PgKv>;
 
 pub use session::{SCHEMA, redacted};
 
+/// A pooled connection inside a read-only repeatable-read transaction.
+type Snapshot = Arc<tokio::sync::Mutex<deadpool_postgres::Object>>;
+
+/// Runs `read` on the snapshot connection if there is one, else on a
+/// connection from the pool.
+async fn reading<T, F>(pool: Pool, snapshot: Option<Snapshot>, read: F) -> Result<T, StoreError>
+where
+    F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, StoreError>,
+{
+    match snapshot {
+        Some(snapshot) => {
+            let client = snapshot.lock().await;
+            read(&client).await
+        }
+        None => {
+            let client = pool.get().await.map_err(pool_error)?;
+            read(&client).await
+        }
+    }
+}
+
 /// Keys read per round trip when visiting a range.
 const PAGE: i64 = 512;
 
@@ -56,6 +77,10 @@ pub struct PgKv {
     /// Times the renewal found this node's lease had run out.
     lapses: Arc<std::sync::atomic::AtomicU64>,
     writer: Arc<tokio::sync::Mutex<WriterSession>>,
+    /// While set, reads go to this connection, inside one repeatable-read
+    /// transaction: the check at start sees one consistent state of a log
+    /// other nodes are writing.
+    snapshot: std::sync::Mutex<Option<Snapshot>>,
     runtime: tokio::runtime::Handle,
     /// Ends the store's runtime thread when dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -86,6 +111,7 @@ impl PgKv {
             pool,
             node: None,
             lapses: Arc::default(),
+            snapshot: std::sync::Mutex::new(None),
             writer: Arc::new(tokio::sync::Mutex::new(WriterSession::new(config))),
             runtime,
             _stop: stop,
@@ -109,22 +135,60 @@ impl PgKv {
         let joining = node.clone();
         let epoch = self.run(async move { nodes::join(&pool, &joining).await })?;
         tracing::info!(node = %node.id, address = %node.address, epoch, "joined as a node of the store");
-        let renewal =
-            self.runtime.spawn(nodes::renew_forever(
-                self.pool.clone(),
-                node.clone(),
-                epoch,
-                self.lapses.clone(),
-            ));
+        let renewal = self.runtime.spawn(nodes::renew_forever(
+            self.pool.clone(),
+            node.clone(),
+            epoch,
+            self.lapses.clone(),
+        ));
         self.node = Some((node, epoch, renewal));
         Ok(())
     }
 
+    fn snapshot(&self) -> Option<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `check` with every read in one consistent snapshot of the
+    /// database (other nodes go on writing meanwhile).
+    fn consistently<T>(
+        &self,
+        check: impl FnOnce(&Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pool = self.pool.clone();
+        let client = self.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg_error("starting a consistent read"))?;
+            Ok(client)
+        })?;
+        let snapshot: Snapshot = Arc::new(tokio::sync::Mutex::new(client));
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        let result = check(self);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ended = self.run(async move {
+            let client = snapshot.lock().await;
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(pg_error("ending a consistent read"))
+        });
+        let value = result?;
+        ended?;
+        Ok(value)
+    }
+
     /// This node's id and epoch (none yet while opening).
     fn me(&self) -> (String, i64) {
-        self.node
-            .as_ref()
-            .map_or_else(|| (String::new(), 0), |(n, epoch, _)| (n.id.clone(), *epoch))
+        self.node.as_ref().map_or_else(
+            || (String::new(), 0),
+            |(n, epoch, _)| (n.id.clone(), *epoch),
+        )
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -138,20 +202,37 @@ impl PgKv {
 
 impl Kv for PgKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let pool = self.pool.clone();
+        let (pool, snapshot) = (self.pool.clone(), self.snapshot());
         let key = key.to_vec();
-        self.run(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let statement = client
-                .prepare_cached("SELECT v FROM arbiter_kv WHERE k = $1")
-                .await
-                .map_err(pg_error("reading the log"))?;
+        self.run(reading(pool, snapshot, async move |client| {
             let row = client
-                .query_opt(&statement, &[&key])
+                .query_opt("SELECT v FROM arbiter_kv WHERE k = $1", &[&key])
                 .await
                 .map_err(pg_error("reading the log"))?;
             Ok(row.map(|row| row.get(0)))
-        })
+        }))
+    }
+
+    fn read_together(
+        &self,
+        keys: &[Vec<u8>],
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Vec<crate::store::kv::Pair>, StoreError> {
+        // One statement: one snapshot.
+        let (pool, snapshot) = (self.pool.clone(), self.snapshot());
+        let (keys, start, end) = (keys.to_vec(), start.to_vec(), end.to_vec());
+        self.run(reading(pool, snapshot, async move |client| {
+            let rows = client
+                .query(
+                    "SELECT k, v FROM arbiter_kv \
+                     WHERE k = ANY($1::bytea[]) OR (k >= $2 AND k < $3) ORDER BY k",
+                    &[&keys, &start, &end],
+                )
+                .await
+                .map_err(pg_error("reading the log"))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        }))
     }
 
     fn visit(
@@ -168,10 +249,9 @@ impl Kv for PgKv {
         let (mut low, mut high) = (start.to_vec(), end.to_vec());
         let mut low_inclusive = true;
         loop {
-            let pool = self.pool.clone();
+            let (pool, snapshot) = (self.pool.clone(), self.snapshot());
             let (lo, hi, inclusive) = (low.clone(), high.clone(), low_inclusive);
-            let page: Vec<(Vec<u8>, Vec<u8>)> = self.run(async move {
-                let client = pool.get().await.map_err(pool_error)?;
+            let page: Vec<(Vec<u8>, Vec<u8>)> = self.run(reading(pool, snapshot, async move |client| {
                 let sql = match (reverse, inclusive) {
                     (false, true) => {
                         "SELECT k, v FROM arbiter_kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3"
@@ -183,16 +263,12 @@ impl Kv for PgKv {
                         "SELECT k, v FROM arbiter_kv WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT $3"
                     }
                 };
-                let statement = client
-                    .prepare_cached(sql)
-                    .await
-                    .map_err(pg_error("reading the log"))?;
                 let rows = client
-                    .query(&statement, &[&lo, &hi, &PAGE])
+                    .query(sql, &[&lo, &hi, &PAGE])
                     .await
                     .map_err(pg_error("reading the log"))?;
                 Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-            })?;
+            }))?;
             let full = page.len() as i64 == PAGE;
             let Some(last) = page.last().map(|(k, _)| k.clone()) else {
                 return Ok(());
@@ -236,13 +312,7 @@ impl Kv for PgKv {
         let shared = shared.to_vec();
         let (node, epoch) = self.me();
         let writer = self.writer.clone();
-        self.run(async move {
-            writer
-                .lock()
-                .await
-                .write(&node, epoch, txns, shared)
-                .await
-        })
+        self.run(async move { writer.lock().await.write(&node, epoch, txns, shared).await })
     }
 
     fn shared(&self) -> bool {
@@ -266,13 +336,15 @@ impl Kv for PgKv {
         self.run(async move { owners::owners(&pool, &txn_ids).await })
     }
 
-    fn claim(&self, limit: usize, txn_id: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+    fn claim(
+        &self,
+        limit: usize,
+        txn_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let pool = self.pool.clone();
         let (node, epoch) = self.me();
         let txn_id = txn_id.map(str::to_string);
-        self.run(async move {
-            owners::claim(&pool, &node, epoch, limit, txn_id.as_deref()).await
-        })
+        self.run(async move { owners::claim(&pool, &node, epoch, limit, txn_id.as_deref()).await })
     }
 
     fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {
@@ -336,25 +408,30 @@ impl KvLog<PgKv> {
             return Ok((KvLog::over(kv, 0, None), OpenReport::default()));
         };
         open::check_format(format).map_err(|e| StoreError::Refused(format!("{where_}: {e}")))?;
-        let checked: Checked = open::check_all(&kv)?;
-        let mut report = OpenReport {
-            records: checked.records,
-            transactions: checked.transactions,
-            ..OpenReport::default()
-        };
-        let mut whole = Vec::new();
-        let batch = checked.batch.unwrap_or_else(|| {
-            whole.push("the log's batch counter is missing".to_string());
-            0
-        });
-        report.accepted_damage = open::judge(
-            &kv,
-            &checked,
-            whole,
-            options,
-            &format!("the transaction log in PostgreSQL at {where_}"),
-            "Restore the database from a backup.",
-        )?;
+        // Other nodes may be writing: the check reads one snapshot.
+        let what = format!("the transaction log in PostgreSQL at {where_}");
+        let (report, batch) = kv.consistently(|kv| {
+            let checked: Checked = open::check_all(kv)?;
+            let mut report = OpenReport {
+                records: checked.records,
+                transactions: checked.transactions,
+                ..OpenReport::default()
+            };
+            let mut whole = Vec::new();
+            let batch = checked.batch.unwrap_or_else(|| {
+                whole.push("the log's batch counter is missing".to_string());
+                0
+            });
+            report.accepted_damage = open::judge(
+                kv,
+                &checked,
+                whole,
+                options,
+                &what,
+                "Restore the database from a backup.",
+            )?;
+            Ok((report, batch))
+        })?;
         Ok((KvLog::over(kv, batch, None), report))
     }
 }

@@ -306,7 +306,10 @@ impl WriterSession {
             .map(|t| (t.id.as_str(), t.header_key.as_slice()))
             .unzip();
         if !new_ids.is_empty() {
-            for row in tx.query(create, &[&new_ids, &new_keys, &node, &epoch]).await? {
+            for row in tx
+                .query(create, &[&new_ids, &new_keys, &node, &epoch])
+                .await?
+            {
                 owned.insert(row.get(0));
             }
         }
@@ -330,7 +333,8 @@ impl WriterSession {
         ops.extend(shared);
         let (put_keys, put_values, deletes) = last_op_per_key(ops);
         if !put_keys.is_empty() || !deletes.is_empty() {
-            tx.execute(batch, &[&put_keys, &put_values, &deletes]).await?;
+            tx.execute(batch, &[&put_keys, &put_values, &deletes])
+                .await?;
         }
         tx.commit().await?;
         Ok(fenced)
