@@ -118,8 +118,39 @@ impl Server {
         Ok(())
     }
 
+    /// Waits until it answers a call (a bound port may still be opening
+    /// its log).
+    pub async fn wait_answering(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut admin) =
+                arbiter_proto::v1::admin_client::AdminClient::connect(self.endpoint.clone()).await
+                && admin
+                    .stats(arbiter_proto::v1::StatsRequest {})
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not answer in time", self.endpoint);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. SIGTERM) and waits for the exit.
+    #[allow(unsafe_code)]
+    pub fn signal_and_wait(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on a child we spawned; no memory is involved.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            let _ = child.wait();
+        }
     }
 
     /// SIGKILL and reap.

@@ -13,10 +13,11 @@ use crate::participants::{Participants, RESOURCE};
 use crate::report::{Report, percentiles};
 use crate::{Api, ModeArg, RunArgs, echo};
 
-/// A coordinator (started, or given) and the participants.
+/// The coordinator nodes (started, or one given) and the participants.
 pub struct Setup {
-    pub coordinator: Option<Server>,
-    pub endpoint: String,
+    pub coordinators: Vec<Server>,
+    /// Where clients reach each node; the load is spread over them.
+    pub endpoints: Vec<String>,
     pub participants: Participants,
     pub data_dir: Option<tempfile::TempDir>,
 }
@@ -26,24 +27,40 @@ impl Setup {
         let participants = Participants::start(args.participants).await?;
         if let Some(endpoint) = &args.coordinator {
             return Ok(Setup {
-                coordinator: None,
-                endpoint: endpoint.clone(),
+                coordinators: Vec::new(),
+                endpoints: vec![endpoint.clone()],
                 participants,
                 data_dir: None,
             });
         }
         let dir = tempfile::tempdir()?;
-        let server = Server::arbiter(&dir.path().join("data"), &args.arbiter_args).await?;
+        let mut coordinators = Vec::new();
+        for n in 0..args.nodes.max(1) {
+            let extra = format!("{} --node-id bench-{n}", args.arbiter_args);
+            let server = Server::arbiter(&dir.path().join(format!("data{n}")), &extra).await?;
+            server.wait_answering().await?;
+            coordinators.push(server);
+        }
         Ok(Setup {
-            endpoint: server.endpoint.clone(),
-            coordinator: Some(server),
+            endpoints: coordinators.iter().map(|s| s.endpoint.clone()).collect(),
+            coordinators,
             participants,
             data_dir: Some(dir),
         })
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.coordinator.as_ref().and_then(Server::pid)
+    fn pids(&self) -> Vec<u32> {
+        self.coordinators.iter().filter_map(Server::pid).collect()
+    }
+
+    /// A measure summed over the coordinator processes; `None` if any is
+    /// unknown.
+    fn sum(&self, of: impl Fn(u32) -> Option<f64>) -> Option<f64> {
+        let pids = self.pids();
+        if pids.is_empty() {
+            return None;
+        }
+        pids.into_iter().map(of).sum()
     }
 }
 
@@ -57,7 +74,7 @@ struct Tally {
     txns: u64,
 }
 
-async fn one_txn(
+pub async fn one_txn(
     client: &Client,
     args: &RunArgs,
     endpoints: &[String],
@@ -112,15 +129,20 @@ async fn one_txn(
     }
 }
 
-/// The coordinator's log counters: (batches, records, bytes).
-async fn admin_log_counts(admin: &mut AdminClient<tonic::transport::Channel>) -> (u64, u64, u64) {
-    match admin.stats(pb::StatsRequest {}).await {
-        Ok(s) => {
+/// The coordinators' log counters, summed: (batches, records, bytes).
+async fn admin_log_counts(
+    admins: &mut [AdminClient<tonic::transport::Channel>],
+) -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    for admin in admins {
+        if let Ok(s) = admin.stats(pb::StatsRequest {}).await {
             let s = s.into_inner();
-            (s.log_batches, s.log_records, s.log_bytes)
+            total.0 += s.log_batches;
+            total.1 += s.log_records;
+            total.2 += s.log_bytes;
         }
-        Err(_) => (0, 0, 0),
     }
+    total
 }
 
 /// Runs the load for `args` against `setup` and measures it.
@@ -131,9 +153,15 @@ pub async fn measure(
 ) -> anyhow::Result<Report> {
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(setup.endpoint.clone()).await?);
+        for endpoint in &setup.endpoints {
+            clients.push(Client::connect(endpoint.clone()).await?);
+        }
     }
-    let mut admin = AdminClient::connect(setup.endpoint.clone()).await?;
+    let mut admins = Vec::new();
+    for endpoint in &setup.endpoints {
+        admins.push(AdminClient::connect(endpoint.clone()).await?);
+    }
+    let pg = crate::cluster::PgStats::of(&args.arbiter_args).await;
     let endpoints = Arc::new(setup.participants.endpoints());
     let args_shared = Arc::new(args.clone());
     let start = Instant::now();
@@ -175,14 +203,16 @@ pub async fn measure(
     }
 
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = setup.pid().and_then(child::cpu_seconds);
-    let log_before = admin_log_counts(&mut admin).await;
-    let disk_before = setup.pid().and_then(child::write_bytes);
+    let cpu_before = setup.sum(child::cpu_seconds);
+    let log_before = admin_log_counts(&mut admins).await;
+    let disk_before = setup.sum(|pid| child::write_bytes(pid).map(|b| b as f64));
+    let commits_before = pg.commits().await;
     tokio::time::sleep_until(end.into()).await;
-    let cpu_after = setup.pid().and_then(child::cpu_seconds);
-    let log_after = admin_log_counts(&mut admin).await;
-    let disk_after = setup.pid().and_then(child::write_bytes);
-    let rss = setup.pid().and_then(child::rss_mib);
+    let cpu_after = setup.sum(child::cpu_seconds);
+    let log_after = admin_log_counts(&mut admins).await;
+    let disk_after = setup.sum(|pid| child::write_bytes(pid).map(|b| b as f64));
+    let commits_after = pg.commits().await;
+    let rss = setup.sum(child::rss_mib);
 
     let mut total = Tally::default();
     for task in tasks {
@@ -227,7 +257,11 @@ pub async fn measure(
         log_bytes_per_tx: per_tx(log_bytes),
         disk_bytes_per_tx: disk_before
             .zip(disk_after)
-            .map(|(b, a)| per_tx(a.saturating_sub(b))),
+            .map(|(b, a)| (a - b).max(0.0) / measured.max(1) as f64),
+        store_commits_per_tx: commits_before
+            .zip(commits_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / measured.max(1) as f64),
+        nodes: setup.endpoints.len(),
         cpu_cores: cpu_before.zip(cpu_after).map(|(b, a)| (a - b) / seconds),
         rss_mib: rss,
     })
@@ -259,7 +293,7 @@ pub async fn run_once(args: &RunArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
         report.print_text();
-        if let Some(dir) = &setup.data_dir {
+        if let (Some(dir), false) = (&setup.data_dir, args.arbiter_args.contains("--store")) {
             println!("  data dir         {:.1} MiB", child::dir_mib(dir.path()));
         }
     }

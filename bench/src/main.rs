@@ -1,6 +1,7 @@
 //! `arbiter-bench`: measures Arbiter on this machine. See `BENCHMARKS.md`.
 
 mod child;
+mod cluster;
 mod echo;
 mod load;
 mod participants;
@@ -32,6 +33,12 @@ enum Command {
     Sweep(RunArgs),
     /// Time to finish N decided transactions after a kill -9 and restart.
     Recovery(recovery::RecoveryArgs),
+    /// sled on one node, then the log on PostgreSQL with 1, 2 and 3 nodes
+    /// (clients spread over them), each in a fresh database, in one run.
+    Cluster(cluster::ClusterArgs),
+    /// Time for the other nodes to finish N decided transactions of a node
+    /// that is SIGKILLed (or SIGTERMed).
+    Takeover(cluster::TakeoverArgs),
     /// Internal: serve the echo service for the gRPC ceiling.
     #[command(hide = true)]
     EchoServer {
@@ -66,6 +73,10 @@ pub struct RunArgs {
     /// Transactions in flight.
     #[arg(long, global = true, default_value_t = 64)]
     pub concurrency: usize,
+    /// Coordinator nodes to start (with `--arbiter-args "--store postgres://..."`);
+    /// the load is spread over them.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub nodes: usize,
     /// Measured time, e.g. 10s.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -132,6 +143,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Run(args)) => load::run_once(&args).await,
         Some(Command::Sweep(args)) => sweep::run(&args).await,
         Some(Command::Recovery(args)) => recovery::run(&args).await,
+        Some(Command::Cluster(args)) => cluster::compare(&args).await,
+        Some(Command::Takeover(args)) => cluster::takeover(&args).await,
         Some(Command::EchoServer { listen }) => echo::serve(listen).await,
     }
 }

@@ -31,6 +31,11 @@ pub struct Report {
     pub disk_bytes_per_tx: Option<f64>,
     pub cpu_cores: Option<f64>,
     pub rss_mib: Option<f64>,
+    /// PostgreSQL transactions committed in the log's database per finished
+    /// transaction (with `--store postgres://`).
+    pub store_commits_per_tx: Option<f64>,
+    /// Coordinator nodes the load was spread over.
+    pub nodes: usize,
 }
 
 impl Report {
@@ -54,14 +59,15 @@ impl Report {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{unit}"));
         println!(
-            "{} {} branches={} read-only={} concurrency={} wait={} abort-ratio={}",
+            "{} {} branches={} read-only={} concurrency={} wait={} abort-ratio={} nodes={}",
             self.mode,
             self.api,
             self.branches,
             self.read_only_branches,
             self.concurrency,
             self.wait,
-            self.abort_ratio
+            self.abort_ratio,
+            self.nodes
         );
         println!(
             "  transactions/s   {:.0}   ({} committed, {} aborted, {} errors in {:.1}s)",
@@ -82,6 +88,9 @@ impl Report {
             self.disk_bytes_per_tx
                 .map_or("-".to_string(), |b| format!("{b:.0}"))
         );
+        if let Some(commits) = self.store_commits_per_tx {
+            println!("  PostgreSQL       {commits:.3} commits per tx");
+        }
         println!(
             "  coordinator      CPU {} cores ({} µs per tx), RSS {}",
             opt(self.cpu_cores, ""),
@@ -116,6 +125,8 @@ impl Report {
             "coordinator_cpu_cores": self.cpu_cores,
             "coordinator_cpu_us_per_tx": self.cpu_us_per_tx(),
             "coordinator_rss_mib": self.rss_mib,
+            "store_commits_per_tx": self.store_commits_per_tx,
+            "nodes": self.nodes,
         })
     }
 }

@@ -72,6 +72,20 @@ pub fn config(url: &str) -> Result<Config, StoreError> {
         config.tcp_user_timeout(Duration::from_secs(10));
     }
     config.keepalives_idle(Duration::from_secs(10));
+    // On the server's side of every session: a session left hanging (its
+    // client cut off) gives its locks back within seconds, not hours; no
+    // statement waits on a lock for long; and every statement is planned
+    // for its own arguments (a plan made while the tables were empty would
+    // scan them whole once they are not).
+    let ours = "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=10000 \
+                -c statement_timeout=30000 -c tcp_keepalives_idle=10 \
+                -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 \
+                -c plan_cache_mode=force_custom_plan";
+    let options = match config.get_options() {
+        Some(given) if !given.is_empty() => format!("{ours} {given}"),
+        _ => ours.to_string(),
+    };
+    config.options(options);
     Ok(config)
 }
 
@@ -159,7 +173,22 @@ pub fn pg_error(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreErro
         let passing_code = e.code().is_some_and(|code| {
             matches!(
                 code.code(),
-                "08000" | "08001" | "08003" | "08006" | "57P01" | "57P02" | "57P03" | "53300"
+                // connection lost or refused; server shutting down or
+                // starting; too many connections; a deadlock or a lock or
+                // statement timeout (the batch rolled back: written again)
+                "08000"
+                    | "08001"
+                    | "08003"
+                    | "08006"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "53300"
+                    | "40P01"
+                    | "40001"
+                    | "55P03"
+                    | "57014"
+                    | "25P03"
             )
         });
         if e.is_closed() || io || passing_code || e.to_string().contains("timed out") {
