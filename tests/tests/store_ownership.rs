@@ -41,16 +41,25 @@ fn created(txn: &Txn) -> anyhow::Result<Write> {
     Ok(Write::Txn(Record::of(txn, &mut Written::default())?))
 }
 
-/// A later record of `txn`, by a node that has it in memory.
+/// A later record of `txn`, by a node that created it and has it in memory.
 fn updated(txn: &Txn) -> anyhow::Result<Write> {
+    updated_under(txn, 0)
+}
+
+/// A later record of `txn`, by a node that holds it under `claim`.
+fn updated_under(txn: &Txn, claim: i64) -> anyhow::Result<Write> {
     let mut before = txn.clone();
     before.updated_at_ms = before.updated_at_ms.wrapping_sub(1);
-    let mut written = Written::all_of(&before);
+    let mut written = Written::claimed(&before, claim);
     Ok(Write::Txn(Record::of(txn, &mut written)?))
 }
 
 fn fenced(log: &PgLog, write: Write) -> anyhow::Result<Vec<String>> {
-    Ok(log.write(&[write], true)?.fenced)
+    Ok(ids(log.write(&[write], true)?.fenced))
+}
+
+fn ids(fenced: Vec<(String, i64)>) -> Vec<String> {
+    fenced.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Runs `work` on a runtime of its own (these tests are synchronous).
@@ -126,10 +135,17 @@ fn a_taken_over_transaction_is_fenced_for_its_old_owner() -> anyhow::Result<()> 
     assert_eq!(fenced(&a, updated(&late)?)?, vec!["t1".to_string()]);
     assert_eq!(b.get("t1")?.map(|t| t.state), Some(TxnState::Active));
 
-    // The new owner writes, finishes, and the transaction has no owner.
+    // The new owner writes (under its claim only), finishes, and the
+    // transaction has no owner.
+    let claim = taken[0].claim;
+    assert_eq!(
+        fenced(&b, updated(&t)?)?,
+        vec!["t1".to_string()],
+        "an older claim"
+    );
     t.state = TxnState::Aborted;
     t.finished_at_ms = Some(2_000);
-    assert!(fenced(&b, updated(&t)?)?.is_empty());
+    assert!(fenced(&b, updated_under(&t, claim)?)?.is_empty());
     assert_eq!(b.owner("t1")?, None, "a final transaction has no owner");
     assert_eq!(a.get("t1")?.map(|t| t.state), Some(TxnState::Aborted));
     // ... and its old owner still cannot write it, nor create it anew.
@@ -153,7 +169,7 @@ fn one_batch_writes_what_it_owns_and_refuses_only_the_rest() -> anyhow::Result<(
     assert!(fenced(&b, created(&both)?)?.is_empty());
     let mut ours = txn("ours");
     let wrote = a.write(&[created(&ours)?, created(&both)?, updated(&theirs)?], true)?;
-    let refused: HashSet<String> = wrote.fenced.into_iter().collect();
+    let refused: HashSet<String> = ids(wrote.fenced).into_iter().collect();
     assert_eq!(
         refused,
         HashSet::from(["both".to_string(), "theirs".to_string()])
@@ -248,6 +264,73 @@ fn a_node_rejoining_under_its_id_takes_its_transactions_back_as_orphans() -> any
         ["t"]
     );
     assert_eq!(fenced(&first, updated(&t)?)?, vec!["t".to_string()]);
-    assert!(fenced(&second, updated(&t)?)?.is_empty());
+    assert!(fenced(&second, updated_under(&t, taken[0].claim)?)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_stale_copy_is_fenced_even_when_its_node_claims_the_transaction_back() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(0)?;
+    let url = database(&cluster, "stale")?;
+    let a = open(&url, "a")?;
+    let b = open(&url, "b")?;
+    let mut t = txn("t");
+    assert!(fenced(&a, created(&t)?)?.is_empty());
+    // a pauses; b takes t over and decides to abort; then b dies and a,
+    // back, claims t again. The copy a kept from before must not write.
+    expire(&cluster, "stale", "a")?;
+    let by_b = b.take_over(10, None)?;
+    t.state = TxnState::Aborting;
+    assert!(fenced(&b, updated_under(&t, by_b[0].claim)?)?.is_empty());
+    expire(&cluster, "stale", "b")?;
+    block_on(async {
+        let client = cluster.connect("stale").await?;
+        client
+            .execute(
+                "UPDATE arbiter_nodes SET lease_until = now() + interval '30 seconds' \
+                 WHERE node_id = 'a'",
+                &[],
+            )
+            .await?;
+        Ok(())
+    })?;
+    let by_a = a.take_over(10, None)?;
+    assert_eq!(by_a.len(), 1);
+    assert_eq!(by_a[0].txn.state, TxnState::Aborting, "a sees b's decision");
+    let mut stale = txn("t");
+    stale.state = TxnState::Committing;
+    assert_eq!(
+        fenced(&a, updated(&stale)?)?,
+        vec!["t".to_string()],
+        "the old copy"
+    );
+    assert_eq!(a.get("t")?.map(|t| t.state), Some(TxnState::Aborting));
+    t.state = TxnState::Aborted;
+    t.finished_at_ms = Some(3_000);
+    assert!(fenced(&a, updated_under(&t, by_a[0].claim)?)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_transaction_over_in_one_batch_is_never_begun_again() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(0)?;
+    let url = database(&cluster, "once")?;
+    let a = open(&url, "a")?;
+    let b = open(&url, "b")?;
+    // Begun and aborted in one batch (a timeout of 1 ms): no owner is left.
+    let mut t = txn("once");
+    let mut written = Written::default();
+    let begun = Write::Txn(Record::of(&t, &mut written)?);
+    t.state = TxnState::Aborted;
+    t.finished_at_ms = Some(1_001);
+    let over = Write::Txn(Record::of(&t, &mut written)?);
+    assert!(a.write(&[begun, over], true)?.fenced.is_empty());
+    assert_eq!(a.owner("once")?, None);
+    // The same client-chosen id begun on b afterwards is refused.
+    assert_eq!(
+        fenced(&b, created(&txn("once"))?)?,
+        vec!["once".to_string()]
+    );
+    assert_eq!(b.get("once")?.map(|t| t.state), Some(TxnState::Aborted));
     Ok(())
 }

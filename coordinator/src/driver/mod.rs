@@ -92,16 +92,21 @@ impl Driver {
     /// Loads every unfinished transaction of the log into memory, so that each
     /// is live before requests are served. [`Driver::resume`] then finishes them.
     pub fn load_unfinished(&self) -> Result<Recovery, DriverError> {
-        let txns = if self.inner.log.shared() {
+        let txns: Vec<(Txn, i64)> = if self.inner.log.shared() {
             self.claim_at_start()?
         } else {
-            self.inner.log.unfinished()?
+            self.inner
+                .log
+                .unfinished()?
+                .into_iter()
+                .map(|t| (t, 0))
+                .collect()
         };
         let mut slots = Vec::with_capacity(txns.len());
-        for mut txn in txns {
+        for (mut txn, claim) in txns {
             validate::normalise_stored(&mut txn);
             let id = txn.id.clone();
-            match self.inner.insert(Slot::recovered(txn), &id) {
+            match self.inner.insert(Slot::recovered(txn, claim), &id) {
                 Ok(slot) | Err(slot) => slots.push(slot),
             }
         }

@@ -65,9 +65,7 @@ pub fn stored(inner: &Arc<Inner>, txn: Txn) -> Result<Found, DriverError> {
             if let Some(taken) = inner.log.take_over(1, Some(&id))?.pop() {
                 crate::metrics::taken_over(1);
                 tracing::info!(txn = %id, from = %taken.from, "took over a transaction of a node that is gone");
-                return adopt(inner, taken.txn)
-                    .map(Found::Live)
-                    .ok_or_else(|| being_taken_over(&id));
+                return Ok(Found::Live(adopt(inner, taken)));
             }
             match inner.log.get(&id)? {
                 Some(txn) if txn.state.is_final() => Ok(Found::Stored(txn)),
@@ -87,19 +85,25 @@ fn being_taken_over(txn_id: &str) -> DriverError {
     ))
 }
 
-/// Makes a transaction this node just claimed live, and resumes it as a
-/// restart would; `None` if it already was.
-fn adopt(inner: &Arc<Inner>, mut txn: Txn) -> Option<Arc<Slot>> {
+/// Makes a transaction this node just claimed live under its new claim,
+/// and resumes it as a restart would. A slot of it still live here is left
+/// over from before it was taken from this node: let go of (its records,
+/// under the old claim, are refused).
+fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Arc<Slot> {
+    let TakenOver { mut txn, claim, .. } = taken;
     validate::normalise_stored(&mut txn);
     let id = txn.id.clone();
-    let slot = inner.insert(Slot::recovered(txn), &id).ok()?;
+    let slot = Slot::recovered(txn, claim);
+    while let Err(stale) = inner.insert(slot.clone(), &id) {
+        inner.lose(&stale);
+    }
     match inner.apply(&slot, Event::Recovered) {
         Ok(steps) => inner.perform_detached(slot.clone(), steps),
         Err(e) => {
             tracing::error!(txn = %id, error = %e, "could not resume a transaction taken over")
         }
     }
-    Some(slot)
+    slot
 }
 
 impl Driver {
@@ -131,12 +135,10 @@ impl Driver {
 
     fn adopt_all(&self, taken: Vec<TakenOver>) -> usize {
         let mut from: BTreeMap<String, usize> = BTreeMap::new();
-        let mut adopted = 0;
-        for TakenOver { txn, from: node } in taken {
-            if adopt(&self.inner, txn).is_some() {
-                adopted += 1;
-                *from.entry(node).or_default() += 1;
-            }
+        let adopted = taken.len();
+        for taken in taken {
+            *from.entry(taken.from.clone()).or_default() += 1;
+            adopt(&self.inner, taken);
         }
         crate::metrics::taken_over(adopted as u64);
         for (node, count) in from {
@@ -152,10 +154,11 @@ impl Driver {
 
     /// After this node's lease lapsed (it was paused, or cut off from the
     /// store), others may have taken some of its transactions: check each
-    /// live one and let go of those it lost.
+    /// live one and let go of those it lost. Done again until a check
+    /// completes.
     async fn let_go_of_lost(&self) -> Result<(), DriverError> {
         let lapses = self.inner.log.lease_lapses();
-        if self.inner.lapses_seen.swap(lapses, Ordering::AcqRel) == lapses {
+        if self.inner.lapses_seen.load(Ordering::Acquire) == lapses {
             return Ok(());
         }
         let inner = self.inner.clone();
@@ -170,24 +173,49 @@ impl Driver {
                 };
                 match inner.log.owner(&id)? {
                     Some(owner) if owner.mine => {}
+                    // No owner: it may have just finished here.
+                    None if slot.lock().state.is_final() => {}
+                    None if inner.log.get(&id)?.is_some_and(|t| t.state.is_final()) => {}
                     _ => inner.lose(&slot),
                 }
             }
+            inner.lapses_seen.store(lapses, Ordering::Release);
             Ok::<_, DriverError>(())
         })
         .await
         .map_err(|e| DriverError::Internal(format!("ownership check task: {e}")))?
     }
 
+    /// Resumes transactions this node owns but does not drive: a takeover
+    /// that stopped between claiming and loading (the store went away).
+    pub async fn drive_idle_owned(&self) -> Result<usize, DriverError> {
+        if !self.inner.log.shared() || self.is_stopping() {
+            return Ok(0);
+        }
+        let inner = self.inner.clone();
+        let idle = tokio::task::spawn_blocking(move || {
+            let live = |id: &str| inner.live(id).is_some();
+            inner.log.owned_but_idle(&live)
+        })
+        .await
+        .map_err(|e| DriverError::Internal(format!("ownership check task: {e}")))??;
+        let count = idle.len();
+        for taken in idle {
+            tracing::warn!(txn = %taken.txn.id, "resuming a transaction this node owns but was not driving");
+            adopt(&self.inner, taken);
+        }
+        Ok(count)
+    }
+
     /// Loads the transactions this node recovers at start: in a shared
     /// store, those it claims (its own from before a restart, and any dead
     /// node's); otherwise every unfinished one.
-    pub(super) fn claim_at_start(&self) -> Result<Vec<Txn>, DriverError> {
+    pub(super) fn claim_at_start(&self) -> Result<Vec<(Txn, i64)>, DriverError> {
         let mut out = Vec::new();
         loop {
             let taken = self.inner.log.take_over(CLAIM_BATCH, None)?;
             let claimed = taken.len();
-            out.extend(taken.into_iter().map(|t| t.txn));
+            out.extend(taken.into_iter().map(|t| (t.txn, t.claim)));
             if claimed < CLAIM_BATCH {
                 return Ok(out);
             }

@@ -48,9 +48,10 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// A transaction read back from the log.
-    pub fn recovered(txn: Txn) -> Arc<Slot> {
-        let written = Written::all_of(&txn);
+    /// A transaction read back from the log, held under `claim` (see
+    /// [`Written`]; 0 on a store only this coordinator uses).
+    pub fn recovered(txn: Txn, claim: i64) -> Arc<Slot> {
+        let written = Written::claimed(&txn, claim);
         Slot::with(txn, None, written)
     }
 

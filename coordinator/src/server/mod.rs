@@ -343,10 +343,16 @@ const TAKEOVER_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 async fn take_over_periodically(driver: Driver) {
     let mut ticker = tokio::time::interval(TAKEOVER_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for tick in 1u64.. {
         ticker.tick().await;
         if let Err(e) = driver.take_over().await {
             tracing::warn!(error = %e, "looking for transactions to take over failed; trying again");
+        }
+        // Now and then: what this node owns but does not drive.
+        if tick % 40 == 0
+            && let Err(e) = driver.drive_idle_owned().await
+        {
+            tracing::warn!(error = %e, "checking this node's own transactions failed; trying again");
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct TxnOps<'a> {
     pub creates: bool,
     /// It is final with them: its owner lets go of it.
     pub finishes: bool,
+    /// The claim they are written under.
+    pub claim: i64,
     pub ops: Vec<&'a Op>,
 }
 
@@ -78,7 +80,11 @@ pub trait Kv: Send + Sync + 'static {
     /// creates), all or none, and returns the transactions it left out
     /// because another node owns them. A store one coordinator has to
     /// itself owns everything.
-    fn apply_owned(&self, txns: &[TxnOps<'_>], shared: &[Op]) -> Result<Vec<String>, StoreError> {
+    fn apply_owned(
+        &self,
+        txns: &[TxnOps<'_>],
+        shared: &[Op],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         self.apply(
             txns.iter()
                 .flat_map(|t| t.ops.iter().copied())
@@ -108,27 +114,40 @@ pub trait Kv: Send + Sync + 'static {
     }
 
     /// Claims transactions whose owner is gone (see [`TxnLog::take_over`]);
-    /// returns each id with the node that owned it.
+    /// returns each id with the node that owned it and the new claim.
     fn claim(
         &self,
         _limit: usize,
         _txn_id: Option<&str>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// The transactions this node owns, with their claims.
+    fn owned_here(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Gives up the owner rows of `txn_ids` (final transactions).
+    fn release(&self, _txn_ids: &[String]) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
-/// Groups the records of `batch` by transaction, in first-seen order.
+/// Groups the records of `batch` by transaction and claim, in first-seen
+/// order (a slot left over from an older claim is refused apart).
 fn by_transaction(batch: &[Write]) -> Vec<TxnOps<'_>> {
     let mut txns: Vec<TxnOps<'_>> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut index: std::collections::HashMap<(&str, i64), usize> = std::collections::HashMap::new();
     for write in batch {
         let Write::Txn(record) = write else { continue };
-        let i = *index.entry(record.txn_id.as_str()).or_insert_with(|| {
+        let key = (record.txn_id.as_str(), record.claim);
+        let i = *index.entry(key).or_insert_with(|| {
             txns.push(TxnOps {
                 txn_id: &record.txn_id,
                 creates: false,
                 finishes: false,
+                claim: record.claim,
                 ops: Vec::new(),
             });
             txns.len() - 1
@@ -298,7 +317,11 @@ impl<K: Kv> TxnLog for KvLog<K> {
         let fenced = self.kv.apply_owned(&txns, &made)?;
         let bytes = txns
             .iter()
-            .filter(|t| !fenced.iter().any(|f| f == t.txn_id))
+            .filter(|t| {
+                !fenced
+                    .iter()
+                    .any(|(id, claim)| id == t.txn_id && *claim == t.claim)
+            })
             .flat_map(|t| t.ops.iter().copied())
             .chain(made.iter())
             .map(|op| op.size() as u64)
@@ -489,15 +512,37 @@ impl<K: Kv> TxnLog for KvLog<K> {
 
     fn take_over(&self, limit: usize, txn_id: Option<&str>) -> Result<Vec<TakenOver>, StoreError> {
         let claimed = self.kv.claim(limit, txn_id)?;
+        // Ours now. If loading stops half way, the rest is picked up by
+        // `owned_but_idle`.
+        self.load_claimed(claimed)
+    }
+
+    fn owned_but_idle(&self, live: &dyn Fn(&str) -> bool) -> Result<Vec<TakenOver>, StoreError> {
+        let idle: Vec<(String, String, i64)> = self
+            .kv
+            .owned_here()?
+            .into_iter()
+            .filter(|(id, _)| !live(id))
+            .map(|(id, claim)| (id, String::new(), claim))
+            .collect();
+        self.load_claimed(idle)
+    }
+}
+
+impl<K: Kv> KvLog<K> {
+    /// Loads transactions this node holds under the given claims. A final
+    /// one needs no owner: its row is given up. One that cannot be read is
+    /// reported and left owned here, so it is not claimed round and round.
+    fn load_claimed(
+        &self,
+        claimed: Vec<(String, String, i64)>,
+    ) -> Result<Vec<TakenOver>, StoreError> {
         let mut out = Vec::with_capacity(claimed.len());
-        for (id, from) in claimed {
-            // Ours now; one that cannot be read is reported and left owned
-            // by this node, so it is not claimed round and round.
+        let mut done = Vec::new();
+        for (id, from, claim) in claimed {
             match self.get(&id) {
-                Ok(Some(txn)) if !txn.state.is_final() => out.push(TakenOver { txn, from }),
-                Ok(Some(_)) => {
-                    tracing::warn!(txn = %id, "took over a transaction that is already final")
-                }
+                Ok(Some(txn)) if !txn.state.is_final() => out.push(TakenOver { txn, from, claim }),
+                Ok(Some(_)) => done.push(id),
                 Ok(None) => self.damaged_read(
                     "a transaction taken over",
                     &StoreError::Corrupt(format!("transaction {id} has an owner but no record")),
@@ -505,6 +550,9 @@ impl<K: Kv> TxnLog for KvLog<K> {
                 Err(StoreError::Corrupt(_)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if !done.is_empty() {
+            self.kv.release(&done)?;
         }
         Ok(out)
     }

@@ -96,6 +96,9 @@ pub struct TakenOver {
     pub txn: Txn,
     /// The node that owned it before.
     pub from: String,
+    /// The claim this node now holds it under: records written under an
+    /// older one (a slot this node still had from before) are refused.
+    pub claim: i64,
 }
 
 /// What a write did.
@@ -104,8 +107,9 @@ pub struct Wrote {
     /// Bytes of keys and values stored.
     pub bytes: u64,
     /// Transactions whose records were refused, all of them, because this
-    /// node no longer owns them (another node took them over).
-    pub fenced: Vec<String>,
+    /// node no longer owns them under that claim (another node, or a later
+    /// claim of this one, took them over): each id with its claim.
+    pub fenced: Vec<(String, i64)>,
 }
 
 /// One durable write.
@@ -229,6 +233,14 @@ pub trait TxnLog: Send + Sync + 'static {
 
     /// The owning node of each of `txn_ids` that has one.
     fn owners(&self, _txn_ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Unfinished transactions this node owns that are not in `live` (a
+    /// takeover interrupted between claiming and loading), loaded; and
+    /// owner rows of final transactions given up. Nothing for a store that
+    /// is not shared.
+    fn owned_but_idle(&self, _live: &dyn Fn(&str) -> bool) -> Result<Vec<TakenOver>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -206,7 +206,7 @@ fn run(
             // callers learn it, everything else of the batch is written.
             for (record, done) in records.drain(..).zip(waiters.drain(..)) {
                 let answer = match &record {
-                    Write::Txn(r) if fenced.contains(&r.txn_id) => {
+                    Write::Txn(r) if fenced.contains(&(r.txn_id.clone(), r.claim)) => {
                         Err(StoreError::Fenced(r.txn_id.clone()))
                     }
                     _ => result.clone(),

@@ -74,6 +74,8 @@ pub struct PgKv {
     pool: Pool,
     /// This node and its epoch, once joined, and the task renewing its lease.
     node: Option<(NodeIdentity, i64, tokio::task::JoinHandle<()>)>,
+    /// The connection settings (the lease renewal has a session of its own).
+    config: tokio_postgres::Config,
     /// Times the renewal found this node's lease had run out.
     lapses: Arc<std::sync::atomic::AtomicU64>,
     writer: Arc<tokio::sync::Mutex<WriterSession>>,
@@ -110,6 +112,7 @@ impl PgKv {
         let kv = PgKv {
             pool,
             node: None,
+            config: config.clone(),
             lapses: Arc::default(),
             snapshot: std::sync::Mutex::new(None),
             writer: Arc::new(tokio::sync::Mutex::new(WriterSession::new(config))),
@@ -136,7 +139,7 @@ impl PgKv {
         let epoch = self.run(async move { nodes::join(&pool, &joining).await })?;
         tracing::info!(node = %node.id, address = %node.address, epoch, "joined as a node of the store");
         let renewal = self.runtime.spawn(nodes::renew_forever(
-            self.pool.clone(),
+            self.config.clone(),
             node.clone(),
             epoch,
             self.lapses.clone(),
@@ -298,7 +301,11 @@ impl Kv for PgKv {
         self.apply_owned(&[], &shared).map(|_| ())
     }
 
-    fn apply_owned(&self, txns: &[TxnOps<'_>], shared: &[Op]) -> Result<Vec<String>, StoreError> {
+    fn apply_owned(
+        &self,
+        txns: &[TxnOps<'_>],
+        shared: &[Op],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let txns: Vec<TxnWrite> = txns
             .iter()
             .map(|t| TxnWrite {
@@ -306,6 +313,7 @@ impl Kv for PgKv {
                 header_key: keys::header_key(t.txn_id),
                 creates: t.creates,
                 finishes: t.finishes,
+                claim: t.claim,
                 ops: t.ops.iter().map(|op| (*op).clone()).collect(),
             })
             .collect();
@@ -336,11 +344,23 @@ impl Kv for PgKv {
         self.run(async move { owners::owners(&pool, &txn_ids).await })
     }
 
+    fn owned_here(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let pool = self.pool.clone();
+        let (node, epoch) = self.me();
+        self.run(async move { owners::owned_by(&pool, &node, epoch).await })
+    }
+
+    fn release(&self, txn_ids: &[String]) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let txn_ids = txn_ids.to_vec();
+        self.run(async move { owners::release(&pool, &txn_ids).await })
+    }
+
     fn claim(
         &self,
         limit: usize,
         txn_id: Option<&str>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let pool = self.pool.clone();
         let (node, epoch) = self.me();
         let txn_id = txn_id.map(str::to_string);

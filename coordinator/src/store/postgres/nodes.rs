@@ -52,24 +52,36 @@ pub async fn join(pool: &Pool, node: &NodeIdentity) -> Result<i64, StoreError> {
 /// from the database) counts a lapse in `lapses`: other nodes may have taken
 /// over some of its transactions meanwhile.
 pub async fn renew_forever(
-    pool: Pool,
+    config: tokio_postgres::Config,
     node: NodeIdentity,
     epoch: i64,
     lapses: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let every = node.lease / 3;
     let mut replaced = false;
+    // A connection of its own: reads filling the pool never delay a renewal.
+    let mut session: Option<tokio_postgres::Client> = None;
     loop {
         tokio::time::sleep(every).await;
         let renewed = async {
-            let client = pool.get().await.map_err(pool_error)?;
+            if session.as_ref().is_none_or(|c| c.is_closed()) {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(pg_error("connecting to renew the lease"))?;
+                tokio::spawn(connection);
+                session = Some(client);
+            }
+            let Some(client) = &session else {
+                return Err(StoreError::Unreachable("no session".into()));
+            };
             client
                 .query_opt(
                     "WITH old AS (SELECT lease_until FROM arbiter_nodes \
                        WHERE node_id = $1 AND epoch = $2) \
                      UPDATE arbiter_nodes n SET lease_until = now() + make_interval(secs => $3) \
                      FROM old WHERE n.node_id = $1 AND n.epoch = $2 \
-                     RETURNING old.lease_until <= now()",
+                     RETURNING old.lease_until <= clock_timestamp()",
                     &[&node.id, &epoch, &node.lease.as_secs_f64()],
                 )
                 .await
@@ -85,14 +97,24 @@ pub async fn renew_forever(
                          renewed, and checking which transactions it still owns");
                 }
             }
-            Ok(Ok(None)) if !replaced => {
-                replaced = true;
-                tracing::error!(node = %node.id, epoch,
-                    "this node's lease belongs to a newer instance of it; no longer renewed");
+            Ok(Ok(None)) => {
+                // Replaced: nothing here is owned any more.
+                lapses.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                if !replaced {
+                    replaced = true;
+                    tracing::error!(node = %node.id, epoch,
+                        "this node's lease belongs to a newer instance of it; no longer renewed, \
+                         and every transaction it held is let go of");
+                }
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew this node's lease"),
-            Err(_) => tracing::warn!("renewing this node's lease took longer than its period"),
+            Ok(Err(e)) => {
+                session = None;
+                tracing::warn!(error = %e, "could not renew this node's lease");
+            }
+            Err(_) => {
+                session = None;
+                tracing::warn!("renewing this node's lease took longer than its period");
+            }
         }
     }
 }

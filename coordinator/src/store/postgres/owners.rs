@@ -35,7 +35,7 @@ pub async fn claim(
     epoch: i64,
     limit: usize,
     txn_id: Option<&str>,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<(String, String, i64)>, StoreError> {
     let claiming = pg_error("taking transactions over");
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(&claiming)?;
@@ -64,8 +64,8 @@ pub async fn claim(
         })
         .collect();
     let take = format!(
-        "UPDATE arbiter_owners o SET node_id = $1, epoch = $2 \
-         WHERE o.txn_id = ANY($3::text[]) AND {ORPHANED} RETURNING o.txn_id"
+        "UPDATE arbiter_owners o SET node_id = $1, epoch = $2, claim = nextval('arbiter_claims') \
+         WHERE o.txn_id = ANY($3::text[]) AND {ORPHANED} RETURNING o.txn_id, o.claim"
     );
     let taken = tx
         .query(&take, &[&node, &epoch, &ids])
@@ -77,9 +77,39 @@ pub async fn claim(
         .map(|row| {
             let id: String = row.get(0);
             let previous = from.remove(&id).unwrap_or_default();
-            (id, previous)
+            (id, previous, row.get(1))
         })
         .collect())
+}
+
+/// The transactions `node` owns at `epoch`, with their claims.
+pub async fn owned_by(
+    pool: &Pool,
+    node: &str,
+    epoch: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let rows = client
+        .query(
+            "SELECT txn_id, claim FROM arbiter_owners WHERE node_id = $1 AND epoch = $2",
+            &[&node, &epoch],
+        )
+        .await
+        .map_err(pg_error("listing the transactions this node owns"))?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Gives up the owner rows of final transactions.
+pub async fn release(pool: &Pool, txn_ids: &[String]) -> Result<(), StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    client
+        .execute(
+            "DELETE FROM arbiter_owners WHERE txn_id = ANY($1::text[])",
+            &[&txn_ids],
+        )
+        .await
+        .map_err(pg_error("giving up final transactions"))?;
+    Ok(())
 }
 
 /// The owner of `txn_id`, if it has one, as seen by `node` at `epoch`.

@@ -23,31 +23,41 @@ const MIGRATIONS: [&str; SCHEMA as usize] = [
     "CREATE TABLE arbiter_nodes (node_id text PRIMARY KEY, address text NOT NULL, \
      epoch bigint NOT NULL, lease_until timestamptz NOT NULL, joined_at timestamptz NOT NULL)",
     "CREATE TABLE arbiter_owners (txn_id text PRIMARY KEY, node_id text NOT NULL, \
-     epoch bigint NOT NULL); \
+     epoch bigint NOT NULL, claim bigint NOT NULL DEFAULT 0); \
      CREATE INDEX arbiter_owners_node ON arbiter_owners (node_id, epoch); \
+     CREATE SEQUENCE arbiter_claims; \
      INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
        SELECT encode(substring(k FROM 2), 'escape'), '', 0 FROM arbiter_kv \
        WHERE k >= '\\x02'::bytea AND k < '\\x03'::bytea",
 ];
 
 /// Locks the owner rows of a batch's transactions that this node holds at
-/// its epoch: a takeover (`FOR UPDATE SKIP LOCKED`) waits for the batch, or
-/// passes these rows by; one that came first has changed them already.
-const LOCK_OWNED: &str = "SELECT txn_id FROM arbiter_owners \
-                          WHERE txn_id = ANY($1::text[]) AND node_id = $2 AND epoch = $3 \
-                          FOR UPDATE";
+/// its epoch under the claim each record was written with: a takeover
+/// (`FOR UPDATE SKIP LOCKED`) waits for the batch, or passes these rows by;
+/// one that came first has changed them already. In id order, as every
+/// statement here locks, so two nodes' batches never deadlock.
+const LOCK_OWNED: &str = "SELECT o.txn_id, o.claim FROM arbiter_owners o \
+                          JOIN unnest($1::text[], $4::bigint[]) AS t(id, claim) \
+                            ON o.txn_id = t.id AND o.claim = t.claim \
+                          WHERE o.node_id = $2 AND o.epoch = $3 \
+                          ORDER BY o.txn_id FOR UPDATE OF o";
 
-/// Makes this node the owner of new transactions: only of an id nobody
-/// owns and the log does not hold (two nodes beginning the same
-/// client-chosen id at once: one wins, the other is fenced), and only
-/// while its lease runs: a node whose lease ran out (paused, cut off) may
-/// have its transactions claimed any moment, and starts none until renewed.
-const CREATE_OWNED: &str = "INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
-                            SELECT t.id, $3, $4 FROM unnest($1::text[], $2::bytea[]) AS t(id, hk) \
-                            WHERE NOT EXISTS (SELECT 1 FROM arbiter_kv WHERE k = t.hk) \
-                              AND EXISTS (SELECT 1 FROM arbiter_nodes n WHERE n.node_id = $3 \
+/// A new transaction's record is inserted first, and only where no record
+/// of that id exists: the key is the lock, so of two nodes beginning the
+/// same client-chosen id at once one wins and the other is fenced, even if
+/// the winner's transaction is already over. Only while this node's lease
+/// runs: a node whose lease ran out (paused, cut off) may have its
+/// transactions claimed any moment, and starts none until renewed.
+const CREATE_RECORDS: &str = "INSERT INTO arbiter_kv (k, v) \
+                              SELECT t.k, t.v FROM unnest($1::bytea[], $2::bytea[]) AS t(k, v) \
+                              WHERE EXISTS (SELECT 1 FROM arbiter_nodes n WHERE n.node_id = $3 \
                                 AND n.epoch = $4 AND n.lease_until > now()) \
-                            ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id";
+                              ORDER BY t.k ON CONFLICT (k) DO NOTHING RETURNING k";
+
+/// ... and this node becomes their owner (claim 0).
+const CREATE_OWNED: &str = "INSERT INTO arbiter_owners (txn_id, node_id, epoch, claim) \
+                            SELECT t.id, $2, $3, 0 FROM unnest($1::text[]) AS t(id) \
+                            ORDER BY t.id ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id";
 
 /// A final transaction has no owner.
 const RELEASE_OWNED: &str = "DELETE FROM arbiter_owners WHERE txn_id = ANY($1::text[])";
@@ -216,6 +226,7 @@ pub struct TxnWrite {
     pub header_key: Vec<u8>,
     pub creates: bool,
     pub finishes: bool,
+    pub claim: i64,
     pub ops: Vec<Op>,
 }
 
@@ -226,7 +237,7 @@ pub struct WriterSession {
     live: Option<Client>,
     /// The batch's statements, prepared on the first write of a session
     /// (the tables may not exist before the migration).
-    statements: Option<[Statement; 4]>,
+    statements: Option<[Statement; 5]>,
 }
 
 impl WriterSession {
@@ -279,15 +290,15 @@ impl WriterSession {
 
     /// Writes one batch as one PostgreSQL transaction, all or none: the
     /// `shared` ops, and the ops of each transaction that `node` owns at
-    /// `epoch` (or creates). Returns the transactions it left out because
-    /// another node owns them.
+    /// `epoch` under the record's claim (or creates). Returns the
+    /// transactions (with claims) it left out because they are not.
     pub async fn write(
         &mut self,
         node: &str,
         epoch: i64,
         txns: Vec<TxnWrite>,
         shared: Vec<Op>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         self.open().await?;
         let result = self.write_open(node, epoch, txns, shared).await;
         if self.live.as_ref().is_none_or(|c| c.is_closed()) {
@@ -301,9 +312,9 @@ impl WriterSession {
         &mut self,
         node: &str,
         epoch: i64,
-        txns: Vec<TxnWrite>,
+        mut txns: Vec<TxnWrite>,
         shared: Vec<Op>,
-    ) -> Result<Vec<String>, tokio_postgres::Error> {
+    ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
         let Some(client) = &mut self.live else {
             return Ok(Vec::new());
         };
@@ -312,6 +323,7 @@ impl WriterSession {
             None => {
                 let statements = [
                     client.prepare(LOCK_OWNED).await?,
+                    client.prepare(CREATE_RECORDS).await?,
                     client.prepare(CREATE_OWNED).await?,
                     client.prepare(RELEASE_OWNED).await?,
                     client.prepare(BATCH).await?,
@@ -320,31 +332,26 @@ impl WriterSession {
                 statements
             }
         };
-        let [lock, create, release, batch] = &statements;
+        let [lock, create_records, create_owned, release, batch] = &statements;
+        txns.sort_by(|a, b| (&a.id, a.claim).cmp(&(&b.id, b.claim)));
         let tx = client.transaction().await?;
-        let ids: Vec<&str> = txns.iter().map(|t| t.id.as_str()).collect();
-        let mut owned: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut owned: std::collections::HashSet<(String, i64)> = Default::default();
+        let (ids, claims): (Vec<&str>, Vec<i64>) =
+            txns.iter().map(|t| (t.id.as_str(), t.claim)).unzip();
         if !ids.is_empty() {
-            for row in tx.query(lock, &[&ids, &node, &epoch]).await? {
-                owned.insert(row.get(0));
+            for row in tx.query(lock, &[&ids, &node, &epoch, &claims]).await? {
+                owned.insert((row.get(0), row.get(1)));
             }
         }
-        let (new_ids, new_keys): (Vec<&str>, Vec<&[u8]>) = txns
+        let new: Vec<&TxnWrite> = txns
             .iter()
-            .filter(|t| t.creates && !owned.contains(&t.id))
-            .map(|t| (t.id.as_str(), t.header_key.as_slice()))
-            .unzip();
-        if !new_ids.is_empty() {
-            for row in tx
-                .query(create, &[&new_ids, &new_keys, &node, &epoch])
-                .await?
-            {
-                owned.insert(row.get(0));
-            }
-        }
+            .filter(|t| t.creates && !owned.contains(&(t.id.clone(), t.claim)))
+            .collect();
+        let created = create(&tx, [create_records, create_owned], &new, node, epoch).await?;
+        owned.extend(created.into_iter().map(|id| (id, 0)));
         let finished: Vec<&str> = txns
             .iter()
-            .filter(|t| t.finishes && owned.contains(&t.id))
+            .filter(|t| t.finishes && owned.contains(&(t.id.clone(), t.claim)))
             .map(|t| t.id.as_str())
             .collect();
         if !finished.is_empty() {
@@ -353,10 +360,10 @@ impl WriterSession {
         let mut fenced = Vec::new();
         let mut ops = Vec::new();
         for txn in txns {
-            if owned.contains(&txn.id) {
+            if owned.contains(&(txn.id.clone(), txn.claim)) {
                 ops.extend(txn.ops);
             } else {
-                fenced.push(txn.id);
+                fenced.push((txn.id, txn.claim));
             }
         }
         ops.extend(shared);
@@ -368,6 +375,46 @@ impl WriterSession {
         tx.commit().await?;
         Ok(fenced)
     }
+}
+
+/// Creates the new transactions of `txns` (records first, then owners);
+/// returns the ids this node now owns.
+async fn create(
+    tx: &tokio_postgres::Transaction<'_>,
+    [records, owners]: [&Statement; 2],
+    txns: &[&TxnWrite],
+    node: &str,
+    epoch: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    let mut id_of = std::collections::HashMap::new();
+    for txn in txns {
+        let header = txn.ops.iter().rev().find_map(|op| match op {
+            Op::Put(k, v) if *k == txn.header_key => Some(v),
+            _ => None,
+        });
+        if let Some(value) = header {
+            keys.push(txn.header_key.as_slice());
+            values.push(value.as_slice());
+            id_of.insert(txn.header_key.clone(), txn.id.clone());
+        }
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut new = Vec::new();
+    for row in tx.query(records, &[&keys, &values, &node, &epoch]).await? {
+        let key: Vec<u8> = row.get(0);
+        if let Some(id) = id_of.remove(&key) {
+            new.push(id);
+        }
+    }
+    if new.is_empty() {
+        return Ok(new);
+    }
+    let rows = tx.query(owners, &[&new, &node, &epoch]).await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
 
 /// The puts (keys, values) and deletes of `ops`, the last op on a key

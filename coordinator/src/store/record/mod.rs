@@ -514,6 +514,10 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
 pub struct Written {
     record: Option<Vec<u8>>,
     specs: usize,
+    /// In a store nodes share: the claim this node holds the transaction
+    /// under (0 for one it created; each takeover makes a new one). Its
+    /// writes count only while the claim does.
+    claim: i64,
 }
 
 impl Written {
@@ -522,6 +526,15 @@ impl Written {
         Written {
             record: Some(TxnRecord::of(txn).encode_to_vec()),
             specs: txn.branches.len(),
+            claim: 0,
+        }
+    }
+
+    /// For a transaction taken over under `claim`.
+    pub fn claimed(txn: &Txn, claim: i64) -> Written {
+        Written {
+            claim,
+            ..Written::all_of(txn)
         }
     }
 }
@@ -536,6 +549,8 @@ pub struct Record {
     pub creates: bool,
     /// It is final with this record: a shared store lets go of its owner.
     pub finishes: bool,
+    /// The claim it is written under (see [`Written`]).
+    pub claim: i64,
 }
 
 impl Record {
@@ -568,6 +583,7 @@ impl Record {
             ops,
             creates: first,
             finishes: txn.finished_at_ms.is_some(),
+            claim: written.claim,
         })
     }
 }
