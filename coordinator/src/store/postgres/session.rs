@@ -417,9 +417,12 @@ async fn create(
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
 }
 
+/// Keys (or values) as one statement argument.
+type Column = Vec<Vec<u8>>;
+
 /// The puts (keys, values) and deletes of `ops`, the last op on a key
 /// winning: one statement may not touch a row twice.
-fn last_op_per_key(ops: Vec<Op>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn last_op_per_key(ops: Vec<Op>) -> (Column, Column, Column) {
     let mut last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
     for op in ops {
         match op {
