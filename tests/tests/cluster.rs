@@ -341,3 +341,60 @@ async fn an_owner_cut_off_from_postgres_is_fenced_and_commits_nothing_it_lost() 
     )
     .await
 }
+
+/// PostgreSQL down for longer than the lease: when it is back every lease
+/// has run out by its clock, yet no live node takes another's transactions
+/// (each renews first), and each node finishes its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_moves_no_transaction() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(0)?;
+    cluster.create_database("arbiter").await?;
+    let store = cluster.store_url("arbiter");
+    let dir = tempfile::tempdir()?;
+    let n1 = node(dir.path(), "n1", &store, None).await?;
+    let n2 = node(dir.path(), "n2", &store, None).await?;
+    let (c1, c2) = (n1.client().await?, n2.client().await?);
+    let (a, rec_a) = recorder_participant().await?;
+    rec_a.set_fail_phase2(true);
+    let mut stuck = Vec::new();
+    for (client, owner_id) in [(&c1, "n1"), (&c2, "n2")] {
+        let outcome = client
+            .execute(
+                Execute::two_phase()
+                    .wait(false)
+                    .branch(Branch::new(a.endpoint(), "r1")),
+            )
+            .await?;
+        assert_eq!(outcome.state, TxnState::Committing);
+        stuck.push((outcome.txn_id, owner_id));
+    }
+
+    cluster.stop()?;
+    tokio::time::sleep(Duration::from_millis(3 * 1500)).await;
+    cluster.start_again()?;
+    // Both nodes are back and renewing: give a takeover every chance to
+    // happen, then check none did.
+    eventually("both nodes answer from the database again", || async {
+        for (id, _) in &stuck {
+            owner(&c1, id).await?;
+        }
+        Some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3 * 1500)).await;
+    for (id, owner_id) in &stuck {
+        assert_eq!(
+            owner(&c1, id).await.as_deref(),
+            Some(*owner_id),
+            "{id} moved"
+        );
+    }
+    rec_a.set_fail_phase2(false);
+    for (id, _) in &stuck {
+        eventually("finished by its own node", || async {
+            (state(&c2, id).await == Some(TxnState::Committed)).then_some(())
+        })
+        .await;
+    }
+    Ok(())
+}

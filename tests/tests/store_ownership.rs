@@ -71,7 +71,9 @@ fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> an
 }
 
 /// Ends `node`'s lease now, as if it had stopped renewing (paused, or cut
-/// off): the test's stand-in for waiting a lease out.
+/// off), and makes the other nodes alive for long enough to claim (a node
+/// claims others' transactions only after a lease alive): the test's
+/// stand-in for waiting leases out.
 fn expire(cluster: &PgCluster, db: &str, node: &str) -> anyhow::Result<()> {
     block_on(async {
         let client = cluster.connect(db).await?;
@@ -82,6 +84,13 @@ fn expire(cluster: &PgCluster, db: &str, node: &str) -> anyhow::Result<()> {
                 &[&node],
             )
             .await?;
+        client
+            .execute(
+                "UPDATE arbiter_nodes SET alive_since = now() - interval '1 hour' \
+                 WHERE node_id <> $1",
+                &[&node],
+            )
+            .await?;
         Ok(())
     })
 }
@@ -89,6 +98,34 @@ fn expire(cluster: &PgCluster, db: &str, node: &str) -> anyhow::Result<()> {
 fn database(cluster: &PgCluster, name: &str) -> anyhow::Result<String> {
     block_on(cluster.create_database(name))?;
     Ok(cluster.store_url(name))
+}
+
+#[test]
+fn a_node_claims_others_transactions_only_after_a_lease_alive() -> anyhow::Result<()> {
+    let cluster = PgCluster::start(0)?;
+    let url = database(&cluster, "patience")?;
+    let a = open(&url, "a")?;
+    assert!(fenced(&a, created(&txn("t"))?)?.is_empty());
+    block_on(async {
+        let client = cluster.connect("patience").await?;
+        client
+            .execute(
+                "UPDATE arbiter_nodes SET lease_until = now() - interval '1 second'",
+                &[],
+            )
+            .await?;
+        Ok(())
+    })?;
+    // b just joined (as after a database outage, when every lease ran out
+    // and the nodes come back one by one): a may still renew.
+    let b = open(&url, "b")?;
+    assert!(
+        b.take_over(10, None)?.is_empty(),
+        "b has not been alive for a lease"
+    );
+    expire(&cluster, "patience", "a")?;
+    assert_eq!(b.take_over(10, None)?.len(), 1);
+    Ok(())
 }
 
 #[test]
@@ -287,8 +324,8 @@ fn a_stale_copy_is_fenced_even_when_its_node_claims_the_transaction_back() -> an
         let client = cluster.connect("stale").await?;
         client
             .execute(
-                "UPDATE arbiter_nodes SET lease_until = now() + interval '30 seconds' \
-                 WHERE node_id = 'a'",
+                "UPDATE arbiter_nodes SET lease_until = now() + interval '30 seconds', \
+                   alive_since = now() - interval '1 hour' WHERE node_id = 'a'",
                 &[],
             )
             .await?;

@@ -364,7 +364,13 @@ impl Kv for PgKv {
         let pool = self.pool.clone();
         let (node, epoch) = self.me();
         let txn_id = txn_id.map(str::to_string);
-        self.run(async move { owners::claim(&pool, &node, epoch, limit, txn_id.as_deref()).await })
+        let lease = self
+            .node
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |(n, _, _)| n.lease);
+        self.run(async move {
+            owners::claim(&pool, (&node, epoch, lease), limit, txn_id.as_deref()).await
+        })
     }
 
     fn nodes(&self) -> Result<Option<Vec<crate::store::NodeInfo>>, StoreError> {

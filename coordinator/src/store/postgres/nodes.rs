@@ -36,7 +36,7 @@ pub async fn join(pool: &Pool, node: &NodeIdentity) -> Result<i64, StoreError> {
              VALUES ($1, $2, 1, now() + make_interval(secs => $3), now()) \
              ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, \
                epoch = arbiter_nodes.epoch + 1, lease_until = excluded.lease_until, \
-               joined_at = now() \
+               joined_at = now(), alive_since = now() \
              RETURNING epoch",
             &[&node.id, &node.address, &node.lease.as_secs_f64()],
         )
@@ -79,7 +79,9 @@ pub async fn renew_forever(
                 .query_opt(
                     "WITH old AS (SELECT lease_until FROM arbiter_nodes \
                        WHERE node_id = $1 AND epoch = $2) \
-                     UPDATE arbiter_nodes n SET lease_until = now() + make_interval(secs => $3) \
+                     UPDATE arbiter_nodes n SET lease_until = now() + make_interval(secs => $3), \
+                       alive_since = CASE WHEN old.lease_until <= clock_timestamp() \
+                         THEN now() ELSE n.alive_since END \
                      FROM old WHERE n.node_id = $1 AND n.epoch = $2 \
                      RETURNING old.lease_until <= clock_timestamp()",
                     &[&node.id, &epoch, &node.lease.as_secs_f64()],

@@ -9,7 +9,8 @@
 //! gone). Claims lock with `FOR UPDATE SKIP LOCKED`, so nodes claiming at
 //! once split the work and never take the same transaction, and a batch
 //! being written by the old owner is waited for or passed by, never
-//! overwritten. A node claims only while its own lease runs.
+//! overwritten. A node claims only while its own lease runs, and another
+//! node's transactions only once its lease has run unbroken for a lease.
 
 use deadpool_postgres::Pool;
 
@@ -31,24 +32,31 @@ const ORPHANED: &str = "NOT EXISTS (SELECT 1 FROM arbiter_nodes n \
 /// not see that its new owner is alive, and it would be taken twice.
 pub async fn claim(
     pool: &Pool,
-    node: &str,
-    epoch: i64,
+    (node, epoch, lease): (&str, i64, std::time::Duration),
     limit: usize,
     txn_id: Option<&str>,
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
     let claiming = pg_error("taking transactions over");
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(&claiming)?;
+    // The claimer's lease must run, and must have run without a break for
+    // a lease (its own earlier transactions excepted): a node back from a
+    // database outage longer than the lease waits for the others to renew
+    // theirs before any of them looks dead.
     let lock = format!(
         "SELECT o.txn_id, o.node_id FROM arbiter_owners o \
          WHERE EXISTS (SELECT 1 FROM arbiter_nodes \
-             WHERE node_id = $1 AND epoch = $2 AND lease_until > now()) \
+             WHERE node_id = $1 AND epoch = $2 AND lease_until > now() \
+               AND (o.node_id = $1 OR alive_since <= now() - make_interval(secs => $5))) \
            AND {ORPHANED} AND ($4::text IS NULL OR o.txn_id = $4) \
          ORDER BY o.txn_id LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
     );
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let candidates = tx
-        .query(&lock, &[&node, &epoch, &limit, &txn_id])
+        .query(
+            &lock,
+            &[&node, &epoch, &limit, &txn_id, &lease.as_secs_f64()],
+        )
         .await
         .map_err(&claiming)?;
     if candidates.is_empty() {

@@ -26,6 +26,7 @@ const MIGRATIONS: [&str; SCHEMA as usize] = [
      epoch bigint NOT NULL, claim bigint NOT NULL DEFAULT 0); \
      CREATE INDEX arbiter_owners_node ON arbiter_owners (node_id, epoch); \
      CREATE SEQUENCE arbiter_claims; \
+     ALTER TABLE arbiter_nodes ADD COLUMN alive_since timestamptz NOT NULL DEFAULT now(); \
      INSERT INTO arbiter_owners (txn_id, node_id, epoch) \
        SELECT encode(substring(k FROM 2), 'escape'), '', 0 FROM arbiter_kv \
        WHERE k >= '\\x02'::bytea AND k < '\\x03'::bytea",
