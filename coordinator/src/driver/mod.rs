@@ -83,10 +83,21 @@ impl Driver {
             let fatal = fatal.clone();
             move |error: &crate::store::StoreError| runtime::set_fatal(&fatal, error)
         };
-        let writer = LogWriter::start(log.clone(), Box::new(on_failure))?;
-        Ok(Driver {
-            inner: Arc::new(Inner::new(config, log, writer, fatal)),
-        })
+        // A record refused because another node took its transaction over
+        // lets that copy go even when nobody waits for the answer any more.
+        let driving: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
+        let on_fenced = {
+            let driving = driving.clone();
+            move |txn_id: &str, claim: i64| {
+                if let Some(inner) = driving.get().and_then(std::sync::Weak::upgrade) {
+                    inner.lose_copy(txn_id, claim);
+                }
+            }
+        };
+        let writer = LogWriter::start_with(log.clone(), Box::new(on_failure), Box::new(on_fenced))?;
+        let inner = Arc::new(Inner::new(config, log, writer, fatal));
+        let _ = driving.set(Arc::downgrade(&inner));
+        Ok(Driver { inner })
     }
 
     /// Loads every unfinished transaction of the log into memory, so that each
@@ -219,6 +230,10 @@ impl Driver {
                 validate::client_txn_id(&id)?;
                 if let Some(found) = self.find_opt(&id)? {
                     let wanted: Vec<Wanted> = branches.iter().map(Wanted::from).collect();
+                    if let Found::Live(slot) = &found {
+                        let patience = Instant::now() + self.inner.config.max_wait;
+                        self.inner.wait_created(slot, patience).await?;
+                    }
                     return repeated_begin(found, mode, asked_timeout, &wanted)
                         .map(|()| (id, None));
                 }
@@ -242,23 +257,34 @@ impl Driver {
             // Hold the lock while the slot becomes visible and its first record
             // is queued, so no later record of it can reach the log first.
             let txn = slot.lock();
-            if let Err(existing) = self.inner.insert(slot.clone(), &id) {
-                if !client_chosen {
-                    // A server id is never another transaction's: 80 random
-                    // bits make this unreachable in practice.
-                    return Err(DriverError::Internal(format!(
-                        "server-generated id {id} is already in use; retry"
-                    )));
-                }
-                // Ours never became visible: compare it with the winner.
-                let wanted: Vec<Wanted> = txn.branches.iter().map(Wanted::from).collect();
+            match self.inner.insert(slot.clone(), &id) {
+                Ok(_) => Ok(self.inner.persist(&slot, &txn)?),
+                Err(existing) => Err(existing),
+            }
+        };
+        let durable = match durable {
+            Ok(durable) => durable,
+            Err(_) if !client_chosen => {
+                // A server id is never another transaction's: 80 random
+                // bits make this unreachable in practice.
+                return Err(DriverError::Internal(format!(
+                    "server-generated id {id} is already in use; retry"
+                )));
+            }
+            Err(existing) => {
+                // Ours never became visible: compare it with the winner,
+                // once the winner's first record is durable.
+                let patience = Instant::now() + self.inner.config.max_wait;
+                self.inner.wait_created(&existing, patience).await?;
+                let ours = slot.lock().clone();
+                let wanted: Vec<Wanted> = ours.branches.iter().map(Wanted::from).collect();
                 return repeated_begin(Found::Live(existing), mode, asked_timeout, &wanted)
                     .map(|()| (id, None));
             }
-            self.inner.persist(&slot, &txn)?
         };
         self.inner.arm_timer(&slot, deadline_ms);
         self.inner.wait_durable_of(&slot, durable).await?;
+        slot.mark_created();
         crate::crash_point!("after-begin-persisted");
         Ok((id, Some(slot)))
     }

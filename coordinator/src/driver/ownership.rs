@@ -94,8 +94,11 @@ fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Arc<Slot> {
     validate::normalise_stored(&mut txn);
     let id = txn.id.clone();
     let slot = Slot::recovered(txn, claim);
-    while let Err(stale) = inner.insert(slot.clone(), &id) {
-        inner.lose(&stale);
+    while let Err(live) = inner.insert(slot.clone(), &id) {
+        if live.claim() == claim && !live.is_fenced() {
+            return live; // adopted already, under this very claim
+        }
+        inner.lose(&live);
     }
     match inner.apply(&slot, Event::Recovered) {
         Ok(steps) => inner.perform_detached(slot.clone(), steps),
@@ -172,10 +175,12 @@ impl Driver {
                     txn.id.clone()
                 };
                 match inner.log.owner(&id)? {
-                    Some(owner) if owner.mine => {}
-                    // No owner: it may have just finished here.
-                    None if slot.lock().state.is_final() => {}
-                    None if inner.log.get(&id)?.is_some_and(|t| t.state.is_final()) => {}
+                    // Still ours, under the claim this copy holds.
+                    Some(owner) if owner.mine && owner.claim == slot.claim() => {}
+                    // Just finished here, or still being begun here.
+                    None if slot.lock().state.is_final() || !slot.is_created() => {}
+                    // Another node has it, this copy is from an older claim,
+                    // or another node finished it.
                     _ => inner.lose(&slot),
                 }
             }
@@ -194,7 +199,7 @@ impl Driver {
         }
         let inner = self.inner.clone();
         let idle = tokio::task::spawn_blocking(move || {
-            let live = |id: &str| inner.live(id).is_some();
+            let live = |id: &str, claim: i64| inner.live(id).is_some_and(|s| s.claim() == claim);
             inner.log.owned_but_idle(&live)
         })
         .await
@@ -240,6 +245,15 @@ impl Driver {
 }
 
 impl Inner {
+    /// Lets go of the live copy of `txn_id` held under `claim`, if any.
+    pub fn lose_copy(&self, txn_id: &str, claim: i64) {
+        if let Some(slot) = self.live(txn_id)
+            && slot.claim() == claim
+        {
+            self.lose(&slot);
+        }
+    }
+
     /// Lets go of a transaction another node took over: stops its timer and
     /// retries, takes it out of memory and wakes its waiting callers, who
     /// are answered UNAVAILABLE. Nothing more is written or sent for it.

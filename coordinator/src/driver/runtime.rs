@@ -367,7 +367,8 @@ impl Inner {
         durable: Durable,
     ) -> Result<(), DriverError> {
         let result = self.wait_durable(durable).await;
-        if result.is_err() && slot.is_fenced() {
+        // Let go of meanwhile: nothing more is acknowledged for it.
+        if slot.is_fenced() {
             return Err(moved(&slot.lock().id));
         }
         if let Err(DriverError::Moved(_)) = &result {
@@ -493,6 +494,32 @@ impl Inner {
         drop(shard);
         if let Some(timer) = slot.timer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             timer.abort();
+        }
+    }
+
+    /// Waits until the first record of `slot` is durable (a repeated
+    /// `Begin` must not be answered before the first one could be).
+    pub async fn wait_created(&self, slot: &Slot, deadline: Instant) -> Result<(), DriverError> {
+        let mut published = slot.published.subscribe();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            if slot.is_fenced() {
+                return Err(moved(&slot.lock().id));
+            }
+            if slot.is_created() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = published.changed() => if changed.is_err() {
+                    return Err(DriverError::Unavailable("the coordinator is stopping".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(DriverError::Unavailable(format!(
+                        "transaction {} is still being begun; retry",
+                        slot.lock().id
+                    )));
+                }
+            }
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Slot {
     pub(super) written: Mutex<Written>,
     /// Another coordinator node took it over; this one let go of it.
     pub(super) fenced: std::sync::atomic::AtomicBool,
+    /// Its first record is durable (always, for one read back from the log).
+    pub(super) created: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -52,7 +54,10 @@ impl Slot {
     /// [`Written`]; 0 on a store only this coordinator uses).
     pub fn recovered(txn: Txn, claim: i64) -> Arc<Slot> {
         let written = Written::claimed(&txn, claim);
-        Slot::with(txn, None, written)
+        let slot = Slot::with(txn, None, written);
+        slot.created
+            .store(true, std::sync::atomic::Ordering::Release);
+        slot
     }
 
     /// A new transaction whose calls continue trace `trace_id` (a new trace
@@ -70,7 +75,28 @@ impl Slot {
             trace_id: trace_id.unwrap_or_else(super::trace::new_trace_id),
             written: Mutex::new(written),
             fenced: Default::default(),
+            created: Default::default(),
         })
+    }
+
+    /// The claim its records are written under (see [`Written`]).
+    pub fn claim(&self) -> i64 {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claim()
+    }
+
+    /// Whether its first record is durable.
+    pub fn is_created(&self) -> bool {
+        self.created.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Its first record is durable: says so, and wakes those waiting for it.
+    pub(super) fn mark_created(&self) {
+        self.created
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.published.send_modify(|_| {});
     }
 
     /// Whether this node let go of it (another took it over).

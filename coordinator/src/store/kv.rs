@@ -517,12 +517,15 @@ impl<K: Kv> TxnLog for KvLog<K> {
         self.load_claimed(claimed)
     }
 
-    fn owned_but_idle(&self, live: &dyn Fn(&str) -> bool) -> Result<Vec<TakenOver>, StoreError> {
+    fn owned_but_idle(
+        &self,
+        live: &dyn Fn(&str, i64) -> bool,
+    ) -> Result<Vec<TakenOver>, StoreError> {
         let idle: Vec<(String, String, i64)> = self
             .kv
             .owned_here()?
             .into_iter()
-            .filter(|(id, _)| !live(id))
+            .filter(|(id, claim)| !live(id, *claim))
             .map(|(id, claim)| (id, String::new(), claim))
             .collect();
         self.load_claimed(idle)

@@ -38,7 +38,7 @@ pub use memory::MemoryLog;
 pub use postgres::{PgLog, SCHEMA as PG_SCHEMA, redacted};
 pub use record::{Record, Written};
 pub use sled_log::{OpenOptions, OpenReport, SledLog};
-pub use writer::{Durable, LogWriter, WriterStats};
+pub use writer::{Durable, LogWriter, OnFenced, WriterStats};
 
 use crate::engine::Txn;
 
@@ -87,6 +87,8 @@ pub struct Owner {
     pub alive: bool,
     /// It is this node, at its current epoch.
     pub mine: bool,
+    /// The claim it holds the transaction under.
+    pub claim: i64,
 }
 
 /// A transaction this node took over from another (or from an earlier run
@@ -236,11 +238,15 @@ pub trait TxnLog: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Unfinished transactions this node owns that are not in `live` (a
-    /// takeover interrupted between claiming and loading), loaded; and
+    /// Unfinished transactions this node owns that are not `live` here
+    /// under the claim it owns them by (a takeover interrupted between
+    /// claiming and loading, a copy left from an older claim), loaded; and
     /// owner rows of final transactions given up. Nothing for a store that
     /// is not shared.
-    fn owned_but_idle(&self, _live: &dyn Fn(&str) -> bool) -> Result<Vec<TakenOver>, StoreError> {
+    fn owned_but_idle(
+        &self,
+        _live: &dyn Fn(&str, i64) -> bool,
+    ) -> Result<Vec<TakenOver>, StoreError> {
         Ok(Vec::new())
     }
 

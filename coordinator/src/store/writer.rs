@@ -34,6 +34,15 @@ pub const MAX_BATCH: usize = 4096;
 /// Told of the first failure of the log.
 pub type OnFailure = Box<dyn Fn(&StoreError) + Send>;
 
+/// Told of each transaction (id, claim) whose records were fenced.
+pub type OnFenced = Box<dyn Fn(&str, i64) + Send>;
+
+/// Whom the writer thread tells what.
+struct Tell<'a> {
+    failure: &'a (dyn Fn(&StoreError) + Send),
+    fenced: &'a (dyn Fn(&str, i64) + Send),
+}
+
 /// Completes when the record is durable, or with the error that stopped it.
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
 
@@ -64,6 +73,17 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn start(log: Arc<dyn TxnLog>, on_failure: OnFailure) -> Result<LogWriter, StoreError> {
+        Self::start_with(log, on_failure, Box::new(|_, _| {}))
+    }
+
+    /// Like [`LogWriter::start`]; `on_fenced` is told of every record refused
+    /// because another node owns its transaction (id and claim), whether or
+    /// not anyone still waits for the answer.
+    pub fn start_with(
+        log: Arc<dyn TxnLog>,
+        on_failure: OnFailure,
+        on_fenced: OnFenced,
+    ) -> Result<LogWriter, StoreError> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
@@ -71,7 +91,13 @@ impl LogWriter {
         let thread_closing = closing.clone();
         let thread = std::thread::Builder::new()
             .name("arbiter-log-writer".into())
-            .spawn(move || run(log, rx, &thread_stats, &*on_failure, &thread_closing))
+            .spawn(move || {
+                let tell = Tell {
+                    failure: &*on_failure,
+                    fenced: &*on_fenced,
+                };
+                run(log, rx, &thread_stats, tell, &thread_closing)
+            })
             .map_err(StoreError::io("starting the log writer thread"))?;
         Ok(LogWriter {
             tx,
@@ -128,9 +154,10 @@ fn run(
     log: Arc<dyn TxnLog>,
     rx: mpsc::Receiver<Msg>,
     stats: &WriterStats,
-    on_failure: &(dyn Fn(&StoreError) + Send),
+    tell: Tell<'_>,
     shutting_down: &std::sync::atomic::AtomicBool,
 ) {
+    let on_failure = tell.failure;
     let unreachable = &stats.unreachable;
     let mut poisoned: Option<StoreError> = None;
     let mut records = Vec::with_capacity(64);
@@ -176,13 +203,16 @@ fn run(
                 Some(err) => Err(err.clone()),
                 None => write_until_reachable(&*log, &records, sync, shutting_down, unreachable),
             };
-            let fenced = match &result {
+            let fenced: std::collections::HashSet<(String, i64)> = match &result {
                 Ok(wrote) => {
                     stats.bytes.fetch_add(wrote.bytes, Ordering::Relaxed);
                     wrote.fenced.iter().cloned().collect()
                 }
                 Err(_) => std::collections::HashSet::new(),
             };
+            for (id, claim) in &fenced {
+                (tell.fenced)(id, *claim);
+            }
             let result = result.map(|_| ());
             if sync && result.is_ok() {
                 crate::metrics::log_flush(started.elapsed(), records.len());

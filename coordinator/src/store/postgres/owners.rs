@@ -131,7 +131,7 @@ pub async fn owner(
     let statement = client
         .prepare_cached(
             "SELECT o.node_id, coalesce(n.address, ''), \
-               coalesce(n.epoch = o.epoch AND n.lease_until > now(), false), o.epoch \
+               coalesce(n.epoch = o.epoch AND n.lease_until > now(), false), o.epoch, o.claim \
              FROM arbiter_owners o LEFT JOIN arbiter_nodes n ON n.node_id = o.node_id \
              WHERE o.txn_id = $1",
         )
@@ -149,6 +149,7 @@ pub async fn owner(
             address: row.get(1),
             alive: row.get(2),
             mine,
+            claim: row.get(4),
         }
     }))
 }

@@ -52,7 +52,7 @@ const LOCK_OWNED: &str = "SELECT o.txn_id, o.claim FROM arbiter_owners o \
 const CREATE_RECORDS: &str = "INSERT INTO arbiter_kv (k, v) \
                               SELECT t.k, t.v FROM unnest($1::bytea[], $2::bytea[]) AS t(k, v) \
                               WHERE EXISTS (SELECT 1 FROM arbiter_nodes n WHERE n.node_id = $3 \
-                                AND n.epoch = $4 AND n.lease_until > now()) \
+                                AND n.epoch = $4 AND n.lease_until > clock_timestamp()) \
                               ORDER BY t.k ON CONFLICT (k) DO NOTHING RETURNING k";
 
 /// ... and this node becomes their owner (claim 0).
@@ -239,6 +239,8 @@ pub struct WriterSession {
     /// The batch's statements, prepared on the first write of a session
     /// (the tables may not exist before the migration).
     statements: Option<[Statement; 5]>,
+    /// The last write failed: the next one is the same batch again.
+    failed: bool,
 }
 
 impl WriterSession {
@@ -247,6 +249,7 @@ impl WriterSession {
             config,
             live: None,
             statements: None,
+            failed: false,
         }
     }
 
@@ -300,11 +303,24 @@ impl WriterSession {
         txns: Vec<TxnWrite>,
         shared: Vec<Op>,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        self.open().await?;
-        let result = self.write_open(node, epoch, txns, shared).await;
+        if let Err(e) = self.open().await {
+            self.failed = true;
+            return Err(e);
+        }
+        // After a failed attempt the writer sends the same batch again.
+        let again = std::mem::take(&mut self.failed);
+        let result = self.write_open(node, epoch, txns, shared, again).await;
         if self.live.as_ref().is_none_or(|c| c.is_closed()) {
             self.live = None;
             self.statements = None;
+        }
+        self.failed = result.is_err();
+        if result.is_ok() && crate::failpoints::failing("pg-commit-answer-lost") {
+            // Committed, but as if the answer had been lost on the way.
+            self.failed = true;
+            return Err(StoreError::Unreachable(
+                "failpoint pg-commit-answer-lost".into(),
+            ));
         }
         result.map_err(pg_error("writing the log"))
     }
@@ -315,6 +331,7 @@ impl WriterSession {
         epoch: i64,
         mut txns: Vec<TxnWrite>,
         shared: Vec<Op>,
+        again: bool,
     ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
         let Some(client) = &mut self.live else {
             return Ok(Vec::new());
@@ -358,12 +375,17 @@ impl WriterSession {
         if !finished.is_empty() {
             tx.execute(release, &[&finished]).await?;
         }
+        let already = if again {
+            already_written(&tx, &txns, &owned).await?
+        } else {
+            Default::default()
+        };
         let mut fenced = Vec::new();
         let mut ops = Vec::new();
         for txn in txns {
             if owned.contains(&(txn.id.clone(), txn.claim)) {
                 ops.extend(txn.ops);
-            } else {
+            } else if !already.contains(&txn.header_key) {
                 fenced.push((txn.id, txn.claim));
             }
         }
@@ -376,6 +398,52 @@ impl WriterSession {
         tx.commit().await?;
         Ok(fenced)
     }
+}
+
+/// On a batch sent again after a failed attempt: the header keys of
+/// transactions not owned here whose record in the log is already exactly
+/// the one this batch writes, because the earlier attempt committed before
+/// its answer was lost (and released the owner of a finished transaction).
+/// Such a record is written, not refused.
+async fn already_written(
+    tx: &tokio_postgres::Transaction<'_>,
+    txns: &[TxnWrite],
+    owned: &std::collections::HashSet<(String, i64)>,
+) -> Result<std::collections::HashSet<Vec<u8>>, tokio_postgres::Error> {
+    let mut wanted = std::collections::HashMap::new();
+    for txn in txns {
+        if owned.contains(&(txn.id.clone(), txn.claim)) {
+            continue;
+        }
+        if let Some(value) = header_value(txn) {
+            wanted.insert(txn.header_key.clone(), value);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(Default::default());
+    }
+    let keys: Vec<&Vec<u8>> = wanted.keys().collect();
+    let rows = tx
+        .query(
+            "SELECT k, v FROM arbiter_kv WHERE k = ANY($1::bytea[])",
+            &[&keys],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let (k, v): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+            (wanted.get(&k).is_some_and(|w| **w == v)).then_some(k)
+        })
+        .collect())
+}
+
+/// The record (header) value a transaction's ops write, if they write one.
+fn header_value(txn: &TxnWrite) -> Option<&Vec<u8>> {
+    txn.ops.iter().rev().find_map(|op| match op {
+        Op::Put(k, v) if *k == txn.header_key => Some(v),
+        _ => None,
+    })
 }
 
 /// Creates the new transactions of `txns` (records first, then owners);
@@ -391,11 +459,7 @@ async fn create(
     let mut values = Vec::new();
     let mut id_of = std::collections::HashMap::new();
     for txn in txns {
-        let header = txn.ops.iter().rev().find_map(|op| match op {
-            Op::Put(k, v) if *k == txn.header_key => Some(v),
-            _ => None,
-        });
-        if let Some(value) = header {
+        if let Some(value) = header_value(txn) {
             keys.push(txn.header_key.as_slice());
             values.push(value.as_slice());
             id_of.insert(txn.header_key.clone(), txn.id.clone());

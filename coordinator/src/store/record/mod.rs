@@ -530,6 +530,11 @@ impl Written {
         }
     }
 
+    /// The claim its records are written under.
+    pub fn claim(&self) -> i64 {
+        self.claim
+    }
+
     /// For a transaction taken over under `claim`.
     pub fn claimed(txn: &Txn, claim: i64) -> Written {
         Written {
