@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-pub use pb::{BranchState, Mode, Transaction, TxnState};
+pub use pb::{BranchResult, BranchState, Mode, Transaction, TxnState};
 
 /// Errors of the initiator client, by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -164,9 +164,22 @@ pub struct Outcome {
     /// Branches an operator resolved by hand against the decision: a
     /// heuristic, mixed outcome. Empty for an atomic one.
     pub mixed_branches: Vec<String>,
+    /// What each branch answered: the result it sent with its YES vote or
+    /// ack ([`Vote::YesWith`](crate::Vote::YesWith),
+    /// [`TwoPhaseHandler::commit_with_result`](crate::TwoPhaseHandler::commit_with_result)),
+    /// or why it voted NO.
+    pub branch_results: Vec<BranchResult>,
 }
 
 impl Outcome {
+    /// The result branch `branch_id` sent, if any.
+    pub fn result_of(&self, branch_id: &str) -> Option<&[u8]> {
+        self.branch_results
+            .iter()
+            .find(|b| b.branch_id == branch_id && !b.result.is_empty())
+            .map(|b| b.result.as_slice())
+    }
+
     /// Committed (every branch, unless [`Outcome::is_mixed`]).
     pub fn is_committed(&self) -> bool {
         self.state == TxnState::Committed
@@ -398,6 +411,7 @@ impl Client {
             reason: response.reason,
             branch_ids: Vec::new(),
             mixed_branches: response.mixed_branches,
+            branch_results: response.branch_results,
         })
     }
 
@@ -433,6 +447,7 @@ impl Client {
             reason: response.reason,
             branch_ids: response.branch_ids,
             mixed_branches: response.mixed_branches,
+            branch_results: response.branch_results,
         })
     }
 

@@ -25,10 +25,21 @@ pub struct CallContext {
 pub enum Vote {
     /// Ready to commit; the work is held until commit or rollback.
     Yes,
+    /// Ready to commit, with a small result for the initiator (e.g. a
+    /// reservation id; at most 4 KiB, or the coordinator takes it as a NO).
+    /// It shows in the Commit/Execute answer and in `GetTransaction`.
+    YesWith(Vec<u8>),
     /// Will not commit (the transaction aborts); the reason is shown to the initiator.
     No(String),
     /// Changed nothing: no commit or rollback will follow for this branch.
     ReadOnly,
+}
+
+impl Vote {
+    /// A YES, with or without a result: the work is held.
+    pub fn is_yes(&self) -> bool {
+        matches!(self, Vote::Yes | Vote::YesWith(_))
+    }
 }
 
 /// Errors a handler returns. The SDK turns them into the gRPC status that makes
@@ -78,6 +89,16 @@ pub trait TwoPhaseHandler: Send + Sync + 'static {
         ctx: &CallContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+    /// Like [`commit`](Self::commit), answering with a small result for the
+    /// initiator (e.g. a receipt; at most 4 KiB). The SDK calls this one; by
+    /// default it runs `commit` and answers with none.
+    fn commit_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, ParticipantError>> + Send {
+        async move { self.commit(ctx, payload).await.map(|()| Vec::new()) }
+    }
     /// Undo the prepared work (or do nothing if there is none).
     fn rollback(
         &self,
@@ -100,6 +121,16 @@ pub trait TccHandler: Send + Sync + 'static {
         ctx: &CallContext,
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+    /// Like [`confirm`](Self::confirm), answering with a small result for
+    /// the initiator (at most 4 KiB). The SDK calls this one; by default it
+    /// runs `confirm` and answers with none.
+    fn confirm_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, ParticipantError>> + Send {
+        async move { self.confirm(ctx, payload).await.map(|()| Vec::new()) }
+    }
     /// Release the reservation (or do nothing if there is none).
     fn cancel(
         &self,
@@ -122,6 +153,13 @@ impl<T: TwoPhaseHandler> TwoPhaseHandler for Arc<T> {
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::commit(self, ctx, payload)
+    }
+    fn commit_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, ParticipantError>> + Send {
+        T::commit_with_result(self, ctx, payload)
     }
     fn rollback(
         &self,
@@ -146,6 +184,13 @@ impl<T: TccHandler> TccHandler for Arc<T> {
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
         T::confirm(self, ctx, payload)
+    }
+    fn confirm_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, ParticipantError>> + Send {
+        T::confirm_with_result(self, ctx, payload)
     }
     fn cancel(
         &self,
@@ -178,7 +223,7 @@ pub(crate) trait DynHandler: Send + Sync {
         phase: Phase2,
         ctx: &'a CallContext,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), ParticipantError>>;
+    ) -> BoxFuture<'a, Result<Vec<u8>, ParticipantError>>;
 }
 
 pub(crate) struct TwoPhase<H>(pub H);
@@ -197,10 +242,12 @@ impl<H: TwoPhaseHandler> DynHandler for TwoPhase<H> {
         phase: Phase2,
         ctx: &'a CallContext,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), ParticipantError>> {
+    ) -> BoxFuture<'a, Result<Vec<u8>, ParticipantError>> {
         match phase {
-            Phase2::Commit => Box::pin(self.0.commit(ctx, payload)),
-            Phase2::Rollback => Box::pin(self.0.rollback(ctx, payload)),
+            Phase2::Commit => Box::pin(self.0.commit_with_result(ctx, payload)),
+            Phase2::Rollback => {
+                Box::pin(async move { self.0.rollback(ctx, payload).await.map(|()| Vec::new()) })
+            }
         }
     }
 }
@@ -218,10 +265,12 @@ impl<H: TccHandler> DynHandler for Tcc<H> {
         phase: Phase2,
         ctx: &'a CallContext,
         payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), ParticipantError>> {
+    ) -> BoxFuture<'a, Result<Vec<u8>, ParticipantError>> {
         match phase {
-            Phase2::Commit => Box::pin(self.0.confirm(ctx, payload)),
-            Phase2::Rollback => Box::pin(self.0.cancel(ctx, payload)),
+            Phase2::Commit => Box::pin(self.0.confirm_with_result(ctx, payload)),
+            Phase2::Rollback => {
+                Box::pin(async move { self.0.cancel(ctx, payload).await.map(|()| Vec::new()) })
+            }
         }
     }
 }

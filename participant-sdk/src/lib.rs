@@ -114,8 +114,8 @@ mod postgres;
 mod server;
 
 pub use client::{
-    Branch, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute, Mode, Outcome,
-    RawClient, Resolution, Transaction, TxnState,
+    Branch, BranchResult, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute,
+    Mode, Outcome, RawClient, Resolution, Transaction, TxnState,
 };
 
 /// TLS settings for [`ConnectOptions::tls`] and [`ParticipantServer::tls`].

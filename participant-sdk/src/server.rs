@@ -207,14 +207,16 @@ impl Dispatch {
             .vote(&ctx, &call.payload)
             .instrument(span(&ctx, self.kind, "phase1"))
             .await?;
-        let (kind, reason) = match vote {
-            Vote::Yes => (pb::VoteKind::VoteYes, String::new()),
-            Vote::No(reason) => (pb::VoteKind::VoteNo, reason),
-            Vote::ReadOnly => (pb::VoteKind::VoteReadOnly, String::new()),
+        let (kind, reason, result) = match vote {
+            Vote::Yes => (pb::VoteKind::VoteYes, String::new(), Vec::new()),
+            Vote::YesWith(result) => (pb::VoteKind::VoteYes, String::new(), result),
+            Vote::No(reason) => (pb::VoteKind::VoteNo, reason, Vec::new()),
+            Vote::ReadOnly => (pb::VoteKind::VoteReadOnly, String::new(), Vec::new()),
         };
         Ok(Response::new(pb::Vote {
             vote: kind as i32,
             reason,
+            result,
         }))
     }
 
@@ -230,11 +232,11 @@ impl Dispatch {
             Phase2::Commit => "commit",
             Phase2::Rollback => "rollback",
         };
-        handler
+        let result = handler
             .finish(phase, &ctx, &call.payload)
             .instrument(span(&ctx, self.kind, name))
             .await?;
-        Ok(Response::new(pb::Ack {}))
+        Ok(Response::new(pb::Ack { result }))
     }
 }
 

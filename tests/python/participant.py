@@ -6,8 +6,10 @@ It generates its gRPC code from proto/arbiter/v1/participant.proto at start-up
 and appends every call it receives to LOG as a tab-separated line:
     call  txn_id  branch_id  resource  attempt
 
-Payload "no:<reason>" votes NO, "reject" answers FAILED_PRECONDITION, anything
-else votes YES. It prints "ready" once it is serving.
+Payload "no:<reason>" votes NO, "reject" answers FAILED_PRECONDITION,
+"result:<text>" votes YES with the result "<text>" and acknowledges a
+commit/confirm with "done:<text>", anything else votes YES. It prints "ready"
+once it is serving.
 
     python3 participant.py --port 9001 --log calls.tsv --proto-dir ../../proto
 """
@@ -56,10 +58,15 @@ def main():
             return pb.Vote(vote=pb.VOTE_NO, reason=payload[3:])
         if payload == "reject":
             ctx.abort(grpc.StatusCode.FAILED_PRECONDITION, "rejected by the python participant")
+        if payload.startswith("result:"):
+            return pb.Vote(vote=pb.VOTE_YES, result=payload[7:].encode())
         return pb.Vote(vote=pb.VOTE_YES)
 
     def ack(call, req):
         record(call, req)
+        payload = req.payload.decode("utf-8", "replace")
+        if call in ("commit", "confirm") and payload.startswith("result:"):
+            return pb.Ack(result=("done:" + payload[7:]).encode())
         return pb.Ack()
 
     class TwoPhase(rpc.TwoPhaseParticipantServicer):

@@ -6,7 +6,10 @@
 //! - `no:<reason>`: vote NO; `reject:<reason>`: answer FAILED_PRECONDITION;
 //! - `no-long:<bytes>`: vote NO with a reason that long;
 //! - `unavailable`: phase 1 answers UNAVAILABLE every time;
-//! - `slow:<ms>`: wait that long in phase 1, then vote YES.
+//! - `slow:<ms>`: wait that long in phase 1, then vote YES;
+//! - `result:<text>`: vote YES with the result `<text>`, and acknowledge a
+//!   commit/confirm with the result `done:<text>`;
+//! - `huge-result`: vote YES with a result over the coordinator's limit.
 //!
 //! Phase 2 fails with UNAVAILABLE while [`Recorder::fail_phase2`] is on.
 
@@ -97,6 +100,8 @@ impl Recorder {
             "unavailable" => Err(ParticipantError::Unavailable(
                 "test participant is unavailable".into(),
             )),
+            "result" => Ok(Vote::YesWith(arg.as_bytes().to_vec())),
+            "huge-result" => Ok(Vote::YesWith(vec![b'x'; 5_000])),
             "slow" => {
                 let ms = arg.parse().unwrap_or(1_000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -105,6 +110,15 @@ impl Recorder {
             other => Err(ParticipantError::Invalid(format!(
                 "unknown test payload {other:?}"
             ))),
+        }
+    }
+
+    /// What a commit/confirm answers with: `done:<text>` for `result:<text>`.
+    fn ack_result(payload: &[u8]) -> Vec<u8> {
+        let payload = String::from_utf8_lossy(payload);
+        match payload.strip_prefix("result:") {
+            Some(text) => format!("done:{text}").into_bytes(),
+            None => Vec::new(),
         }
     }
 
@@ -126,6 +140,14 @@ impl TwoPhaseHandler for Recorder {
     async fn commit(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
         self.finish("commit", ctx)
     }
+    async fn commit_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ParticipantError> {
+        self.finish("commit", ctx)
+            .map(|()| Self::ack_result(payload))
+    }
     async fn rollback(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
         self.finish("rollback", ctx)
     }
@@ -137,6 +159,14 @@ impl TccHandler for Recorder {
     }
     async fn confirm(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
         self.finish("confirm", ctx)
+    }
+    async fn confirm_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ParticipantError> {
+        self.finish("confirm", ctx)
+            .map(|()| Self::ack_result(payload))
     }
     async fn cancel(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
         self.finish("cancel", ctx)
@@ -168,6 +198,14 @@ impl<H: TwoPhaseHandler> TwoPhaseHandler for Spy<H> {
         self.recorder.record("commit", ctx);
         self.inner.commit(ctx, payload).await
     }
+    async fn commit_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ParticipantError> {
+        self.recorder.record("commit", ctx);
+        self.inner.commit_with_result(ctx, payload).await
+    }
     async fn rollback(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         self.recorder.record("rollback", ctx);
         self.inner.rollback(ctx, payload).await
@@ -182,6 +220,14 @@ impl<H: TccHandler> TccHandler for Spy<H> {
     async fn confirm(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         self.recorder.record("confirm", ctx);
         self.inner.confirm(ctx, payload).await
+    }
+    async fn confirm_with_result(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ParticipantError> {
+        self.recorder.record("confirm", ctx);
+        self.inner.confirm_with_result(ctx, payload).await
     }
     async fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         self.recorder.record("cancel", ctx);

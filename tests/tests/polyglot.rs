@@ -106,5 +106,22 @@ async fn python_participant_takes_part_in_two_phase_and_tcc() -> anyhow::Result<
         .await?;
     assert!(confirmed.is_committed());
     assert_eq!(python.calls(&confirmed.txn_id)?, vec!["try", "confirm"]);
+
+    // Branch results from a participant built from the protos alone: with
+    // the vote, then replaced by the ack's.
+    for execute in [Execute::two_phase(), Execute::tcc()] {
+        let answered = coordinator
+            .client
+            .execute(
+                execute
+                    .branch(
+                        Branch::new(&python.endpoint, "inventory.reserve").payload("result:box 9"),
+                    )
+                    .wait(true),
+            )
+            .await?;
+        assert!(answered.is_committed(), "{answered:?}");
+        assert_eq!(answered.result_of("1"), Some(&b"done:box 9"[..]));
+    }
     Ok(())
 }

@@ -35,6 +35,42 @@ pub struct Outcome {
     pub reason: String,
     /// Branches resolved by hand against the decision (a mixed outcome).
     pub mixed_branches: Vec<String>,
+    /// What each branch answered.
+    pub branches: Vec<BranchOutcome>,
+}
+
+/// One branch's answer, for the initiator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchOutcome {
+    pub branch_id: String,
+    /// The result it sent with its YES vote or ack; empty if none.
+    pub result: Vec<u8>,
+    /// Why it voted NO (or was refused), if it did.
+    pub reason: String,
+}
+
+/// Each branch's answer as `txn` holds it.
+fn branch_outcomes(txn: &Txn) -> Vec<BranchOutcome> {
+    txn.branches
+        .iter()
+        .map(|b| BranchOutcome {
+            branch_id: b.id.clone(),
+            result: b.result.clone(),
+            // Its NO vote (a branch that voted NO may still be rolled back).
+            reason: b
+                .history
+                .iter()
+                .rev()
+                .find(|a| a.ok && a.result.starts_with("voted NO"))
+                .map(|a| a.result.clone())
+                .or_else(|| {
+                    (b.state == crate::engine::BranchState::Rejected)
+                        .then(|| b.last_error.clone())
+                        .flatten()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// How long a `Commit`-like call holds the answer.
@@ -350,7 +386,9 @@ impl Driver {
     ) -> Result<Outcome, DriverError> {
         let slot = match self.find(txn_id)? {
             Found::Live(slot) => slot,
-            Found::Stored(txn) => return Ok(outcome(&txn.id, Published::of(&txn))),
+            Found::Stored(txn) => {
+                return Ok(outcome(&txn.id, Published::of(&txn), branch_outcomes(&txn)));
+            }
             Found::Elsewhere(txn, owner) => return Err(elsewhere(&txn, owner)),
         };
         self.commit_slot(txn_id, slot, wait, deadline).await
@@ -380,7 +418,7 @@ impl Driver {
             Found::Live(slot) => slot,
             Found::Elsewhere(txn, owner) => return Err(elsewhere(&txn, owner)),
             Found::Stored(txn) if txn.state == TxnState::Aborted => {
-                return Ok(outcome(&txn.id, Published::of(&txn)));
+                return Ok(outcome(&txn.id, Published::of(&txn), branch_outcomes(&txn)));
             }
             Found::Stored(txn) => {
                 return Err(DriverError::FailedPrecondition(format!(
@@ -550,7 +588,8 @@ impl Driver {
                 "transaction log failed: {reason}"
             )));
         }
-        Ok(outcome(txn_id, published))
+        let branches = branch_outcomes(&slot.lock());
+        Ok(outcome(txn_id, published, branches))
     }
 }
 
@@ -617,8 +656,9 @@ fn repeated_begin(
     )))
 }
 
-fn outcome(txn_id: &str, published: Published) -> Outcome {
+fn outcome(txn_id: &str, published: Published, branches: Vec<BranchOutcome>) -> Outcome {
     Outcome {
+        branches,
         txn_id: txn_id.to_string(),
         state: published.state,
         reason: published.reason,

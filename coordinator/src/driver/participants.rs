@@ -18,7 +18,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::driver::validate;
-use crate::engine::{CallKind, Mode, VoteResult};
+use crate::engine::{CallKind, MAX_RESULT, Mode, VoteResult};
 
 /// Everything needed to make one call, copied out of the transaction.
 #[derive(Clone, Debug)]
@@ -38,7 +38,12 @@ pub struct CallSpec {
 }
 
 /// What came back from a phase-2 call.
-pub type Phase2Result = Result<(), String>;
+/// A phase-2 answer: OK with the participant's result (maybe empty), or why
+/// the call failed.
+pub type Phase2Result = Result<Vec<u8>, String>;
+
+/// A phase-1 answer: the vote, and the result sent with a YES.
+pub type Phase1Result = (VoteResult, Vec<u8>);
 
 pub struct Participants {
     channels: RwLock<HashMap<String, Cached>>,
@@ -203,11 +208,11 @@ impl Participants {
     }
 
     /// Prepare / try.
-    pub async fn prepare(&self, spec: &CallSpec) -> VoteResult {
+    pub async fn prepare(&self, spec: &CallSpec) -> Phase1Result {
         let lent = match self.channel(&spec.participant) {
             Ok(lent) => lent,
-            Err(NoChannel::Bad(e)) => return VoteResult::No(e),
-            Err(NoChannel::Busy(e)) => return VoteResult::Transient(e),
+            Err(NoChannel::Bad(e)) => return (VoteResult::No(e), Vec::new()),
+            Err(NoChannel::Busy(e)) => return (VoteResult::Transient(e), Vec::new()),
         };
         let channel = lent.channel.clone();
         let request = Self::request(spec);
@@ -227,11 +232,14 @@ impl Participants {
         record(spec, &answer, started);
         match answer {
             Ok(Ok(response)) => vote_result(response.into_inner()),
-            Ok(Err(status)) => status_vote(rpc, &status),
-            Err(_) => VoteResult::Transient(format!(
-                "{rpc} timed out after {} ms",
-                spec.timeout.as_millis()
-            )),
+            Ok(Err(status)) => (status_vote(rpc, &status), Vec::new()),
+            Err(_) => (
+                VoteResult::Transient(format!(
+                    "{rpc} timed out after {} ms",
+                    spec.timeout.as_millis()
+                )),
+                Vec::new(),
+            ),
         }
     }
 
@@ -265,7 +273,16 @@ impl Participants {
         let answer = tokio::time::timeout(spec.timeout, call).await;
         record(spec, &answer, started);
         match answer {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(ack)) => {
+                let result = ack.into_inner().result;
+                if result.len() > MAX_RESULT {
+                    // The call still counts: the work is done.
+                    tracing::warn!(txn = %spec.txn_id, branch = %spec.branch_id, bytes = result.len(),
+                        "a participant acknowledged with a result over {MAX_RESULT} bytes; result dropped");
+                    return Ok(Vec::new());
+                }
+                Ok(result)
+            }
             Ok(Err(status)) => Err(describe_status(rpc, &status)),
             Err(_) => Err(format!(
                 "{rpc} timed out after {} ms",
@@ -289,8 +306,18 @@ fn record<T>(
     crate::metrics::branch_call(spec.call.rpc_name(spec.mode), code, started.elapsed());
 }
 
-fn vote_result(vote: Vote) -> VoteResult {
-    match VoteKind::try_from(vote.vote) {
+fn vote_result(vote: Vote) -> Phase1Result {
+    if vote.vote == VoteKind::VoteYes as i32 {
+        if vote.result.len() > MAX_RESULT {
+            let why = format!(
+                "voted YES with a result of {} bytes, over the {MAX_RESULT}-byte limit",
+                vote.result.len()
+            );
+            return (VoteResult::No(why), Vec::new());
+        }
+        return (VoteResult::Yes, vote.result);
+    }
+    let result = match VoteKind::try_from(vote.vote) {
         Ok(VoteKind::VoteYes) => VoteResult::Yes,
         Ok(VoteKind::VoteReadOnly) => VoteResult::ReadOnly,
         Ok(VoteKind::VoteNo) if vote.reason.is_empty() => VoteResult::No("no reason given".into()),
@@ -300,7 +327,8 @@ fn vote_result(vote: Vote) -> VoteResult {
             "participant answered without a vote ({})",
             vote.vote
         )),
-    }
+    };
+    (result, Vec::new())
 }
 
 fn status_vote(rpc: &str, status: &Status) -> VoteResult {
@@ -379,19 +407,33 @@ mod tests {
         let vote = |kind: VoteKind, reason: &str| Vote {
             vote: kind as i32,
             reason: reason.into(),
+            result: Vec::new(),
         };
-        assert_eq!(vote_result(vote(VoteKind::VoteYes, "")), VoteResult::Yes);
+        assert_eq!(vote_result(vote(VoteKind::VoteYes, "")).0, VoteResult::Yes);
         assert_eq!(
-            vote_result(vote(VoteKind::VoteReadOnly, "")),
+            vote_result(vote(VoteKind::VoteReadOnly, "")).0,
             VoteResult::ReadOnly
         );
         assert_eq!(
-            vote_result(vote(VoteKind::VoteNo, "insufficient funds")),
+            vote_result(vote(VoteKind::VoteNo, "insufficient funds")).0,
             VoteResult::No("insufficient funds".into())
         );
         assert!(matches!(
-            vote_result(vote(VoteKind::VoteUnspecified, "")),
+            vote_result(vote(VoteKind::VoteUnspecified, "")).0,
             VoteResult::No(_)
+        ));
+        // A result rides with YES, up to the limit; a larger one is a NO.
+        let with = |bytes: usize| Vote {
+            result: vec![7; bytes],
+            ..vote(VoteKind::VoteYes, "")
+        };
+        assert_eq!(
+            vote_result(with(MAX_RESULT)),
+            (VoteResult::Yes, vec![7; MAX_RESULT])
+        );
+        assert!(matches!(
+            vote_result(with(MAX_RESULT + 1)),
+            (VoteResult::No(_), ref r) if r.is_empty()
         ));
         for code in [
             Code::Aborted,

@@ -393,18 +393,19 @@ impl Inner {
             async move {
                 let event = match spec.call {
                     CallKind::Prepare => {
-                        let result = inner.participants.prepare(&spec).await;
+                        let (result, output) = inner.participants.prepare(&spec).await;
                         if spec.branch == 0 && spec.attempt == 1 {
                             crate::crash_point!("after-some-phase1-sent");
                         }
                         Event::Voted {
                             branch: spec.branch,
                             result,
+                            output,
                         }
                     }
                     CallKind::Commit | CallKind::Rollback => {
                         match inner.participants.finish(&spec).await {
-                            Ok(()) => {
+                            Ok(output) => {
                                 if spec.branch == 0 && spec.call == CallKind::Commit {
                                     crate::crash_point!("after-some-phase2-sent");
                                 }
@@ -413,6 +414,7 @@ impl Inner {
                                 }
                                 Event::Acked {
                                     branch: spec.branch,
+                                    output,
                                 }
                             }
                             Err(error) => {

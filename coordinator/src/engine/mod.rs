@@ -27,7 +27,8 @@ mod types;
 mod tests;
 
 pub use types::{
-    Attempt, Branch, BranchState, CallKind, MAX_HISTORY, Mode, Txn, TxnState, VoteResult,
+    Attempt, Branch, BranchState, CallKind, MAX_HISTORY, MAX_RESULT, Mode, Txn, TxnState,
+    VoteResult,
 };
 
 /// Something that happened to a transaction.
@@ -41,10 +42,14 @@ pub enum Event {
     Rollback { reason: String },
     /// The transaction timeout (also the phase-1 deadline) has passed.
     TimedOut,
-    /// A phase-1 call returned.
-    Voted { branch: usize, result: VoteResult },
-    /// A phase-2 call returned OK.
-    Acked { branch: usize },
+    /// A phase-1 call returned; `output` is the result sent with a YES.
+    Voted {
+        branch: usize,
+        result: VoteResult,
+        output: Vec<u8>,
+    },
+    /// A phase-2 call returned OK; `output` is the result sent with the ack.
+    Acked { branch: usize, output: Vec<u8> },
     /// A phase-2 call failed; it will be retried.
     Phase2Failed { branch: usize, error: String },
     /// The backoff of an earlier failed call is over. `seq` is the retry
@@ -160,8 +165,12 @@ pub fn step(
         Event::Commit => commit(txn, now_ms),
         Event::Rollback { reason } => rollback(txn, reason, now_ms)?,
         Event::TimedOut => timed_out(txn, now_ms),
-        Event::Voted { branch, result } => voted(txn, branch, result, now_ms),
-        Event::Acked { branch } => acked(txn, branch, now_ms),
+        Event::Voted {
+            branch,
+            result,
+            output,
+        } => voted(txn, branch, result, output, now_ms),
+        Event::Acked { branch, output } => acked(txn, branch, output, now_ms),
         Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error, now_ms, policy),
         Event::RetryDue { branch, call, seq } => retry_due(txn, branch, call, seq),
         Event::Recovered => recovered(txn, now_ms),
@@ -272,7 +281,7 @@ fn timed_out(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
     }
 }
 
-fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action> {
+fn voted(txn: &mut Txn, i: usize, result: VoteResult, output: Vec<u8>, now_ms: u64) -> Vec<Action> {
     let Some(branch) = txn.branches.get_mut(i) else {
         return Vec::new();
     };
@@ -288,7 +297,10 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action
     };
     remember(branch, CallKind::Prepare, ok, what, now_ms);
     match &result {
-        VoteResult::Yes => branch.state = BranchState::Prepared,
+        VoteResult::Yes => {
+            branch.state = BranchState::Prepared;
+            branch.result = output;
+        }
         VoteResult::ReadOnly => branch.state = BranchState::ReadOnly,
         VoteResult::No(reason) => {
             branch.state = BranchState::Rejected;
@@ -346,7 +358,7 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, now_ms: u64) -> Vec<Action
     }
 }
 
-fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
+fn acked(txn: &mut Txn, i: usize, output: Vec<u8>, now_ms: u64) -> Vec<Action> {
     let Some(branch) = txn.branches.get_mut(i) else {
         return Vec::new();
     };
@@ -361,6 +373,9 @@ fn acked(txn: &mut Txn, i: usize, now_ms: u64) -> Vec<Action> {
         CallKind::Rollback
     };
     remember(branch, call, true, "acknowledged".to_string(), now_ms);
+    if !output.is_empty() {
+        branch.result = output;
+    }
     match txn.state {
         TxnState::Committing => branch.state = BranchState::Committed,
         TxnState::Aborting => branch.state = BranchState::RolledBack,

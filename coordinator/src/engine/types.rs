@@ -125,7 +125,13 @@ pub struct Branch {
     /// A call to this branch is outstanding; its answer is still to come.
     /// Never persisted: after a restart nothing is in flight.
     pub in_flight: bool,
+    /// What the participant sent back with its YES vote or ack, for the
+    /// initiator (at most [`MAX_RESULT`] bytes).
+    pub result: Vec<u8>,
 }
+
+/// The largest result a participant may send with a vote or ack.
+pub const MAX_RESULT: usize = 4096;
 
 impl Branch {
     pub fn new(
@@ -152,6 +158,7 @@ impl Branch {
             backoff_from: 0,
             next_retry_at_ms: None,
             heuristic: None,
+            result: Vec::new(),
             in_flight: false,
         }
     }

@@ -86,7 +86,21 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
         payload_size: b.payload.len() as u32,
         failing_since_ms: b.failing_since_ms.unwrap_or(0),
         heuristic: b.heuristic.clone().unwrap_or_default(),
+        result: b.result.clone(),
     }
+}
+
+/// Each branch's answer, for a Commit/Execute response.
+pub fn branch_results(outcome: &crate::driver::Outcome) -> Vec<pb::BranchResult> {
+    outcome
+        .branches
+        .iter()
+        .map(|b| pb::BranchResult {
+            branch_id: b.branch_id.clone(),
+            result: b.result.clone(),
+            reason: b.reason.clone(),
+        })
+        .collect()
 }
 
 pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {

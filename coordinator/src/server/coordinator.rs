@@ -11,7 +11,7 @@ use crate::server::forward::Forwarder;
 
 use crate::driver::{Driver, Wait, trace};
 use crate::server::convert::{
-    answer_by, branch_spec, mode_from_pb, optional, state_to_pb, txn_to_pb,
+    answer_by, branch_results, branch_spec, mode_from_pb, optional, state_to_pb, txn_to_pb,
 };
 
 pub struct CoordinatorService {
@@ -109,6 +109,7 @@ impl Coordinator for CoordinatorService {
             }
         };
         Ok(Response::new(pb::CommitResponse {
+            branch_results: branch_results(&outcome),
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
             reason: outcome.reason,
@@ -176,6 +177,7 @@ impl Coordinator for CoordinatorService {
             }
         };
         Ok(Response::new(pb::ExecuteResponse {
+            branch_results: branch_results(&outcome),
             txn_id: outcome.txn_id,
             state: state_to_pb(outcome.state) as i32,
             reason: outcome.reason,

@@ -73,6 +73,7 @@ impl Phase1 {
     pub(crate) fn encode(&self) -> String {
         match self {
             Phase1::Voted(Vote::Yes) => "yes".into(),
+            Phase1::Voted(Vote::YesWith(result)) => format!("yes-with:{}", hex(result)),
             Phase1::Voted(Vote::No(reason)) => format!("no:{reason}"),
             Phase1::Voted(Vote::ReadOnly) => "read-only".into(),
             Phase1::RolledBack => "rolled-back".into(),
@@ -85,6 +86,9 @@ impl Phase1 {
             "yes" => Phase1::Voted(Vote::Yes),
             "read-only" => Phase1::Voted(Vote::ReadOnly),
             "rolled-back" => Phase1::RolledBack,
+            other if other.starts_with("yes-with:") => {
+                Phase1::Voted(Vote::YesWith(unhex(other.strip_prefix("yes-with:")?)?))
+            }
             other => Phase1::Voted(Vote::No(other.strip_prefix("no:")?.to_string())),
         })
     }
@@ -99,8 +103,22 @@ impl Phase1 {
 
     /// Whether a rollback/cancel must run the handler to undo held work.
     pub(crate) fn holds_work(&self) -> bool {
-        matches!(self, Phase1::Voted(Vote::Yes))
+        matches!(self, Phase1::Voted(vote) if vote.is_yes())
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The error for a commit/confirm of a branch already rolled back here.
@@ -138,6 +156,8 @@ mod tests {
     fn phase1_records_round_trip() {
         for record in [
             Phase1::Voted(Vote::Yes),
+            Phase1::Voted(Vote::YesWith(b"r-17\x00\xff".to_vec())),
+            Phase1::Voted(Vote::YesWith(Vec::new())),
             Phase1::Voted(Vote::ReadOnly),
             Phase1::Voted(Vote::No("insufficient: funds".into())),
             Phase1::Voted(Vote::No(String::new())),
@@ -151,6 +171,7 @@ mod tests {
     #[test]
     fn only_a_yes_vote_holds_work() {
         assert!(Phase1::Voted(Vote::Yes).holds_work());
+        assert!(Phase1::Voted(Vote::YesWith(vec![1])).holds_work());
         assert!(!Phase1::Voted(Vote::No("x".into())).holds_work());
         assert!(!Phase1::Voted(Vote::ReadOnly).holds_work());
         assert!(!Phase1::RolledBack.holds_work());

@@ -365,7 +365,7 @@ impl<H: SledHandler> Guarded<H> {
         let mut txn = barrier.txn();
         let vote = self.handler.prepare(ctx, payload, &mut txn).await?;
         // Only a YES vote holds work; anything else keeps no change.
-        let writes = if vote == Vote::Yes {
+        let writes = if vote.is_yes() {
             txn.writes
         } else {
             BTreeMap::new()

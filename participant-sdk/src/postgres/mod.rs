@@ -329,7 +329,7 @@ impl<H: PgHandler> PgGuarded<H> {
             });
         }
         let vote = self.handler.prepare(ctx, payload, &txn).await?;
-        if vote == Vote::Yes {
+        if vote.is_yes() {
             txn.commit().await?;
         } else {
             // A NO or READ_ONLY vote keeps none of the work, only the vote.

@@ -217,7 +217,7 @@ impl<H: PgPrepareHandler> PgTwoPhase<H> {
             ));
         }
         let vote = self.inner.handler.prepare(ctx, payload, &txn).await?;
-        if vote == Vote::Yes {
+        if vote.is_yes() {
             txn.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
                 .await?;
             // The session is out of its transaction now: mark it done.

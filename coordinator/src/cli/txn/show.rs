@@ -58,6 +58,7 @@ fn to_json(txn: &pb::Transaction, details: &[pb::BranchDetail]) -> serde_json::V
             "failing_since_ms": b.failing_since_ms,
             "next_retry_at_ms": d.next_retry_at_ms,
             "heuristic": b.heuristic,
+            "result": result_text(&b.result),
             "history": d.history.iter().map(|a| json!({
                 "at_ms": a.at_ms,
                 "call": a.call,
@@ -143,6 +144,13 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
         ]);
     }
     branches.print();
+    for b in txn.branches.iter().filter(|b| !b.result.is_empty()) {
+        say!(
+            "result of branch {}: {}",
+            b.branch_id,
+            result_text(&b.result)
+        );
+    }
     say!();
 
     let mut history = Table::new(vec!["TIME", "BRANCH", "CALL", "ATTEMPT", "RESULT"]);
@@ -166,4 +174,15 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
         ]);
     }
     history.print();
+}
+
+/// A branch result as text: itself when it is UTF-8, else `0x` and hex.
+fn result_text(result: &[u8]) -> String {
+    match std::str::from_utf8(result) {
+        Ok(text) => text.to_string(),
+        Err(_) => {
+            let hex: String = result.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
 }

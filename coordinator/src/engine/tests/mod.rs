@@ -50,7 +50,14 @@ fn preparing(n: usize) -> Txn {
 }
 
 fn vote(txn: &mut Txn, branch: usize, result: VoteResult) -> Vec<Action> {
-    must_step(txn, Event::Voted { branch, result })
+    must_step(
+        txn,
+        Event::Voted {
+            branch,
+            result,
+            output: Vec::new(),
+        },
+    )
 }
 
 #[test]
@@ -171,7 +178,13 @@ fn read_only_branches_get_no_phase_two() {
         vec![Persist(Durability::Flush), Publish, call(0, C, 1)]
     );
     assert_eq!(
-        must_step(&mut txn, Event::Acked { branch: 0 }),
+        must_step(
+            &mut txn,
+            Event::Acked {
+                branch: 0,
+                output: Vec::new()
+            }
+        ),
         vec![Persist(Durability::Lazy), Publish, Forget]
     );
     assert_eq!(txn.state, TxnState::Committed);
@@ -205,10 +218,34 @@ fn a_no_vote_aborts_and_rolls_back_once_outstanding_prepares_answer() {
     assert_eq!(txn.state, TxnState::Aborting);
     assert!(txn.reason.contains("branch 2") && txn.reason.contains("insufficient funds"));
     assert_eq!(vote(&mut txn, 2, VoteResult::Yes), vec![call(2, R, 1)]);
-    assert_eq!(must_step(&mut txn, Event::Acked { branch: 0 }), vec![]);
-    assert_eq!(must_step(&mut txn, Event::Acked { branch: 1 }), vec![]);
     assert_eq!(
-        must_step(&mut txn, Event::Acked { branch: 2 }),
+        must_step(
+            &mut txn,
+            Event::Acked {
+                branch: 0,
+                output: Vec::new()
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(
+        must_step(
+            &mut txn,
+            Event::Acked {
+                branch: 1,
+                output: Vec::new()
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(
+        must_step(
+            &mut txn,
+            Event::Acked {
+                branch: 2,
+                output: Vec::new()
+            }
+        ),
         vec![Persist(Durability::Lazy), Publish, Forget]
     );
     assert_eq!(txn.state, TxnState::Aborted);
@@ -223,7 +260,13 @@ fn a_no_vote_aborts_and_rolls_back_once_outstanding_prepares_answer() {
 fn a_late_read_only_vote_after_abort_needs_no_rollback() {
     let mut txn = preparing(2);
     vote(&mut txn, 0, VoteResult::No("no".into()));
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     assert_eq!(
         vote(&mut txn, 1, VoteResult::ReadOnly),
         vec![Persist(Durability::Lazy), Publish, Forget]
@@ -269,6 +312,7 @@ fn transient_prepare_errors_retry_until_the_deadline_then_abort() {
         Event::Voted {
             branch: 0,
             result: VoteResult::Transient("unavailable".into()),
+            output: Vec::new(),
         },
         NOW + 20_000,
         &Policy::default(),
@@ -316,7 +360,13 @@ fn phase_two_failures_retry_forever_with_growing_attempts() {
     }
     assert_eq!(txn.state, TxnState::Committing);
     assert_eq!(txn.branches[0].attempts, 7);
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     assert_eq!(txn.state, TxnState::Committed);
 }
 
@@ -456,7 +506,16 @@ fn stale_and_unknown_events_are_ignored() {
     // A second answer to the same prepare, an ack nobody asked for, a branch
     // that does not exist, a retry that is no longer needed.
     assert_eq!(vote(&mut txn, 0, VoteResult::No("late".into())), vec![]);
-    assert_eq!(must_step(&mut txn, Event::Acked { branch: 7 }), vec![]);
+    assert_eq!(
+        must_step(
+            &mut txn,
+            Event::Acked {
+                branch: 7,
+                output: Vec::new()
+            }
+        ),
+        vec![]
+    );
     assert_eq!(
         must_step(
             &mut txn,

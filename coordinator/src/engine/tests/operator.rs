@@ -45,7 +45,13 @@ fn phase_two_failing_past_the_threshold_flags_the_transaction_stuck_but_keeps_re
         );
     }
     assert_eq!(txn.branches[0].failing_since_ms, Some(NOW + 1));
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     assert_eq!(txn.state, TxnState::Committed);
     assert_eq!(
         txn.stuck_since_ms, None,
@@ -99,7 +105,13 @@ fn every_answer_is_remembered_in_the_branch_history() {
         },
     );
     vote(&mut txn, 0, VoteResult::Yes);
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     let history: Vec<(CallKind, u32, bool, &str)> = txn.branches[0]
         .history
         .iter()
@@ -276,7 +288,13 @@ fn resolving_a_dead_branch_by_hand_lets_a_decided_transaction_finish() {
     let mut txn = preparing(2);
     vote(&mut txn, 0, VoteResult::Yes);
     vote(&mut txn, 1, VoteResult::Yes);
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     must_step(
         &mut txn,
         Event::Phase2Failed {
@@ -314,7 +332,13 @@ fn resolving_a_dead_branch_by_hand_lets_a_decided_transaction_finish() {
     let mut two = preparing(2);
     vote(&mut two, 0, VoteResult::Yes);
     vote(&mut two, 1, VoteResult::Yes);
-    must_step(&mut two, Event::Acked { branch: 0 });
+    must_step(
+        &mut two,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     let done_branch = step(
         &mut two,
         Event::ResolveBranch {
@@ -380,7 +404,13 @@ fn a_branch_resolved_against_the_decision_finishes_with_a_mixed_outcome() {
     let mut txn = preparing(2);
     vote(&mut txn, 0, VoteResult::Yes);
     vote(&mut txn, 1, VoteResult::Yes);
-    must_step(&mut txn, Event::Acked { branch: 0 });
+    must_step(
+        &mut txn,
+        Event::Acked {
+            branch: 0,
+            output: Vec::new(),
+        },
+    );
     must_step(
         &mut txn,
         Event::Phase2Failed {

@@ -188,6 +188,10 @@ pub struct BranchStatus {
     pub next_retry_at_ms: Option<u64>,
     #[prost(string, optional, tag = "11")]
     pub heuristic: Option<String>,
+    /// The participant's result (absent in records written before it, and
+    /// when there is none: both read as empty).
+    #[prost(bytes = "vec", tag = "12")]
+    pub result: Vec<u8>,
 }
 
 /// One call to a branch and what it returned.
@@ -376,6 +380,7 @@ impl BranchStatus {
             backoff_from: branch.backoff_from,
             next_retry_at_ms: branch.next_retry_at_ms,
             heuristic: branch.heuristic.clone(),
+            result: branch.result.clone(),
         }
     }
 }
@@ -443,6 +448,7 @@ pub fn fold(
         branch.backoff_from = status.backoff_from;
         branch.next_retry_at_ms = status.next_retry_at_ms;
         branch.heuristic = status.heuristic;
+        branch.result = status.result;
         branches.push(branch);
     }
     let mut txn = Txn::new(

@@ -159,6 +159,16 @@ fn every_field_round_trips() {
 }
 
 #[test]
+fn a_branch_result_round_trips_and_its_absence_reads_as_none() {
+    let mut txn = sample();
+    txn.branches[0].result = b"receipt \x00\xff".to_vec();
+    assert_eq!(fold_ops("t-1", &ops_of(&txn)), Ok(txn.clone()));
+    // Records written before results existed (the golden bytes) carry none.
+    txn.branches[0].result.clear();
+    assert_eq!(fold_ops("t-1", &ops_of(&txn)), Ok(txn));
+}
+
+#[test]
 fn a_record_with_a_field_this_binary_does_not_know_still_reads() {
     // A later release adds field 99 to the header (rule 2): this one skips it.
     let mut body = TxnRecord::of(&sample()).encode_to_vec();
