@@ -3,11 +3,13 @@
 //! and resumes unfinished transactions after a restart.
 
 mod admin;
+mod answer;
 mod backoff;
 mod error;
 pub mod ids;
 mod ownership;
 mod participants;
+mod repeat;
 mod runtime;
 mod slot;
 pub mod trace;
@@ -23,55 +25,12 @@ pub use validate::BranchSpec;
 use crate::config::Config;
 use crate::engine::{Branch, Event, Mode, Txn, TxnState};
 use crate::store::{LogWriter, TxnLog, WriterStats};
+pub use answer::{BranchOutcome, Outcome};
+use answer::{branch_outcomes, outcome};
 use ownership::{Found, stored};
+use repeat::{Wanted, repeated_begin};
 use runtime::Inner;
 use slot::{Published, Slot};
-
-/// The outcome a client is told.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub txn_id: String,
-    pub state: TxnState,
-    pub reason: String,
-    /// Branches resolved by hand against the decision (a mixed outcome).
-    pub mixed_branches: Vec<String>,
-    /// What each branch answered.
-    pub branches: Vec<BranchOutcome>,
-}
-
-/// One branch's answer, for the initiator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BranchOutcome {
-    pub branch_id: String,
-    /// The result it sent with its YES vote or ack; empty if none.
-    pub result: Vec<u8>,
-    /// Why it voted NO (or was refused), if it did.
-    pub reason: String,
-}
-
-/// Each branch's answer as `txn` holds it.
-fn branch_outcomes(txn: &Txn) -> Vec<BranchOutcome> {
-    txn.branches
-        .iter()
-        .map(|b| BranchOutcome {
-            branch_id: b.id.clone(),
-            result: b.result.clone(),
-            // Its NO vote (a branch that voted NO may still be rolled back).
-            reason: b
-                .history
-                .iter()
-                .rev()
-                .find(|a| a.ok && a.result.starts_with("voted NO"))
-                .map(|a| a.result.clone())
-                .or_else(|| {
-                    (b.state == crate::engine::BranchState::Rejected)
-                        .then(|| b.last_error.clone())
-                        .flatten()
-                })
-                .unwrap_or_default(),
-        })
-        .collect()
-}
 
 /// How long a `Commit`-like call holds the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -590,79 +549,6 @@ impl Driver {
         }
         let branches = branch_outcomes(&slot.lock());
         Ok(outcome(txn_id, published, branches))
-    }
-}
-
-/// What a repeated `Begin`/`Execute` asks one branch to be.
-struct Wanted<'a> {
-    participant: &'a str,
-    resource: &'a str,
-    payload: &'a [u8],
-}
-
-impl<'a> From<&'a BranchSpec> for Wanted<'a> {
-    fn from(spec: &'a BranchSpec) -> Self {
-        Wanted {
-            participant: &spec.participant,
-            resource: &spec.resource,
-            payload: &spec.payload,
-        }
-    }
-}
-
-impl<'a> From<&'a Branch> for Wanted<'a> {
-    fn from(branch: &'a Branch) -> Self {
-        Wanted {
-            participant: &branch.participant,
-            resource: &branch.resource,
-            payload: &branch.payload,
-        }
-    }
-}
-
-/// A repeated `Begin`/`Execute` of a client-chosen id: OK only when it asks
-/// for the same transaction (mode, timeout unless it asked for the default,
-/// and for `Execute` the branches); anything else is a conflict, never a
-/// silent OK.
-fn repeated_begin(
-    found: Found,
-    mode: Mode,
-    timeout_ms: Option<u64>,
-    wanted: &[Wanted],
-) -> Result<(), DriverError> {
-    let existing = match found {
-        Found::Live(slot) => slot.lock().clone(),
-        Found::Stored(txn) | Found::Elsewhere(txn, _) => txn,
-    };
-    let same_branches = wanted.is_empty()
-        || (existing.branches.len() == wanted.len()
-            && existing.branches.iter().zip(wanted).all(|(b, w)| {
-                validate::same_endpoint(&b.participant, w.participant)
-                    && b.resource == w.resource
-                    && b.payload == w.payload
-            }));
-    let different = if existing.mode != mode {
-        "mode"
-    } else if timeout_ms.is_some_and(|t| t != existing.timeout_ms) {
-        "timeout"
-    } else if !same_branches {
-        "set of branches"
-    } else {
-        return Ok(());
-    };
-    Err(DriverError::AlreadyExists(format!(
-        "transaction {} already exists with a different {different}",
-        existing.id
-    )))
-}
-
-fn outcome(txn_id: &str, published: Published, branches: Vec<BranchOutcome>) -> Outcome {
-    Outcome {
-        branches,
-        txn_id: txn_id.to_string(),
-        state: published.state,
-        reason: published.reason,
-        mixed_branches: published.mixed_branches,
     }
 }
 
