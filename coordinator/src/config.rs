@@ -122,8 +122,10 @@ impl Default for NodeIdentity {
 /// branches of `max_payload_bytes` each, plus room for endpoints, resources
 /// and framing.
 pub fn derived_max_message(max_branches: usize, max_payload_bytes: usize) -> usize {
+    // Answers carry each branch's result too (GetTransaction, Commit).
+    let per_branch = max_payload_bytes.max(crate::engine::MAX_RESULT);
     max_branches
-        .saturating_mul(max_payload_bytes.saturating_add(2048))
+        .saturating_mul(per_branch.saturating_add(2048))
         .saturating_add(64 * 1024)
 }
 

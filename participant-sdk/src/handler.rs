@@ -20,8 +20,10 @@ pub struct CallContext {
     pub traceparent: Option<String>,
 }
 
-/// A participant's answer to prepare / try.
+/// A participant's answer to prepare / try. More kinds of YES may come:
+/// test a vote with [`Vote::is_yes`] rather than comparing with `Vote::Yes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Vote {
     /// Ready to commit; the work is held until commit or rollback.
     Yes,
@@ -34,6 +36,9 @@ pub enum Vote {
     /// Changed nothing: no commit or rollback will follow for this branch.
     ReadOnly,
 }
+
+/// The largest result a vote or ack may carry (the coordinator's limit).
+pub const MAX_RESULT: usize = 4096;
 
 impl Vote {
     /// A YES, with or without a result: the work is held.
@@ -90,8 +95,11 @@ pub trait TwoPhaseHandler: Send + Sync + 'static {
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
     /// Like [`commit`](Self::commit), answering with a small result for the
-    /// initiator (e.g. a receipt; at most 4 KiB). The SDK calls this one; by
-    /// default it runs `commit` and answers with none.
+    /// initiator (e.g. a receipt; at most [`MAX_RESULT`] bytes, a larger one
+    /// is dropped). The SDK calls this one; by default it runs `commit` and
+    /// answers with none. A repeated commit of the branch must answer with
+    /// the same result (after a restart the coordinator may ask again). A
+    /// wrapper around another handler must forward this method too.
     fn commit_with_result(
         &self,
         ctx: &CallContext,
@@ -122,8 +130,9 @@ pub trait TccHandler: Send + Sync + 'static {
         payload: &[u8],
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
     /// Like [`confirm`](Self::confirm), answering with a small result for
-    /// the initiator (at most 4 KiB). The SDK calls this one; by default it
-    /// runs `confirm` and answers with none.
+    /// the initiator (at most [`MAX_RESULT`] bytes). The SDK calls this one;
+    /// by default it runs `confirm` and answers with none. Same rules as
+    /// [`TwoPhaseHandler::commit_with_result`].
     fn confirm_with_result(
         &self,
         ctx: &CallContext,

@@ -122,7 +122,7 @@ pub use client::{
 pub mod tls {
     pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 }
-pub use handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+pub use handler::{CallContext, MAX_RESULT, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};
 
 #[cfg(feature = "sled")]

@@ -209,6 +209,14 @@ impl Dispatch {
             .await?;
         let (kind, reason, result) = match vote {
             Vote::Yes => (pb::VoteKind::VoteYes, String::new(), Vec::new()),
+            Vote::YesWith(result) if result.len() > crate::MAX_RESULT => {
+                // The coordinator would take it as a NO; say why here.
+                return Err(Status::invalid_argument(format!(
+                    "the handler voted YES with a result of {} bytes, over the {}-byte limit",
+                    result.len(),
+                    crate::MAX_RESULT
+                )));
+            }
             Vote::YesWith(result) => (pb::VoteKind::VoteYes, String::new(), result),
             Vote::No(reason) => (pb::VoteKind::VoteNo, reason, Vec::new()),
             Vote::ReadOnly => (pb::VoteKind::VoteReadOnly, String::new(), Vec::new()),
@@ -232,10 +240,16 @@ impl Dispatch {
             Phase2::Commit => "commit",
             Phase2::Rollback => "rollback",
         };
-        let result = handler
+        let mut result = handler
             .finish(phase, &ctx, &call.payload)
             .instrument(span(&ctx, self.kind, name))
             .await?;
+        if result.len() > crate::MAX_RESULT {
+            // The work is done: the ack counts, the result cannot travel.
+            tracing::warn!(txn = %ctx.txn_id, branch = %ctx.branch_id, bytes = result.len(),
+                "a {name} result over {} bytes is dropped", crate::MAX_RESULT);
+            result = Vec::new();
+        }
         Ok(Response::new(pb::Ack { result }))
     }
 }

@@ -64,6 +64,14 @@ async fn results_of_votes_and_acks_reach_the_initiator() -> anyhow::Result<()> {
         .map(|r| r.reason.clone())
         .unwrap_or_default();
     assert!(no.contains("sold out"), "{refused:?}");
+    // Branch 1 voted YES with a result, then was rolled back: no result.
+    assert_eq!(refused.result_of("1"), None, "{refused:?}");
+    let first = refused.branch_results.iter().find(|r| r.branch_id == "1");
+    assert_eq!(
+        first.map(|r| r.state()),
+        Some(arbiter_sdk::BranchState::RolledBack),
+        "{refused:?}"
+    );
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! own answer.
 
 use crate::driver::slot::Published;
-use crate::engine::{Txn, TxnState};
+use crate::engine::{BranchState, Txn, TxnState};
 
 /// The outcome a client is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub struct Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchOutcome {
     pub branch_id: String,
+    pub state: BranchState,
     /// The result it sent with its YES vote or ack; empty if none.
     pub result: Vec<u8>,
     /// Why it voted NO (or was refused), if it did.
@@ -32,7 +33,12 @@ pub(super) fn branch_outcomes(txn: &Txn) -> Vec<BranchOutcome> {
         .iter()
         .map(|b| BranchOutcome {
             branch_id: b.id.clone(),
-            result: b.result.clone(),
+            state: b.state,
+            // A result counts while the work it speaks of stands.
+            result: match b.state {
+                BranchState::Prepared | BranchState::Committed => b.result.clone(),
+                _ => Vec::new(),
+            },
             // Its NO vote (a branch that voted NO may still be rolled back).
             reason: b
                 .history
@@ -41,7 +47,7 @@ pub(super) fn branch_outcomes(txn: &Txn) -> Vec<BranchOutcome> {
                 .find(|a| a.ok && a.result.starts_with("voted NO"))
                 .map(|a| a.result.clone())
                 .or_else(|| {
-                    (b.state == crate::engine::BranchState::Rejected)
+                    (b.state == BranchState::Rejected)
                         .then(|| b.last_error.clone())
                         .flatten()
                 })

@@ -99,6 +99,7 @@ pub fn branch_results(outcome: &crate::driver::Outcome) -> Vec<pb::BranchResult>
             branch_id: b.branch_id.clone(),
             result: b.result.clone(),
             reason: b.reason.clone(),
+            state: branch_state_to_pb(b.state) as i32,
         })
         .collect()
 }
