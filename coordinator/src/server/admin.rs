@@ -13,7 +13,7 @@ use crate::driver::validate::truncated;
 use crate::driver::{Driver, ListFilter, ids};
 use crate::engine::{Mode, Txn};
 use crate::server::convert::{
-    mode_from_pb, mode_to_pb, optional, state_from_pb, state_to_pb, txn_to_pb,
+    answer_by, mode_from_pb, mode_to_pb, optional, state_from_pb, state_to_pb, txn_to_pb,
 };
 
 pub struct AdminService {
@@ -152,6 +152,7 @@ impl Admin for AdminService {
         request: Request<pb::RetryNowRequest>,
     ) -> Result<Response<pb::RetryNowResponse>, Status> {
         let caller = caller(&request);
+        let deadline = answer_by(&request);
         let (metadata, _, req) = request.into_parts();
         let txn_ids = match (req.all_stuck, req.txn_id.is_empty()) {
             (true, true) => self.driver.retry_all_stuck(&caller).await?,
@@ -160,7 +161,7 @@ impl Admin for AdminService {
                 Err(e) => {
                     return self
                         .forward
-                        .forward(e, &metadata, req, None, |c, m, r| async move {
+                        .forward(e, &metadata, req, deadline, |c, m, r| async move {
                             client(c, m).retry_now(r).await
                         })
                         .await;
@@ -183,6 +184,7 @@ impl Admin for AdminService {
         request: Request<pb::ForceOutcomeRequest>,
     ) -> Result<Response<pb::ForceOutcomeResponse>, Status> {
         let caller = caller(&request);
+        let deadline = answer_by(&request);
         let (metadata, _, req) = request.into_parts();
         let commit = match pb::ForcedOutcome::try_from(req.outcome) {
             Ok(pb::ForcedOutcome::Commit) => true,
@@ -202,7 +204,7 @@ impl Admin for AdminService {
             Err(e) => {
                 return self
                     .forward
-                    .forward(e, &metadata, req, None, |c, m, r| async move {
+                    .forward(e, &metadata, req, deadline, |c, m, r| async move {
                         client(c, m).force_outcome(r).await
                     })
                     .await;
@@ -220,6 +222,7 @@ impl Admin for AdminService {
         request: Request<pb::ResolveBranchRequest>,
     ) -> Result<Response<pb::ResolveBranchResponse>, Status> {
         let caller = caller(&request);
+        let deadline = answer_by(&request);
         let (metadata, _, req) = request.into_parts();
         let committed = match pb::BranchResolution::try_from(req.resolution) {
             Ok(pb::BranchResolution::Committed) => true,
@@ -242,7 +245,7 @@ impl Admin for AdminService {
             Err(e) => {
                 return self
                     .forward
-                    .forward(e, &metadata, req, None, |c, m, r| async move {
+                    .forward(e, &metadata, req, deadline, |c, m, r| async move {
                         client(c, m).resolve_branch(r).await
                     })
                     .await;

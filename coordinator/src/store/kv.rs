@@ -256,6 +256,9 @@ pub struct KvLog<K: Kv> {
     hwm: Option<Mutex<Hwm>>,
     /// Damaged records met while serving (reads that failed their checks).
     damaged: AtomicU64,
+    /// Transactions this node owns but cannot read: reported once, not at
+    /// every look for idle ones.
+    unreadable: Mutex<std::collections::HashSet<String>>,
 }
 
 impl<K: Kv> KvLog<K> {
@@ -265,6 +268,7 @@ impl<K: Kv> KvLog<K> {
             batch: AtomicU64::new(batch),
             hwm: hwm.map(Mutex::new),
             damaged: AtomicU64::new(0),
+            unreadable: Mutex::default(),
         }
     }
 
@@ -525,7 +529,7 @@ impl<K: Kv> TxnLog for KvLog<K> {
             .kv
             .owned_here()?
             .into_iter()
-            .filter(|(id, claim)| !live(id, *claim))
+            .filter(|(id, claim)| !live(id, *claim) && !self.is_unreadable(id))
             .map(|(id, claim)| (id, String::new(), claim))
             .collect();
         self.load_claimed(idle)
@@ -533,6 +537,20 @@ impl<K: Kv> TxnLog for KvLog<K> {
 }
 
 impl<K: Kv> KvLog<K> {
+    fn is_unreadable(&self, id: &str) -> bool {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn mark_unreadable(&self, id: String) {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
     /// Loads transactions this node holds under the given claims. A final
     /// one needs no owner: its row is given up. One that cannot be read is
     /// reported and left owned here, so it is not claimed round and round.
@@ -546,11 +564,16 @@ impl<K: Kv> KvLog<K> {
             match self.get(&id) {
                 Ok(Some(txn)) if !txn.state.is_final() => out.push(TakenOver { txn, from, claim }),
                 Ok(Some(_)) => done.push(id),
-                Ok(None) => self.damaged_read(
-                    "a transaction taken over",
-                    &StoreError::Corrupt(format!("transaction {id} has an owner but no record")),
-                ),
-                Err(StoreError::Corrupt(_)) => {}
+                Ok(None) => {
+                    self.damaged_read(
+                        "a transaction taken over",
+                        &StoreError::Corrupt(format!(
+                            "transaction {id} has an owner but no record"
+                        )),
+                    );
+                    self.mark_unreadable(id);
+                }
+                Err(StoreError::Corrupt(_)) => self.mark_unreadable(id),
                 Err(e) => return Err(e),
             }
         }

@@ -58,7 +58,8 @@ fn to_json(txn: &pb::Transaction, details: &[pb::BranchDetail]) -> serde_json::V
             "failing_since_ms": b.failing_since_ms,
             "next_retry_at_ms": d.next_retry_at_ms,
             "heuristic": b.heuristic,
-            "result": result_text(&b.result),
+            "result_text": std::str::from_utf8(&b.result).ok(),
+            "result_hex": b.result.iter().map(|x| format!("{x:02x}")).collect::<String>(),
             "history": d.history.iter().map(|a| json!({
                 "at_ms": a.at_ms,
                 "call": a.call,
@@ -176,10 +177,11 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
     history.print();
 }
 
-/// A branch result as text: itself when it is UTF-8, else `0x` and hex.
+/// A branch result for a terminal: quoted and escaped when it is text,
+/// else `0x` and hex.
 fn result_text(result: &[u8]) -> String {
     match std::str::from_utf8(result) {
-        Ok(text) => text.to_string(),
+        Ok(text) => format!("{text:?}"),
         Err(_) => {
             let hex: String = result.iter().map(|b| format!("{b:02x}")).collect();
             format!("0x{hex}")
