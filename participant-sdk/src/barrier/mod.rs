@@ -44,6 +44,9 @@
 //! [`PgBarrier`](crate::PgBarrier) (feature `postgres`) for participants
 //! with a PostgreSQL database.
 
+// What the backends share goes unused in a build with neither of them.
+#![cfg_attr(not(any(feature = "sled", feature = "postgres")), allow(dead_code))]
+
 #[cfg(feature = "sled")]
 pub(crate) mod sled;
 
