@@ -100,3 +100,32 @@ pub async fn kill_repeatedly(
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
+
+/// The sum of every account of `banks`.
+pub async fn bank_total(banks: &[arbiter_examples::pg_bank::PgBank]) -> anyhow::Result<i64> {
+    let mut sum = 0;
+    for bank in banks {
+        sum += bank.total().await?;
+    }
+    Ok(sum)
+}
+
+/// Waits until no bank database holds a prepared transaction or a TCC
+/// hold (phase 2 of the last transactions may still be on its way; the
+/// coordinator reports final only after every ack).
+pub async fn nothing_left_prepared_or_held(
+    banks: std::sync::Arc<Vec<arbiter_examples::pg_bank::PgBank>>,
+) {
+    eventually("no prepared transaction or hold is left", || {
+        let banks = banks.clone();
+        async move {
+            let mut left = (0, 0);
+            for bank in banks.iter() {
+                left.0 += bank.prepared().await.ok()?;
+                left.1 += bank.holds().await.ok()?;
+            }
+            (left == (0, 0)).then_some(())
+        }
+    })
+    .await;
+}

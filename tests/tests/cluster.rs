@@ -42,6 +42,24 @@ async fn node(
     ArbiterProcess::start_launch(&dir.join(id), &args, launch).await
 }
 
+/// A throwaway PostgreSQL server with an empty `arbiter` database.
+async fn database() -> anyhow::Result<PgCluster> {
+    let cluster = PgCluster::start(0)?;
+    cluster.create_database("arbiter").await?;
+    Ok(cluster)
+}
+
+/// Nodes n1 and n2 on the `arbiter` database of `cluster`.
+async fn two_nodes(
+    dir: &Path,
+    cluster: &PgCluster,
+) -> anyhow::Result<(ArbiterProcess, ArbiterProcess)> {
+    let store = cluster.store_url("arbiter");
+    let n1 = node(dir, "n1", &store, None).await?;
+    let n2 = node(dir, "n2", &store, None).await?;
+    Ok((n1, n2))
+}
+
 async fn owner(client: &Client, txn_id: &str) -> Option<String> {
     client
         .get_transaction(txn_id)
@@ -56,12 +74,8 @@ async fn state(client: &Client, txn_id: &str) -> Option<TxnState> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_answers_any_call_and_forwards_to_the_owner() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let store = cluster.store_url("arbiter");
-    let dir = tempfile::tempdir()?;
-    let n1 = node(dir.path(), "n1", &store, None).await?;
-    let n2 = node(dir.path(), "n2", &store, None).await?;
+    let (cluster, dir) = (database().await?, tempfile::tempdir()?);
+    let (n1, n2) = two_nodes(dir.path(), &cluster).await?;
     let (c1, c2) = (n1.client().await?, n2.client().await?);
     let (a, rec_a) = recorder_participant().await?;
     let (b, rec_b) = recorder_participant().await?;
@@ -126,12 +140,8 @@ async fn any_node_answers_any_call_and_forwards_to_the_owner() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_hands_over_at_once_and_a_dead_one_after_its_lease() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let store = cluster.store_url("arbiter");
-    let dir = tempfile::tempdir()?;
-    let mut n1 = node(dir.path(), "n1", &store, None).await?;
-    let mut n2 = node(dir.path(), "n2", &store, None).await?;
+    let (cluster, dir) = (database().await?, tempfile::tempdir()?);
+    let (mut n1, mut n2) = two_nodes(dir.path(), &cluster).await?;
     let (a, rec_a) = recorder_participant().await?;
     let (b, rec_b) = recorder_participant().await?;
 
@@ -307,8 +317,7 @@ async fn an_isolated_owner_is_fenced(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_is_fenced_and_commits_nothing_it_lost() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
+    let cluster = database().await?;
     an_isolated_owner_is_fenced(
         ArbiterProcess::pause,
         ArbiterProcess::resume,
@@ -321,8 +330,7 @@ async fn a_paused_owner_is_fenced_and_commits_nothing_it_lost() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_cut_off_from_postgres_is_fenced_and_commits_nothing_it_lost() -> anyhow::Result<()>
 {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
+    let cluster = database().await?;
     let proxy = Arc::new(Proxy::start(cluster.port).await?);
     let via_proxy =
         |store: &str| store.replace(&format!(":{}/", cluster.port), &format!(":{}/", proxy.port));
@@ -347,12 +355,8 @@ async fn an_owner_cut_off_from_postgres_is_fenced_and_commits_nothing_it_lost() 
 /// (each renews first), and each node finishes its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_lease_moves_no_transaction() -> anyhow::Result<()> {
-    let cluster = PgCluster::start(0)?;
-    cluster.create_database("arbiter").await?;
-    let store = cluster.store_url("arbiter");
-    let dir = tempfile::tempdir()?;
-    let n1 = node(dir.path(), "n1", &store, None).await?;
-    let n2 = node(dir.path(), "n2", &store, None).await?;
+    let (cluster, dir) = (database().await?, tempfile::tempdir()?);
+    let (n1, n2) = two_nodes(dir.path(), &cluster).await?;
     let (c1, c2) = (n1.client().await?, n2.client().await?);
     let (a, rec_a) = recorder_participant().await?;
     rec_a.set_fail_phase2(true);

@@ -16,10 +16,10 @@ use std::time::Duration;
 use arbiter_examples::pg_bank::{PgBank, PreparedAccounts, ReservedAccounts};
 use arbiter_examples::{AccountRef, RESOURCE};
 use arbiter_sdk::{Branch, Client, ConnectOptions, Mode, ParticipantServer, TxnState};
-use arbiter_tests::chaos::final_state;
+use arbiter_tests::chaos::{bank_total, final_state, nothing_left_prepared_or_held};
 use arbiter_tests::postgres::PgCluster;
 use arbiter_tests::process::Launch;
-use arbiter_tests::{ArbiterProcess, Spy, eventually};
+use arbiter_tests::{ArbiterProcess, Spy};
 
 const NODES: usize = 3;
 const WORKERS: usize = 6;
@@ -160,7 +160,7 @@ async fn a_three_node_cluster_keeps_the_bank_whole_under_kill_9() -> anyhow::Res
         banks.push(bank);
         services.push(running);
     }
-    let initial_total = total(&banks).await?;
+    let initial_total = bank_total(&banks).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -205,18 +205,7 @@ async fn a_three_node_cluster_keeps_the_bank_whole_under_kill_9() -> anyhow::Res
         }
     }
     let banks = Arc::new(banks);
-    eventually("no prepared transaction or hold is left", || {
-        let banks = banks.clone();
-        async move {
-            let mut left = (0, 0);
-            for bank in banks.iter() {
-                left.0 += bank.prepared().await.ok()?;
-                left.1 += bank.holds().await.ok()?;
-            }
-            (left == (0, 0)).then_some(())
-        }
-    })
-    .await;
+    nothing_left_prepared_or_held(banks.clone()).await;
 
     // No branch got both sides of the outcome.
     let mut sides: HashMap<(String, String), (bool, bool)> = HashMap::new();
@@ -242,7 +231,7 @@ async fn a_three_node_cluster_keeps_the_bank_whole_under_kill_9() -> anyhow::Res
         .filter(|(_, (c, r))| *c && *r)
         .map(|(k, _)| k)
         .collect();
-    let total = total(&banks).await?;
+    let total = bank_total(&banks).await?;
     println!(
         "cluster chaos: {} transfers over {NODES} nodes, {kills} kills, {committed} committed, \
          {aborted} aborted, {never_began} never began; total {total} (was {initial_total})",
@@ -256,12 +245,4 @@ async fn a_three_node_cluster_keeps_the_bank_whole_under_kill_9() -> anyhow::Res
     assert!(committed > 0, "some transfers went through");
     drop(services);
     Ok(())
-}
-
-async fn total(banks: &[PgBank]) -> anyhow::Result<i64> {
-    let mut sum = 0;
-    for bank in banks {
-        sum += bank.total().await?;
-    }
-    Ok(sum)
 }

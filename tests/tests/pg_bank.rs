@@ -11,9 +11,11 @@ use std::time::Duration;
 use arbiter_examples::AccountRef;
 use arbiter_examples::pg_bank::PgBank;
 use arbiter_sdk::TxnState;
-use arbiter_tests::chaos::{final_state, kill_repeatedly, start_transfers};
+use arbiter_tests::ArbiterProcess;
+use arbiter_tests::chaos::{
+    bank_total, final_state, kill_repeatedly, nothing_left_prepared_or_held, start_transfers,
+};
 use arbiter_tests::postgres::PgCluster;
-use arbiter_tests::{ArbiterProcess, eventually};
 
 const WORKERS: usize = 6;
 const ACCOUNTS_PER_BANK: usize = 4;
@@ -60,7 +62,7 @@ async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
         banks.push(bank);
         services.push((running, adapter));
     }
-    let initial_total = total(&banks).await?;
+    let initial_total = bank_total(&banks).await?;
 
     let transfers = start_transfers(&client, &accounts, WORKERS);
 
@@ -75,38 +77,17 @@ async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
             None => never_began += 1,
         }
     }
-    // Phase 2 of the last transactions may still be on its way to the
-    // databases; the coordinator reports final only after every ack.
     let banks = Arc::new(banks);
-    let (prepared, holds) = eventually("no prepared transaction or hold is left", || {
-        let banks = banks.clone();
-        async move {
-            let mut left = (0, 0);
-            for bank in banks.iter() {
-                left.0 += bank.prepared().await.ok()?;
-                left.1 += bank.holds().await.ok()?;
-            }
-            (left == (0, 0)).then_some(left)
-        }
-    })
-    .await;
-    let total = total(&banks).await?;
+    nothing_left_prepared_or_held(banks.clone()).await;
+    let total = bank_total(&banks).await?;
     println!(
         "postgres chaos: {} transfers, {kills} kills, {committed} committed, {aborted} aborted, \
          {never_began} never began; total {total} (was {initial_total}); \
-         {prepared} prepared transactions and {holds} holds left",
+         no prepared transaction or hold left",
         ids.len()
     );
     assert_eq!(total, initial_total, "money was created or destroyed");
     assert!(committed > 0, "some transfers went through");
     drop(services);
     Ok(())
-}
-
-async fn total(banks: &[PgBank]) -> anyhow::Result<i64> {
-    let mut sum = 0;
-    for bank in banks {
-        sum += bank.total().await?;
-    }
-    Ok(sum)
 }

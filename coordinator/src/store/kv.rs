@@ -76,10 +76,10 @@ pub trait Kv: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Applies `shared` and the ops of each transaction this node owns (or
-    /// creates), all or none, and returns the transactions it left out
-    /// because another node owns them. A store one coordinator has to
-    /// itself owns everything.
+    /// For a store nodes share ([`Kv::shared`]): applies `shared` and the
+    /// ops of each transaction this node owns (or creates), all or none, and
+    /// returns the transactions it left out because another node owns them.
+    /// A store one coordinator has to itself owns everything.
     fn apply_owned(
         &self,
         txns: &[TxnOps<'_>],
@@ -317,19 +317,32 @@ impl<K: Kv> TxnLog for KvLog<K> {
         if sync && !self.kv.shared() {
             made.push(record::meta_op(keys::META_BATCH, next));
         }
-        let txns = by_transaction(batch);
-        let fenced = self.kv.apply_owned(&txns, &made)?;
-        let bytes = txns
-            .iter()
-            .filter(|t| {
-                !fenced
+        let (bytes, fenced) = if self.kv.shared() {
+            let txns = by_transaction(batch);
+            let fenced = self.kv.apply_owned(&txns, &made)?;
+            let bytes = txns
+                .iter()
+                .filter(|t| !fenced.iter().any(|(id, c)| id == t.txn_id && *c == t.claim))
+                .flat_map(|t| t.ops.iter().copied())
+                .chain(made.iter())
+                .map(|op| op.size() as u64)
+                .sum();
+            (bytes, fenced)
+        } else {
+            // One coordinator owns everything: no grouping on this path.
+            let ops = || {
+                batch
                     .iter()
-                    .any(|(id, claim)| id == t.txn_id && *claim == t.claim)
-            })
-            .flat_map(|t| t.ops.iter().copied())
-            .chain(made.iter())
-            .map(|op| op.size() as u64)
-            .sum();
+                    .filter_map(|w| match w {
+                        Write::Txn(record) => Some(record.ops.iter()),
+                        Write::Audit(_) => None,
+                    })
+                    .flatten()
+                    .chain(made.iter())
+            };
+            self.kv.apply(ops())?;
+            (ops().map(|op| op.size() as u64).sum(), Vec::new())
+        };
         if sync {
             if crate::failpoints::failing("log-sync-fails") {
                 return Err(StoreError::Io {
