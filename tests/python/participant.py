@@ -8,7 +8,8 @@ and appends every call it receives to LOG as a tab-separated line:
 
 Payload "no:<reason>" votes NO, "reject" answers FAILED_PRECONDITION,
 "result:<text>" votes YES with the result "<text>" and acknowledges a
-commit/confirm with "done:<text>", anything else votes YES. It prints "ready"
+commit/confirm with "done:<text>", "huge-ack" acknowledges with a result over
+the coordinator's 4 KiB limit, anything else votes YES. It prints "ready"
 once it is serving.
 
     python3 participant.py --port 9001 --log calls.tsv --proto-dir ../../proto
@@ -67,6 +68,8 @@ def main():
         payload = req.payload.decode("utf-8", "replace")
         if call in ("commit", "confirm") and payload.startswith("result:"):
             return pb.Ack(result=("done:" + payload[7:]).encode())
+        if call in ("commit", "confirm") and payload == "huge-ack":
+            return pb.Ack(result=b"x" * 5000)
         return pb.Ack()
 
     class TwoPhase(rpc.TwoPhaseParticipantServicer):

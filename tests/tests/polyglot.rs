@@ -123,5 +123,18 @@ async fn python_participant_takes_part_in_two_phase_and_tcc() -> anyhow::Result<
         assert!(answered.is_committed(), "{answered:?}");
         assert_eq!(answered.result_of("1"), Some(&b"done:box 9"[..]));
     }
+
+    // An ack with a result over the limit still counts; the result is dropped.
+    let oversized = coordinator
+        .client
+        .execute(
+            Execute::two_phase()
+                .branch(Branch::new(&python.endpoint, "inventory.reserve").payload("huge-ack"))
+                .wait(true),
+        )
+        .await?;
+    assert!(oversized.is_committed(), "{oversized:?}");
+    assert_eq!(oversized.result_of("1"), None);
+    assert_eq!(python.calls(&oversized.txn_id)?, vec!["prepare", "commit"]);
     Ok(())
 }
