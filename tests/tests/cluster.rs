@@ -131,6 +131,24 @@ async fn any_node_answers_any_call_and_forwards_to_the_owner() -> anyhow::Result
         .count();
     assert_eq!(prepares, 1, "{:?}", rec_a.calls("same-id"));
 
+    // A call claiming to be forwarded already is never forwarded again:
+    // whoever sends the mark gets UNAVAILABLE, and nothing changes.
+    let held = c1.begin(Mode::TwoPhase, None).await?;
+    let mut marked = tonic::Request::new(arbiter_sdk::proto::CommitRequest {
+        txn_id: held.clone(),
+        wait: false,
+    });
+    marked.metadata_mut().insert(
+        "x-arbiter-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let refused = c2.raw().commit(marked).await;
+    assert_eq!(
+        refused.map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unavailable)
+    );
+    assert_eq!(state(&c1, &held).await, Some(TxnState::Active));
+
     let listed = arbiter_tests::cli::json(&n2.endpoint, &["cluster", "ls"])?;
     let nodes = listed["nodes"].as_array().cloned().unwrap_or_default();
     assert_eq!(nodes.len(), 2, "{listed}");
