@@ -63,6 +63,8 @@ pub struct Config {
     pub own_addresses: Vec<SocketAddr>,
     /// Who this coordinator is among those sharing a store.
     pub node: NodeIdentity,
+    /// Webhooks for transactions that end or become stuck.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -93,6 +95,7 @@ impl Default for Config {
             connections: ConnectionLimits::default(),
             own_addresses: Vec::new(),
             node: NodeIdentity::default(),
+            notify: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod failpoints;
 pub mod fuzz;
 pub mod metrics;
+pub mod notify;
 pub mod security;
 pub mod server;
 pub mod store;

@@ -117,6 +117,10 @@ fn describe() {
         "Transactions this node let go of because another node took them over: their writes were refused (fenced)."
     );
     describe_counter!(
+        "arbiter_notifications_total",
+        "Webhook POSTs by result: delivered (2xx), failed (retried with backoff), expired (given up after the retention time)."
+    );
+    describe_counter!(
         "arbiter_log_damaged_reads_total",
         "Reads that met a damaged record (checksum or decoding failed); that transaction is reported, the rest served."
     );
@@ -169,6 +173,10 @@ pub fn taken_over(n: u64) {
 
 pub fn fenced_write() {
     counter!("arbiter_fenced_total").increment(1);
+}
+
+pub fn notification(result: &'static str) {
+    counter!("arbiter_notifications_total", "result" => result).increment(1);
 }
 
 pub fn log_unreachable() {

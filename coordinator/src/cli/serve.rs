@@ -184,6 +184,19 @@ pub struct ServeArgs {
         requires = "participant_tls_cert"
     )]
     pub participant_tls_key: Option<PathBuf>,
+    /// POST a signed JSON notification here when a transaction ends or
+    /// becomes stuck (repeatable; http://host:port/path). Must pass
+    /// --allow-participant when that is set.
+    #[arg(
+        long = "notify-url",
+        env = "ARBITER_NOTIFY_URLS",
+        value_delimiter = ','
+    )]
+    pub notify_urls: Vec<crate::notify::http::Endpoint>,
+    /// The HMAC-SHA256 secret notifications are signed with
+    /// (X-Arbiter-Signature). Without it they go unsigned (warned).
+    #[arg(long, env = "ARBITER_NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<String>,
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -243,7 +256,31 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             accept_damaged_log: self.accept_damaged_log,
             node: self.node_identity()?,
+            notify: self.notify()?,
             ..Config::default()
+        })
+    }
+
+    /// `--notify-url` and `--notify-secret`, checked against the allowlist.
+    fn notify(&self) -> anyhow::Result<crate::notify::NotifyConfig> {
+        for endpoint in &self.notify_urls {
+            let target = format!("http://{}", endpoint.authority);
+            if !crate::security::allowed(&self.allow_participants, &target) {
+                anyhow::bail!(
+                    "--notify-url {}: {} is not in --allow-participant",
+                    endpoint.url,
+                    endpoint.authority
+                );
+            }
+        }
+        if !self.notify_urls.is_empty() && self.notify_secret.is_none() {
+            tracing::warn!(
+                "--notify-url without --notify-secret: notifications go unsigned, receivers cannot tell them from forgeries"
+            );
+        }
+        Ok(crate::notify::NotifyConfig {
+            endpoints: self.notify_urls.clone(),
+            secret: self.notify_secret.clone().filter(|s| !s.is_empty()),
         })
     }
 

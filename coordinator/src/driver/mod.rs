@@ -7,6 +7,7 @@ mod answer;
 mod backoff;
 mod error;
 pub mod ids;
+mod notices;
 mod ownership;
 mod participants;
 mod repeat;
@@ -89,8 +90,14 @@ impl Driver {
                 }
             }
         };
-        let writer = LogWriter::start_with(log.clone(), Box::new(on_failure), Box::new(on_fenced))?;
-        let inner = Arc::new(Inner::new(config, log, writer, fatal));
+        let feed = crate::store::feed::Feed::new(crate::store::feed::RING);
+        let writer = LogWriter::start_with(
+            log.clone(),
+            Box::new(on_failure),
+            Box::new(on_fenced),
+            feed.clone(),
+        )?;
+        let inner = Arc::new(Inner::new(config, log, writer, fatal, feed));
         let _ = driving.set(Arc::downgrade(&inner));
         Ok(Driver { inner })
     }
@@ -236,7 +243,8 @@ impl Driver {
             }
             None => self.unused_server_id()?,
         };
-        let mut txn = Txn::new(id.clone(), mode, timeout_ms, ids::now_ms());
+        let now = ids::now_ms();
+        let mut txn = Txn::new(id.clone(), mode, timeout_ms, now);
         for (n, spec) in branches.into_iter().enumerate() {
             txn.branches.push(Branch::new(
                 (n + 1).to_string(),
@@ -246,14 +254,15 @@ impl Driver {
                 spec.call_timeout_ms,
             ));
         }
+        crate::engine::begin(&mut txn, now);
         let deadline_ms = txn.deadline_ms();
         let slot = Slot::traced(txn, trace::current());
         let durable = {
             // Hold the lock while the slot becomes visible and its first record
             // is queued, so no later record of it can reach the log first.
-            let txn = slot.lock();
+            let mut txn = slot.lock();
             match self.inner.insert(slot.clone(), &id) {
-                Ok(_) => Ok(self.inner.persist(&slot, &txn)?),
+                Ok(_) => Ok(self.inner.persist(&slot, &mut txn)?),
                 Err(existing) => Err(existing),
             }
         };
@@ -439,6 +448,27 @@ impl Driver {
 
     pub fn writer_stats(&self) -> &WriterStats {
         self.inner.writer.stats()
+    }
+
+    /// Starts delivering webhook notifications, if endpoints are configured.
+    pub fn start_notices(&self) {
+        if let Some(notifier) = self.inner.notify.clone() {
+            tokio::spawn(notices::deliver(self.inner.clone(), notifier));
+        }
+    }
+
+    /// The changes of `txn_id` from `from_seq` on that the log holds.
+    pub fn changes(
+        &self,
+        txn_id: &str,
+        from_seq: u64,
+    ) -> Result<Vec<crate::engine::Change>, DriverError> {
+        Ok(self.inner.log.changes(txn_id, from_seq)?)
+    }
+
+    /// The live feed of durable changes.
+    pub fn feed(&self) -> &Arc<crate::store::feed::Feed> {
+        &self.inner.feed
     }
 
     /// Deletes finished transactions past the retention time; returns how many.

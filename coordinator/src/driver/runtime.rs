@@ -22,6 +22,8 @@ use crate::driver::participants::{CallSpec, Participants};
 use crate::driver::slot::{Published, Slot};
 use crate::driver::{DriverError, backoff, ids};
 use crate::engine::{self, Action, CallKind, Durability, Event, Txn, TxnState};
+use crate::notify::Notifier;
+use crate::store::feed::{About, Feed};
 use crate::store::{Durable, LogWriter, Record, StoreError, TxnLog, Write};
 
 const SHARDS: usize = 64;
@@ -80,6 +82,25 @@ pub struct Inner {
     live: std::sync::atomic::AtomicUsize,
     /// The store's count of lease lapses last acted on (`ownership`).
     pub lapses_seen: AtomicU64,
+    /// Durable changes of every transaction, for watchers.
+    pub feed: Arc<Feed>,
+    /// Makes webhook notifications, when endpoints are configured.
+    pub notify: Option<Arc<Notifier>>,
+}
+
+/// What watchers may filter the changes of `txn` by.
+fn about(txn: &Txn) -> About {
+    let mut participants: Vec<String> = Vec::new();
+    for b in &txn.branches {
+        if !participants.contains(&b.participant) {
+            participants.push(b.participant.clone());
+        }
+    }
+    About {
+        mode: Some(txn.mode),
+        participants,
+        stuck: txn.stuck_since_ms.is_some(),
+    }
 }
 
 /// The error for a transaction this node let go of.
@@ -105,12 +126,15 @@ impl Inner {
         log: Arc<dyn TxnLog>,
         writer: LogWriter,
         fatal: Arc<watch::Sender<Option<String>>>,
+        feed: Arc<Feed>,
     ) -> Inner {
         let participants = Participants::new(
             config.tls.participants.clone(),
             config.connections.max_participant_channels,
             config.connections.idle_timeout,
         );
+        let config_notify = config.notify.clone();
+        let node_id = log.shared().then(|| config.node.id.clone());
         Inner {
             policy: config.policy(),
             config,
@@ -125,6 +149,13 @@ impl Inner {
             aborted: AtomicU64::new(0),
             live: Default::default(),
             lapses_seen: AtomicU64::new(0),
+            feed,
+            notify: (!config_notify.endpoints.is_empty()).then(|| {
+                Arc::new(Notifier {
+                    config: config_notify,
+                    node_id: node_id.unwrap_or_default(),
+                })
+            }),
         }
     }
 
@@ -169,22 +200,30 @@ impl Inner {
 
     /// What the log needs to catch up with the slot's transaction `txn`,
     /// which the caller holds locked.
-    fn record(slot: &Slot, txn: &Txn) -> Result<Write, DriverError> {
+    /// Its changes not yet written go with it.
+    fn record(&self, slot: &Slot, txn: &mut Txn) -> Result<Write, DriverError> {
         let mut written = slot.written.lock().unwrap_or_else(|p| p.into_inner());
-        Record::of(txn, &mut written)
-            .map(Write::Txn)
-            .map_err(|e| DriverError::Internal(e.to_string()))
+        let mut record = Record::of(txn, &mut written)
+            .map_err(|e| DriverError::Internal(e.to_string()))?
+            .with_changes(std::mem::take(&mut txn.changes));
+        if !record.changes.is_empty() && self.feed.watched() {
+            record.about = Arc::new(about(txn));
+        }
+        if let Some(notify) = &self.notify {
+            notify.add_to(&mut record, txn);
+        }
+        Ok(Write::Txn(record))
     }
 
     /// Queues the slot's transaction as it is now; the caller holds its lock.
-    pub fn persist(&self, slot: &Slot, txn: &Txn) -> Result<Durable, DriverError> {
-        Ok(self.writer.submit(Self::record(slot, txn)?))
+    pub fn persist(&self, slot: &Slot, txn: &mut Txn) -> Result<Durable, DriverError> {
+        Ok(self.writer.submit(self.record(slot, txn)?))
     }
 
     /// Like [`Inner::persist`] for a record recovery can rebuild: written at
     /// once, made durable by the next flush.
-    fn persist_lazy(&self, slot: &Slot, txn: &Txn) -> Result<Durable, DriverError> {
-        Ok(self.writer.submit_lazy(Self::record(slot, txn)?))
+    fn persist_lazy(&self, slot: &Slot, txn: &mut Txn) -> Result<Durable, DriverError> {
+        Ok(self.writer.submit_lazy(self.record(slot, txn)?))
     }
 
     /// Runs one engine step on the event `make_event` builds from the current
@@ -227,7 +266,7 @@ impl Inner {
                         }
                         _ => {}
                     }
-                    Step::Durable(self.persist(slot, &txn)?, txn.state)
+                    Step::Durable(self.persist(slot, &mut txn)?, txn.state)
                 }
                 Action::Persist(Durability::Lazy) => {
                     match txn.state {
@@ -235,7 +274,7 @@ impl Inner {
                         TxnState::Aborted => crate::crash_point!("before-aborted-persisted"),
                         _ => {}
                     }
-                    Step::Lazy(self.persist_lazy(slot, &txn)?)
+                    Step::Lazy(self.persist_lazy(slot, &mut txn)?)
                 }
                 Action::Publish => Step::Publish(Published::of(&txn)),
                 Action::Call {
@@ -281,6 +320,15 @@ impl Inner {
                 }
                 Action::Forget => Step::Forget,
             });
+        }
+        // A failure or an operator's action is written on its own (lazily),
+        // so watchers see it though no record follows for a while. Not while
+        // undecided: PREPARING is never written.
+        let persisted = steps
+            .iter()
+            .any(|s| matches!(s, Step::Durable(..) | Step::Lazy(_)));
+        if !persisted && txn.state.is_decided() && txn.changes.iter().any(|c| c.kind.is_urgent()) {
+            steps.push(Step::Lazy(self.persist_lazy(slot, &mut txn)?));
         }
         Ok((Steps(steps), extra))
     }

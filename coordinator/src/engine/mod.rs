@@ -20,12 +20,15 @@
 //! undecided ones (ACTIVE, PREPARING) are aborted (presumed abort), decided ones
 //! have phase 2 sent again to every branch that has not acknowledged it.
 
+mod changes;
 mod operator;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
+pub use changes::{Change, ChangeKind, Vote};
+use changes::{branch_id, note, note_state};
 pub use types::{
     Attempt, Branch, BranchState, CallKind, MAX_HISTORY, MAX_RESULT, Mode, Txn, TxnState,
     VoteResult,
@@ -152,6 +155,16 @@ impl Default for Policy {
     }
 }
 
+/// A new transaction: notes its first changes (it is ACTIVE, with the
+/// branches it was begun with).
+pub fn begin(txn: &mut Txn, now_ms: u64) {
+    note_state(txn, now_ms);
+    for i in 0..txn.branches.len() {
+        let branch = branch_id(txn, i);
+        note(txn, now_ms, ChangeKind::Registered { branch });
+    }
+}
+
 /// Applies one event at `now_ms` (milliseconds since the Unix epoch).
 pub fn step(
     txn: &mut Txn,
@@ -161,7 +174,7 @@ pub fn step(
 ) -> Result<Vec<Action>, EngineError> {
     let state_before = txn.state;
     let actions = match event {
-        Event::Register(branch) => register(txn, branch)?,
+        Event::Register(branch) => register(txn, branch, now_ms)?,
         Event::Commit => commit(txn, now_ms),
         Event::Rollback { reason } => rollback(txn, reason, now_ms)?,
         Event::TimedOut => timed_out(txn, now_ms),
@@ -174,7 +187,7 @@ pub fn step(
         Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error, now_ms, policy),
         Event::RetryDue { branch, call, seq } => retry_due(txn, branch, call, seq),
         Event::Recovered => recovered(txn, now_ms),
-        Event::RetryNow => operator::retry_now(txn)?,
+        Event::RetryNow => operator::retry_now(txn, now_ms)?,
         Event::ForceAbort { reason } => operator::force_abort(txn, reason, now_ms)?,
         Event::ForceCommit { reason } => operator::force_commit(txn, reason, now_ms)?,
         Event::ResolveBranch {
@@ -198,7 +211,7 @@ fn wrong_state(txn: &Txn, op: &'static str, expected: &'static str) -> EngineErr
     }
 }
 
-fn register(txn: &mut Txn, branch: Branch) -> Result<Vec<Action>, EngineError> {
+fn register(txn: &mut Txn, branch: Branch, now_ms: u64) -> Result<Vec<Action>, EngineError> {
     if txn.state != TxnState::Active {
         return Err(wrong_state(txn, "RegisterBranch", "ACTIVE"));
     }
@@ -212,7 +225,9 @@ fn register(txn: &mut Txn, branch: Branch) -> Result<Vec<Action>, EngineError> {
         // A retried registration: answer once the first one is surely durable.
         return Ok(vec![Action::Persist(Durability::Flush)]);
     }
+    let id = branch.id.clone();
     txn.branches.push(branch);
+    note(txn, now_ms, ChangeKind::Registered { branch: id });
     Ok(vec![Action::Persist(Durability::Flush)])
 }
 
@@ -226,6 +241,7 @@ fn commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
         return abort(txn, reason, now_ms);
     }
     txn.state = TxnState::Preparing;
+    note_state(txn, now_ms);
     if txn.branches.is_empty() {
         return decide_commit(txn, now_ms);
     }
@@ -296,6 +312,32 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, output: Vec<u8>, now_ms: u
         VoteResult::Transient(error) => (false, error.clone()),
     };
     remember(branch, CallKind::Prepare, ok, what, now_ms);
+    let seen = match &result {
+        VoteResult::Yes => ChangeKind::Voted {
+            branch: branch.id.clone(),
+            vote: Vote::Yes,
+            detail: String::new(),
+            result: output.clone(),
+        },
+        VoteResult::ReadOnly => ChangeKind::Voted {
+            branch: branch.id.clone(),
+            vote: Vote::ReadOnly,
+            detail: String::new(),
+            result: Vec::new(),
+        },
+        VoteResult::No(reason) => ChangeKind::Voted {
+            branch: branch.id.clone(),
+            vote: Vote::No,
+            detail: reason.clone(),
+            result: Vec::new(),
+        },
+        VoteResult::Transient(error) => ChangeKind::CallFailed {
+            branch: branch.id.clone(),
+            call: CallKind::Prepare,
+            attempt: branch.phase_attempts,
+            error: error.clone(),
+        },
+    };
     match &result {
         VoteResult::Yes => {
             branch.state = BranchState::Prepared;
@@ -314,6 +356,7 @@ fn voted(txn: &mut Txn, i: usize, result: VoteResult, output: Vec<u8>, now_ms: u
     if !matches!(result, VoteResult::Transient(_)) {
         branch.failing_since_ms = None;
     }
+    note(txn, now_ms, seen);
     match txn.state {
         TxnState::Preparing => match result {
             VoteResult::Yes | VoteResult::ReadOnly => {
@@ -374,13 +417,28 @@ fn acked(txn: &mut Txn, i: usize, output: Vec<u8>, now_ms: u64) -> Vec<Action> {
     };
     remember(branch, call, true, "acknowledged".to_string(), now_ms);
     if !output.is_empty() {
-        branch.result = output;
+        branch.result = output.clone();
     }
     match txn.state {
         TxnState::Committing => branch.state = BranchState::Committed,
         TxnState::Aborting => branch.state = BranchState::RolledBack,
         _ => return Vec::new(),
     }
+    let branch = branch.id.clone();
+    let result = if call == CallKind::Commit {
+        output
+    } else {
+        Vec::new()
+    };
+    note(
+        txn,
+        now_ms,
+        ChangeKind::Acked {
+            branch,
+            call,
+            result,
+        },
+    );
     maybe_finish(txn, now_ms)
 }
 
@@ -404,12 +462,20 @@ fn phase2_failed(
         CallKind::Rollback
     };
     remember(branch, call, false, error.clone(), now_ms);
-    branch.last_error = Some(error);
+    branch.last_error = Some(error.clone());
     let since = *branch.failing_since_ms.get_or_insert(now_ms);
     let stuck = branch.phase_attempts >= policy.stuck_after_attempts
         || now_ms.saturating_sub(since) >= policy.stuck_after_ms;
+    let failed = ChangeKind::CallFailed {
+        branch: branch.id.clone(),
+        call,
+        attempt: branch.phase_attempts,
+        error,
+    };
+    note(txn, now_ms, failed);
     if stuck && txn.stuck_since_ms.is_none() {
         txn.stuck_since_ms = Some(now_ms);
+        note(txn, now_ms, ChangeKind::Stuck);
     }
     match txn.state {
         TxnState::Committing => vec![retry_later(txn, i, CallKind::Commit)],
@@ -480,6 +546,7 @@ fn recovered(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
 fn decide_commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
     txn.state = TxnState::Committing;
     txn.decided_at_ms = Some(now_ms);
+    note_state(txn, now_ms);
     let calls = phase2_calls(txn, CallKind::Commit);
     if calls.is_empty() {
         return finish(txn, now_ms, Durability::Flush);
@@ -495,6 +562,7 @@ fn abort(txn: &mut Txn, reason: String, now_ms: u64) -> Vec<Action> {
     txn.state = TxnState::Aborting;
     txn.reason = reason;
     txn.decided_at_ms = Some(now_ms);
+    note_state(txn, now_ms);
     let calls = phase2_calls(txn, CallKind::Rollback);
     if calls.is_empty() && !txn.branches.iter().any(|b| b.in_flight) {
         return finish(txn, now_ms, Durability::Flush);
@@ -551,6 +619,7 @@ fn finish(txn: &mut Txn, now_ms: u64, durability: Durability) -> Vec<Action> {
     txn.finished_at_ms = Some(now_ms);
     txn.stuck_since_ms = None;
     operator::note_mixed_outcome(txn);
+    note_state(txn, now_ms);
     vec![Action::Persist(durability), Action::Publish, Action::Forget]
 }
 

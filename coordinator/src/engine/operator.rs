@@ -15,7 +15,7 @@ pub(super) fn pending_call(txn: &Txn, i: usize) -> Option<CallKind> {
     }
 }
 
-pub(super) fn retry_now(txn: &mut Txn) -> Result<Vec<Action>, EngineError> {
+pub(super) fn retry_now(txn: &mut Txn, now_ms: u64) -> Result<Vec<Action>, EngineError> {
     if txn.state.is_final() || txn.state == TxnState::Active {
         return Err(wrong_state(
             txn,
@@ -35,6 +35,7 @@ pub(super) fn retry_now(txn: &mut Txn) -> Result<Vec<Action>, EngineError> {
             actions.push(call(txn, i, kind));
         }
     }
+    note(txn, now_ms, ChangeKind::RetryNow);
     Ok(actions)
 }
 
@@ -116,10 +117,20 @@ pub(super) fn resolve_branch(
     } else {
         BranchState::RolledBack
     };
-    branch.heuristic = Some(note);
+    branch.heuristic = Some(note.clone());
     branch.in_flight = false; // an answer still on its way is ignored
     branch.retry_seq = branch.retry_seq.wrapping_add(1);
     branch.next_retry_at_ms = None;
+    let branch = branch_id(txn, i);
+    changes::note(
+        txn,
+        now_ms,
+        ChangeKind::Resolved {
+            branch,
+            committed,
+            note,
+        },
+    );
     // An operator's resolution is acknowledged only once durable, whether or
     // not it finishes the transaction.
     let mut actions = maybe_finish(txn, now_ms);

@@ -189,6 +189,11 @@ pub struct Txn {
     /// when not stuck. Stuck transactions are still retried.
     pub stuck_since_ms: Option<u64>,
     pub branches: Vec<Branch>,
+    /// The number of its last change (see `engine::changes`); 0 before the
+    /// first one.
+    pub seq: u64,
+    /// Changes made since the driver last took them into a record.
+    pub changes: Vec<super::Change>,
 }
 
 impl Txn {
@@ -205,6 +210,8 @@ impl Txn {
             finished_at_ms: None,
             stuck_since_ms: None,
             branches: Vec::new(),
+            seq: 0,
+            changes: Vec::new(),
         }
     }
 

@@ -94,6 +94,16 @@ fn detail(txn: &Txn) -> Vec<pb::BranchDetail> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type WatchTransactionsStream = crate::server::watch::FeedStream;
+
+    async fn watch_transactions(
+        &self,
+        request: Request<pb::WatchTransactionsRequest>,
+    ) -> Result<Response<Self::WatchTransactionsStream>, Status> {
+        let stream = crate::server::watch::watch_feed(&self.driver, request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
     async fn list_transactions(
         &self,
         request: Request<pb::ListTransactionsRequest>,

@@ -44,6 +44,16 @@ fn wait_mode(wait: bool) -> Wait {
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
+    type WatchTransactionStream = crate::server::watch::EventStream;
+
+    async fn watch_transaction(
+        &self,
+        request: Request<pb::WatchTransactionRequest>,
+    ) -> Result<Response<Self::WatchTransactionStream>, Status> {
+        let stream = crate::server::watch::watch_transaction(&self.driver, request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
     async fn begin(
         &self,
         request: Request<pb::BeginRequest>,

@@ -9,6 +9,7 @@ mod forward;
 pub mod incoming;
 pub mod requests;
 mod status;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -183,6 +184,7 @@ pub async fn run(
         })
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
+    driver.start_notices();
     // The gauges scan every live transaction: only when someone scrapes them.
     let gauges = metrics.then(|| tokio::spawn(update_gauges(driver.clone())));
     // In a cluster: claim the transactions of nodes that are gone.

@@ -13,6 +13,8 @@
 //! | `0x04` | `0x04` at (u64 BE) seq (u64 BE)       | [`AuditRecord`]             | 1        |
 //! | `0x05` | `0x05` txn id                         | [`TxnRecord`]: state and branch statuses | 2 |
 //! | `0x06` | `0x06` txn id `0x00` first branch (u32 BE) | [`BranchSpecs`]: branches registered together | 2 |
+//! | `0x07` | `0x07` txn id `0x00` first seq (u64 BE) | `ChangeBatch`: changes written together | 3 |
+//! | `0x08` | `0x08` txn id `0x00` kind (u8)        | `NoticeRecord`: a webhook notification not yet delivered | 3 |
 //!
 //! Transaction ids never contain `0x00` (checked by [`check_id`]), so the
 //! spec keys of one transaction are exactly the keys under `0x06 id 0x00`,
@@ -34,8 +36,10 @@ pub const FINISHED: u8 = 0x03;
 pub const AUDIT: u8 = 0x04;
 pub const HEADER: u8 = 0x05;
 pub const SPEC: u8 = 0x06;
+pub const CHANGES: u8 = 0x07;
+pub const NOTICE: u8 = 0x08;
 /// The first prefix not assigned yet.
-pub const UNASSIGNED: u8 = 0x07;
+pub const UNASSIGNED: u8 = 0x09;
 
 /// Meta key of the format number.
 pub const META_FORMAT: &str = "format";
@@ -83,6 +87,58 @@ pub fn parse_branch_index(prefix_len: usize, key: &[u8]) -> Result<usize, StoreE
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("a bad branch key {}", describe(key))))?;
     Ok(u32::from_be_bytes(bytes) as usize)
+}
+
+/// Start of the change keys of one transaction.
+pub fn changes_prefix(txn_id: &str) -> Vec<u8> {
+    let mut key = prefixed(CHANGES, txn_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The key of the changes written together from change `first_seq`.
+pub fn changes_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
+    let mut key = changes_prefix(txn_id);
+    key.extend_from_slice(&first_seq.to_be_bytes());
+    key
+}
+
+/// Splits a change key into (txn id, first seq).
+pub fn parse_changes_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let bad = || StoreError::Corrupt(format!("a bad change key {}", describe(key)));
+    let end = key.len().checked_sub(9).ok_or_else(bad)?;
+    if key.first() != Some(&CHANGES) || key.get(end) != Some(&0) || end < 2 {
+        return Err(bad());
+    }
+    let id = std::str::from_utf8(&key[1..end]).map_err(|_| bad())?;
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&key[end + 1..]);
+    Ok((id.to_string(), u64::from_be_bytes(seq)))
+}
+
+/// Start of the notification keys of one transaction.
+pub fn notice_prefix(txn_id: &str) -> Vec<u8> {
+    let mut key = prefixed(NOTICE, txn_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The key of one pending notification of a transaction.
+pub fn notice_key(txn_id: &str, kind: u8) -> Vec<u8> {
+    let mut key = notice_prefix(txn_id);
+    key.push(kind);
+    key
+}
+
+/// Splits a notification key into (txn id, kind).
+pub fn parse_notice_key(key: &[u8]) -> Result<(String, u8), StoreError> {
+    let bad = || StoreError::Corrupt(format!("a bad notification key {}", describe(key)));
+    let end = key.len().checked_sub(2).ok_or_else(bad)?;
+    if key.first() != Some(&NOTICE) || key.get(end) != Some(&0) || end < 2 {
+        return Err(bad());
+    }
+    let id = std::str::from_utf8(&key[1..end]).map_err(|_| bad())?;
+    Ok((id.to_string(), key[end + 1]))
 }
 
 pub fn unfinished_key(txn_id: &str) -> Vec<u8> {
@@ -203,6 +259,8 @@ pub fn describe(key: &[u8]) -> String {
         AUDIT => "audit",
         HEADER => "txn",
         SPEC => "branch-specs",
+        CHANGES => "changes",
+        NOTICE => "notice",
         _ => "unknown",
     };
     let text: String = rest
@@ -251,6 +309,23 @@ mod tests {
         assert_eq!(parse_branch_index(prefix.len(), &keys[257]), Ok(257));
         assert_eq!(parse_branch_owner(&keys[3]), Ok("t-1".to_string()));
         assert!(parse_branch_owner(&[SPEC, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn change_keys_sort_by_seq_and_parse_back() {
+        let keys: Vec<Vec<u8>> = [1u64, 2, 255, 256, 70_000]
+            .iter()
+            .map(|&s| changes_key("t-1", s))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        assert!(!changes_key("t-10", 1).starts_with(&changes_prefix("t-1")));
+        assert_eq!(parse_changes_key(&keys[3]), Ok(("t-1".to_string(), 256)));
+        assert!(parse_changes_key(&[CHANGES, 1, 0]).is_err());
+        assert_eq!(
+            parse_notice_key(&notice_key("t-1", 2)),
+            Ok(("t-1".to_string(), 2))
+        );
+        assert!(parse_notice_key(&[NOTICE, 0, 1]).is_err());
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::engine::Txn;
+use crate::engine::{Change, Txn};
 use crate::store::hwm::Hwm;
 use crate::store::record::{self, BranchSpecs, Op, TxnRecord};
-use crate::store::{AuditEntry, Owner, StoreError, TakenOver, TxnLog, Write, Wrote, keys};
+use crate::store::{AuditEntry, Owner, StoreError, TakenOver, TxnLog, Write, Wrote, history, keys};
 
 /// What [`Kv::visit`] calls with each key and value.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
@@ -303,8 +303,10 @@ impl<K: Kv> TxnLog for KvLog<K> {
         // payloads); only audit entries and the batch counter are made here.
         let mut made = Vec::new();
         for write in batch {
-            if let Write::Audit(entry) = write {
-                made.push(record::audit_op(entry));
+            match write {
+                Write::Audit(entry) => made.push(record::audit_op(entry)),
+                Write::Plain(op) => made.push(op.clone()),
+                Write::Txn(_) => {}
             }
         }
         let next = self
@@ -335,7 +337,7 @@ impl<K: Kv> TxnLog for KvLog<K> {
                     .iter()
                     .filter_map(|w| match w {
                         Write::Txn(record) => Some(record.ops.iter()),
-                        Write::Audit(_) => None,
+                        Write::Audit(_) | Write::Plain(_) => None,
                     })
                     .flatten()
                     .chain(made.iter())
@@ -434,6 +436,9 @@ impl<K: Kv> TxnLog for KvLog<K> {
                     for (k, _) in pairs_under(&self.kv, &keys::spec_prefix(&id))? {
                         ops.push(Op::Delete(k));
                     }
+                    for k in history::keys_of(&self.kv, &id)? {
+                        ops.push(Op::Delete(k));
+                    }
                     collected += 1;
                 }
                 Ok(None) => self.damaged_read(
@@ -501,6 +506,21 @@ impl<K: Kv> TxnLog for KvLog<K> {
             self.damaged_read("the audit log", e);
         }
         Ok(out)
+    }
+
+    fn changes(&self, txn_id: &str, from_seq: u64) -> Result<Vec<Change>, StoreError> {
+        self.checked(
+            &format!("the changes of transaction {txn_id}"),
+            history::changes(&self.kv, txn_id, from_seq),
+        )
+    }
+
+    fn notices(
+        &self,
+        after: Option<(&str, u8)>,
+        limit: usize,
+    ) -> Result<Vec<Result<history::Pending, StoreError>>, StoreError> {
+        history::notices(&self.kv, after, limit)
     }
 
     fn damaged_reads(&self) -> u64 {

@@ -21,7 +21,9 @@
 //! or behind the acknowledged mark (`hwm`); damage met while serving is
 //! reported for that transaction and the rest is served.
 
+pub mod feed;
 mod guard;
+pub mod history;
 mod hwm;
 pub mod keys;
 pub mod kv;
@@ -40,7 +42,7 @@ pub use record::{Record, Written};
 pub use sled_log::{OpenOptions, OpenReport, SledLog};
 pub use writer::{Durable, LogWriter, OnFenced, WriterStats};
 
-use crate::engine::Txn;
+use crate::engine::{Change, Txn};
 
 /// One admin action that changed something, kept durably for the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +121,8 @@ pub struct Wrote {
 pub enum Write {
     Txn(Record),
     Audit(AuditEntry),
+    /// An op of no transaction's record (a notification delivered).
+    Plain(record::Op),
 }
 
 /// Storage failures. A failed write is fatal for the coordinator: once the
@@ -203,6 +207,18 @@ pub trait TxnLog: Send + Sync + 'static {
 
     /// The latest `limit` audit entries, newest first.
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The changes of `txn_id` numbered `from_seq` or later, in order, as
+    /// far as they are written (see `engine::changes`).
+    fn changes(&self, txn_id: &str, from_seq: u64) -> Result<Vec<Change>, StoreError>;
+
+    /// Up to `limit` webhook notifications not yet delivered everywhere, in
+    /// key order after `after` (exclusive).
+    fn notices(
+        &self,
+        after: Option<(&str, u8)>,
+        limit: usize,
+    ) -> Result<Vec<Result<history::Pending, StoreError>>, StoreError>;
 
     /// Damaged records met while serving, since start.
     fn damaged_reads(&self) -> u64 {

@@ -336,6 +336,7 @@ fn open_existing(
     // What the log holds may still be only in the page cache (a crash
     // between a write and its fdatasync): make it durable before the mark
     // says so.
+    open::upgrade_format(&kv, format)?;
     kv.sync()?;
     let hwm = Hwm::create(dir, batch)?;
     Ok((KvLog::over(kv, batch, Some(hwm)), report))

@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use crate::store::feed::{Feed, Published};
 use crate::store::{StoreError, TxnLog, Write, Wrote};
 
 /// The most records written in one group commit.
@@ -41,7 +42,13 @@ pub type OnFenced = Box<dyn Fn(&str, i64) + Send>;
 struct Tell<'a> {
     failure: &'a (dyn Fn(&StoreError) + Send),
     fenced: &'a (dyn Fn(&str, i64) + Send),
+    /// Gets the changes of every record once it is durable.
+    feed: &'a Feed,
 }
+
+/// How soon lazy writes are synced while the log is idle and someone
+/// watches (otherwise they wait for the next synced batch).
+const WATCHED_SYNC: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Completes when the record is durable, or with the error that stopped it.
 pub type Durable = oneshot::Receiver<Result<(), StoreError>>;
@@ -73,16 +80,23 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn start(log: Arc<dyn TxnLog>, on_failure: OnFailure) -> Result<LogWriter, StoreError> {
-        Self::start_with(log, on_failure, Box::new(|_, _| {}))
+        Self::start_with(
+            log,
+            on_failure,
+            Box::new(|_, _| {}),
+            Feed::new(crate::store::feed::RING),
+        )
     }
 
     /// Like [`LogWriter::start`]; `on_fenced` is told of every record refused
     /// because another node owns its transaction (id and claim), whether or
-    /// not anyone still waits for the answer.
+    /// not anyone still waits for the answer. `feed` gets the changes of
+    /// every record once it is durable.
     pub fn start_with(
         log: Arc<dyn TxnLog>,
         on_failure: OnFailure,
         on_fenced: OnFenced,
+        feed: Arc<Feed>,
     ) -> Result<LogWriter, StoreError> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
@@ -95,6 +109,7 @@ impl LogWriter {
                 let tell = Tell {
                     failure: &*on_failure,
                     fenced: &*on_fenced,
+                    feed: &feed,
                 };
                 run(log, rx, &thread_stats, tell, &thread_closing)
             })
@@ -164,9 +179,31 @@ fn run(
     let mut waiters = Vec::with_capacity(64);
     // Writes applied without a sync since the last sync.
     let mut unsynced = false;
+    // Changes of writes applied but not yet synced.
+    let mut held: Vec<Published> = Vec::new();
     loop {
-        let first = match rx.recv_timeout(crate::store::hwm::EVERY) {
+        let watched_soon = !held.is_empty() && tell.feed.watched();
+        let wait = if watched_soon {
+            WATCHED_SYNC
+        } else {
+            crate::store::hwm::EVERY
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) if watched_soon && poisoned.is_none() => {
+                match write_until_reachable(&*log, &[], true, shutting_down, unreachable) {
+                    Ok(_) => {
+                        unsynced = false;
+                        tell.feed.publish(std::mem::take(&mut held));
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "transaction log sync failed; nothing more will be acknowledged");
+                        on_failure(&err);
+                        poisoned = Some(err);
+                    }
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 checkpoint(&*log, &mut poisoned, on_failure);
                 continue;
@@ -225,8 +262,21 @@ fn run(
                 poisoned = Some(err.clone());
             } else {
                 unsynced = !sync;
+                for record in records.iter_mut() {
+                    if let Write::Txn(r) = record
+                        && !r.changes.is_empty()
+                        && !fenced.contains(&(r.txn_id.clone(), r.claim))
+                    {
+                        held.push(Published {
+                            txn_id: r.txn_id.clone(),
+                            about: r.about.clone(),
+                            changes: std::mem::take(&mut r.changes),
+                        });
+                    }
+                }
                 if sync {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
+                    tell.feed.publish(std::mem::take(&mut held));
                 }
                 stats
                     .records
@@ -343,6 +393,20 @@ mod tests {
         }
         fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
             self.inner.audit(limit)
+        }
+        fn changes(
+            &self,
+            txn_id: &str,
+            from: u64,
+        ) -> Result<Vec<crate::engine::Change>, StoreError> {
+            self.inner.changes(txn_id, from)
+        }
+        fn notices(
+            &self,
+            after: Option<(&str, u8)>,
+            limit: usize,
+        ) -> Result<Vec<Result<crate::store::history::Pending, StoreError>>, StoreError> {
+            self.inner.notices(after, limit)
         }
     }
 

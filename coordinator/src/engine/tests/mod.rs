@@ -1,5 +1,6 @@
 //! Engine unit tests: the exact actions of every transition, legal or not.
 
+mod changes;
 mod operator;
 
 use super::*;

@@ -458,6 +458,7 @@ impl KvLog<PgKv> {
             )?;
             Ok((report, batch))
         })?;
+        open::upgrade_format(&kv, format)?;
         Ok((KvLog::over(kv, batch, None), report))
     }
 }

@@ -32,17 +32,24 @@
 //! Format 1 (postcard of the engine's structs) is read by [`v1`] only, to
 //! upgrade old data directories in place.
 
+mod changes;
+mod notice;
 #[cfg(test)]
 mod tests;
 pub mod v1;
 
+pub use changes::{changes_op, decode_changes};
+pub use notice::{NOTICE_ENDED, NOTICE_STUCK, NoticeRecord, decode_notice, notice_op};
+
 use prost::Message;
 
-use crate::engine::{Attempt, Branch, BranchState, CallKind, Mode, Txn, TxnState};
+use crate::engine::{Attempt, Branch, BranchState, CallKind, Change, Mode, Txn, TxnState};
 use crate::store::{AuditEntry, StoreError, keys};
 
-/// The log format this binary writes.
-pub const FORMAT: u64 = 2;
+/// The log format this binary writes. Format 3 added the changes of each
+/// transaction (key prefix `0x07`) and pending notifications (`0x08`); a
+/// format-2 binary would take those for damage.
+pub const FORMAT: u64 = 3;
 /// Version byte of every format-2 value.
 const VALUE_V2: u8 = 2;
 
@@ -139,6 +146,10 @@ pub struct TxnRecord {
     /// [`BranchSpecs`] records.
     #[prost(message, repeated, tag = "10")]
     pub branches: Vec<BranchStatus>,
+    /// The number of its last change in the log (0: none, as in records
+    /// written before format 3).
+    #[prost(uint64, tag = "11")]
+    pub last_seq: u64,
 }
 
 /// Branches registered together, from branch `first` (the number in the key).
@@ -330,6 +341,7 @@ impl TxnRecord {
             finished_at_ms: txn.finished_at_ms,
             stuck_since_ms: txn.stuck_since_ms,
             branches: txn.branches.iter().map(BranchStatus::of).collect(),
+            last_seq: txn.seq,
         }
     }
 
@@ -464,6 +476,7 @@ pub fn fold(
     txn.finished_at_ms = header.finished_at_ms;
     txn.stuck_since_ms = header.stuck_since_ms;
     txn.branches = branches;
+    txn.seq = header.last_seq;
     Ok(txn)
 }
 
@@ -562,6 +575,10 @@ pub struct Record {
     pub finishes: bool,
     /// The claim it is written under (see [`Written`]).
     pub claim: i64,
+    /// The changes written with it, shown to watchers once it is durable,
+    /// with what watchers may filter them by.
+    pub changes: Vec<Change>,
+    pub about: std::sync::Arc<crate::store::feed::About>,
 }
 
 impl Record {
@@ -595,6 +612,18 @@ impl Record {
             creates: first,
             finishes: txn.finished_at_ms.is_some(),
             claim: written.claim,
+            changes: Vec::new(),
+            about: Default::default(),
         })
+    }
+
+    /// Adds the transaction's changes not written yet (taken from
+    /// [`Txn::changes`]).
+    pub fn with_changes(mut self, changes: Vec<Change>) -> Record {
+        if let Some(op) = changes_op(&self.txn_id, &changes) {
+            self.ops.push(op);
+        }
+        self.changes = changes;
+        self
     }
 }

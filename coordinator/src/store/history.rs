@@ -1,0 +1,109 @@
+//! Reads of what the log keeps beside each transaction's state: its
+//! numbered changes (for watchers) and its pending webhook notifications.
+
+use std::ops::ControlFlow;
+
+use crate::engine::Change;
+use crate::store::kv::{Kv, pairs_under, prefix_end};
+use crate::store::record::{self, NoticeRecord};
+use crate::store::{StoreError, keys};
+
+/// The changes of `txn_id` numbered `from_seq` or later, in order.
+pub fn changes<K: Kv + ?Sized>(
+    kv: &K,
+    txn_id: &str,
+    from_seq: u64,
+) -> Result<Vec<Change>, StoreError> {
+    keys::check_id(txn_id)?;
+    let prefix = keys::changes_prefix(txn_id);
+    // The batch holding `from_seq` starts at or before it: start at the
+    // last batch key not after it.
+    let mut start = prefix.clone();
+    kv.visit(
+        &prefix,
+        &keys::changes_key(txn_id, from_seq.saturating_add(1)),
+        true,
+        &mut |k, _| {
+            start = k.to_vec();
+            ControlFlow::Break(())
+        },
+    )?;
+    let mut out = Vec::new();
+    let mut failed = None;
+    kv.visit(&start, &prefix_end(&prefix), false, &mut |k, v| {
+        match record::decode_changes(k, v) {
+            Ok(batch) => out.extend(batch.into_iter().filter(|c| c.seq >= from_seq)),
+            Err(e) => {
+                failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // Batches are consecutive: a gap is a lost record.
+    for pair in out.windows(2) {
+        if pair[1].seq != pair[0].seq + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "transaction {txn_id}: changes {} to {} are missing",
+                pair[0].seq + 1,
+                pair[1].seq - 1
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of every change batch and notification of `txn_id` (to delete
+/// them with it).
+pub fn keys_of<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    for prefix in [keys::changes_prefix(txn_id), keys::notice_prefix(txn_id)] {
+        out.extend(pairs_under(kv, &prefix)?.into_iter().map(|(k, _)| k));
+    }
+    Ok(out)
+}
+
+/// A notification waiting to be delivered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub txn_id: String,
+    pub kind: u8,
+    pub notice: NoticeRecord,
+}
+
+/// Up to `limit` pending notifications, in key order after `after` (a txn id
+/// and kind, exclusive). Damaged ones are returned as errors in the list, so
+/// one bad record does not stop delivery of the others.
+pub fn notices<K: Kv + ?Sized>(
+    kv: &K,
+    after: Option<(&str, u8)>,
+    limit: usize,
+) -> Result<Vec<Result<Pending, StoreError>>, StoreError> {
+    let start = match after {
+        Some((id, kind)) => {
+            let mut k = keys::notice_key(id, kind);
+            k.push(0);
+            k
+        }
+        None => vec![keys::NOTICE],
+    };
+    let mut out = Vec::new();
+    kv.visit(&start, &[keys::NOTICE + 1], false, &mut |k, v| {
+        out.push(keys::parse_notice_key(k).and_then(|(txn_id, kind)| {
+            Ok(Pending {
+                txn_id,
+                kind,
+                notice: record::decode_notice(k, v)?,
+            })
+        }));
+        if out.len() >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    Ok(out)
+}
