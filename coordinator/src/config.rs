@@ -65,6 +65,8 @@ pub struct Config {
     pub node: NodeIdentity,
     /// Webhooks for transactions that end or become stuck.
     pub notify: crate::notify::NotifyConfig,
+    /// Changes the live feed holds for watchers that fall behind.
+    pub watch_buffer: usize,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             own_addresses: Vec::new(),
             node: NodeIdentity::default(),
             notify: Default::default(),
+            watch_buffer: crate::store::feed::RING,
         }
     }
 }

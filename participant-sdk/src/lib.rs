@@ -112,6 +112,7 @@ mod handler;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod server;
+mod watch;
 
 pub use client::{
     Branch, BranchResult, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute,
@@ -124,6 +125,7 @@ pub mod tls {
 }
 pub use handler::{CallContext, MAX_RESULT, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
 pub use server::{ParticipantServer, RunningParticipant};
+pub use watch::{BranchVote, EventKind, TxnEvent, Watch};
 
 #[cfg(feature = "sled")]
 pub use barrier::sled::{Guarded, SledBarrier, SledHandler, SledTxn};

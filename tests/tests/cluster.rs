@@ -420,3 +420,52 @@ async fn an_outage_longer_than_the_lease_moves_no_transaction() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_another_node_follows_through_a_takeover_without_a_gap() -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let (cluster, dir) = (database().await?, tempfile::tempdir()?);
+    let (mut n1, n2) = two_nodes(dir.path(), &cluster).await?;
+    let (a, rec) = recorder_participant().await?;
+    rec.set_fail_phase2(true);
+    let first = n1
+        .client()
+        .await?
+        .execute(
+            Execute::two_phase()
+                .wait(false)
+                .branch(Branch::new(a.endpoint(), "r1")),
+        )
+        .await?;
+    let c2 = n2.client().await?;
+    assert_eq!(owner(&c2, &first.txn_id).await.as_deref(), Some("n1"));
+
+    // Watched on n2, which does not drive it; n1 dies after two failed commits.
+    let mut watch = c2.watch(&first.txn_id).await?;
+    let mut seen: Vec<arbiter_sdk::TxnEvent> = Vec::new();
+    let deadline = tokio::time::Instant::now() + arbiter_tests::PATIENCE;
+    while seen
+        .iter()
+        .filter(|e| e.kind() == arbiter_sdk::EventKind::CallFailed)
+        .count()
+        < 2
+    {
+        let next = tokio::time::timeout_at(deadline, watch.next()).await?;
+        seen.push(next.ok_or_else(|| anyhow::anyhow!("the stream ended early"))??);
+    }
+    n1.kill().await?;
+    rec.set_fail_phase2(false);
+    while let Some(event) = tokio::time::timeout_at(deadline, watch.next()).await? {
+        seen.push(event?);
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "one numbering across the takeover, no gap, no repeat"
+    );
+    let last = seen.last().ok_or_else(|| anyhow::anyhow!("no events"))?;
+    assert!(last.r#final && last.state() == arbiter_sdk::proto::TxnState::Committed);
+    assert_eq!(owner(&c2, &first.txn_id).await.as_deref(), Some(""));
+    Ok(())
+}

@@ -73,8 +73,26 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     crate::security::read_pem(path, what).map_err(|e| UsageError(e).into())
 }
 
+/// The coordinator client `txn watch` uses.
+pub type Coordinator =
+    arbiter_proto::v1::coordinator_client::CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
 impl Conn {
     pub async fn admin(&self) -> anyhow::Result<Admin> {
+        let (channel, bearer) = self.channel().await?;
+        Ok(AdminClient::with_interceptor(channel, bearer))
+    }
+
+    pub async fn coordinator(&self) -> anyhow::Result<Coordinator> {
+        let (channel, bearer) = self.channel().await?;
+        Ok(
+            arbiter_proto::v1::coordinator_client::CoordinatorClient::with_interceptor(
+                channel, bearer,
+            ),
+        )
+    }
+
+    async fn channel(&self) -> anyhow::Result<(Channel, Bearer)> {
         let addr = coordinator_uri(&self.addr)?;
         let mut endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| UsageError(format!("--addr {:?} is not a URI: {e}", self.addr)))?;
@@ -102,7 +120,7 @@ impl Conn {
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.addr))?;
-        Ok(AdminClient::with_interceptor(channel, Bearer(token)))
+        Ok((channel, Bearer(token)))
     }
 }
 

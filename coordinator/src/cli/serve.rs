@@ -197,6 +197,10 @@ pub struct ServeArgs {
     /// (X-Arbiter-Signature). Without it they go unsigned (warned).
     #[arg(long, env = "ARBITER_NOTIFY_SECRET", hide_env_values = true)]
     pub notify_secret: Option<String>,
+    /// Changes the live feed (Admin.WatchTransactions) holds; a watcher
+    /// further behind is cut off with the position to resume from.
+    #[arg(long, env = "ARBITER_WATCH_BUFFER", default_value_t = crate::store::feed::RING)]
+    pub watch_buffer: usize,
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -257,6 +261,7 @@ impl ServeArgs {
             accept_damaged_log: self.accept_damaged_log,
             node: self.node_identity()?,
             notify: self.notify()?,
+            watch_buffer: self.watch_buffer.max(16),
             ..Config::default()
         })
     }

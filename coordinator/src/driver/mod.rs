@@ -90,7 +90,7 @@ impl Driver {
                 }
             }
         };
-        let feed = crate::store::feed::Feed::new(crate::store::feed::RING);
+        let feed = crate::store::feed::Feed::new(config.watch_buffer);
         let writer = LogWriter::start_with(
             log.clone(),
             Box::new(on_failure),
@@ -464,6 +464,13 @@ impl Driver {
         from_seq: u64,
     ) -> Result<Vec<crate::engine::Change>, DriverError> {
         Ok(self.inner.log.changes(txn_id, from_seq)?)
+    }
+
+    /// Returns once everything written to the log so far is durable (what a
+    /// read just found may have been written but not yet synced).
+    pub async fn barrier(&self) -> Result<(), DriverError> {
+        let durable = self.inner.writer.submit(crate::store::Write::Barrier);
+        self.inner.wait_durable(durable).await
     }
 
     /// The live feed of durable changes.

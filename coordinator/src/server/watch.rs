@@ -147,6 +147,11 @@ async fn follow(
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
         };
+        // What the read found may be written but not yet synced: shown only
+        // once durable, so a crash can never renumber a change shown.
+        if !changes.is_empty() {
+            driver.barrier().await?;
+        }
         for change in &changes {
             if tx
                 .send(Ok(event_to_pb(txn_id, mode, change)))

@@ -306,7 +306,7 @@ impl<K: Kv> TxnLog for KvLog<K> {
             match write {
                 Write::Audit(entry) => made.push(record::audit_op(entry)),
                 Write::Plain(op) => made.push(op.clone()),
-                Write::Txn(_) => {}
+                Write::Txn(_) | Write::Barrier => {}
             }
         }
         let next = self
@@ -337,7 +337,7 @@ impl<K: Kv> TxnLog for KvLog<K> {
                     .iter()
                     .filter_map(|w| match w {
                         Write::Txn(record) => Some(record.ops.iter()),
-                        Write::Audit(_) | Write::Plain(_) => None,
+                        Write::Audit(_) | Write::Plain(_) | Write::Barrier => None,
                     })
                     .flatten()
                     .chain(made.iter())

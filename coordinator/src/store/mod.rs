@@ -123,6 +123,8 @@ pub enum Write {
     Audit(AuditEntry),
     /// An op of no transaction's record (a notification delivered).
     Plain(record::Op),
+    /// Nothing: once it is durable, so is everything written before it.
+    Barrier,
 }
 
 /// Storage failures. A failed write is fatal for the coordinator: once the

@@ -457,6 +457,53 @@ pub fn judge<K: Kv>(
     Ok(Some(problems))
 }
 
+/// Each batch of changes and each notification belongs to a transaction the
+/// log holds; changes are numbered no further than its record says.
+fn check_changes_and_notices<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
+    let mut owner: Option<(String, Option<u64>)> = None;
+    in_chunks(kv, &[keys::CHANGES], &[keys::CHANGES + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            let Some(changes) = c.note(record::decode_changes(&k, &v)) else {
+                continue;
+            };
+            let Some((id, _)) = c.note(keys::parse_changes_key(&k)) else {
+                continue;
+            };
+            if owner.as_ref().map(|(o, _)| o) != Some(&id) {
+                let last = header_of(kv, &id).ok().flatten().map(|h| h.last_seq);
+                owner = Some((id.clone(), last));
+            }
+            let last = owner.as_ref().and_then(|(_, l)| *l);
+            let newest = changes.last().map_or(0, |ch| ch.seq);
+            if !matches!(last, Some(l) if newest <= l) {
+                c.problem(format!(
+                    "changes {} that belong to no transaction",
+                    keys::describe(&k)
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    in_chunks(kv, &[keys::NOTICE], &[keys::NOTICE + 1], |pairs| {
+        for (k, v) in pairs {
+            c.records += 1;
+            if c.note(record::decode_notice(&k, &v)).is_none() {
+                continue;
+            }
+            if let Some((id, _)) = c.note(keys::parse_notice_key(&k))
+                && !matches!(header_of(kv, &id), Ok(Some(_)))
+            {
+                c.problem(format!(
+                    "a notification {} of a transaction the log does not hold",
+                    keys::describe(&k)
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,51 +580,4 @@ mod tests {
                 .is_empty()
         );
     }
-}
-
-/// Each batch of changes and each notification belongs to a transaction the
-/// log holds; changes are numbered no further than its record says.
-fn check_changes_and_notices<K: Kv>(kv: &K, c: &mut Checked) -> Result<(), StoreError> {
-    let mut owner: Option<(String, Option<u64>)> = None;
-    in_chunks(kv, &[keys::CHANGES], &[keys::CHANGES + 1], |pairs| {
-        for (k, v) in pairs {
-            c.records += 1;
-            let Some(changes) = c.note(record::decode_changes(&k, &v)) else {
-                continue;
-            };
-            let Some((id, _)) = c.note(keys::parse_changes_key(&k)) else {
-                continue;
-            };
-            if owner.as_ref().map(|(o, _)| o) != Some(&id) {
-                let last = header_of(kv, &id).ok().flatten().map(|h| h.last_seq);
-                owner = Some((id.clone(), last));
-            }
-            let last = owner.as_ref().and_then(|(_, l)| *l);
-            let newest = changes.last().map_or(0, |ch| ch.seq);
-            if !matches!(last, Some(l) if newest <= l) {
-                c.problem(format!(
-                    "changes {} that belong to no transaction",
-                    keys::describe(&k)
-                ));
-            }
-        }
-        Ok(())
-    })?;
-    in_chunks(kv, &[keys::NOTICE], &[keys::NOTICE + 1], |pairs| {
-        for (k, v) in pairs {
-            c.records += 1;
-            if c.note(record::decode_notice(&k, &v)).is_none() {
-                continue;
-            }
-            if let Some((id, _)) = c.note(keys::parse_notice_key(&k))
-                && !matches!(header_of(kv, &id), Ok(Some(_)))
-            {
-                c.problem(format!(
-                    "a notification {} of a transaction the log does not hold",
-                    keys::describe(&k)
-                ));
-            }
-        }
-        Ok(())
-    })
 }

@@ -52,6 +52,10 @@ pub struct LsArgs {
     /// Continue a previous listing.
     #[arg(long)]
     pub page_token: Option<String>,
+    /// After the listing, print every change of a matching transaction as it
+    /// happens (until interrupted).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 fn state_pb(state: StateArg) -> pb::TxnState {
@@ -80,12 +84,29 @@ pub async fn run(conn: &Conn, args: LsArgs) -> anyhow::Result<()> {
         page_size: args.limit,
         page_token: args.page_token.unwrap_or_default(),
     };
-    let page = conn
-        .admin()
-        .await?
-        .list_transactions(request)
-        .await?
-        .into_inner();
+    let feed = pb::WatchTransactionsRequest {
+        states: request.states.clone(),
+        mode: request.mode,
+        stuck_only: request.stuck_only,
+        participant: request.participant.clone(),
+        from_position: 0,
+    };
+    let mut admin = conn.admin().await?;
+    // Subscribe before listing, so no change falls between the two.
+    let first = if args.watch {
+        Some(admin.watch_transactions(feed.clone()).await?.into_inner())
+    } else {
+        None
+    };
+    let page = admin.list_transactions(request).await?.into_inner();
+    print_page(conn, &page);
+    if let Some(first) = first {
+        super::watch::feed(conn, admin, feed, first).await?;
+    }
+    Ok(())
+}
+
+fn print_page(conn: &Conn, page: &pb::ListTransactionsResponse) {
     match conn.output {
         Format::Json => output::json(&json!({
             "transactions": page.transactions.iter().map(|t| json!({
@@ -135,5 +156,4 @@ pub async fn run(conn: &Conn, args: LsArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }

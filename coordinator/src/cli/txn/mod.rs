@@ -5,6 +5,7 @@ mod ls;
 mod resolve;
 mod retry;
 mod show;
+mod watch;
 
 use clap::{Args, Subcommand};
 
@@ -32,6 +33,8 @@ pub enum TxnCommand {
     Commit(force::ForceArgs),
     /// Mark one branch of a decided, stuck transaction as finished by hand.
     ResolveBranch(resolve::ResolveArgs),
+    /// Print each change of one transaction as it happens, until it is final.
+    Watch(watch::WatchArgs),
 }
 
 pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
@@ -43,5 +46,6 @@ pub async fn run(args: TxnArgs) -> anyhow::Result<()> {
         TxnCommand::Abort(a) => force::run(conn, a, false).await,
         TxnCommand::Commit(a) => force::run(conn, a, true).await,
         TxnCommand::ResolveBranch(a) => resolve::run(conn, a).await,
+        TxnCommand::Watch(a) => watch::run(conn, a).await,
     }
 }
