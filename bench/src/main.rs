@@ -8,6 +8,7 @@ mod participants;
 mod recovery;
 mod report;
 mod sweep;
+mod watchers;
 
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ enum Command {
     /// Time for the other nodes to finish N decided transactions of a node
     /// that is SIGKILLed (or SIGTERMed).
     Takeover(cluster::TakeoverArgs),
+    /// The same load without, with N feed watchers, and without again, in one run.
+    Watchers(watchers::WatchersArgs),
     /// Internal: serve the echo service for the gRPC ceiling.
     #[command(hide = true)]
     EchoServer {
@@ -145,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Recovery(args)) => recovery::run(&args).await,
         Some(Command::Cluster(args)) => cluster::compare(&args).await,
         Some(Command::Takeover(args)) => cluster::takeover(&args).await,
+        Some(Command::Watchers(args)) => watchers::compare(&args).await,
         Some(Command::EchoServer { listen }) => echo::serve(listen).await,
     }
 }

@@ -67,6 +67,8 @@ pub struct Config {
     pub notify: crate::notify::NotifyConfig,
     /// Changes the live feed holds for watchers that fall behind.
     pub watch_buffer: usize,
+    /// Watch streams (both kinds) open at once; beyond it RESOURCE_EXHAUSTED.
+    pub max_watches: usize,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             node: NodeIdentity::default(),
             notify: Default::default(),
             watch_buffer: crate::store::feed::RING,
+            max_watches: 10_000,
         }
     }
 }

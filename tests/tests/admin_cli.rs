@@ -541,3 +541,57 @@ async fn output_into_a_closed_pipe_ends_quietly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn txn_watch_prints_every_change_of_a_transaction_to_its_end() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let arbiter = server(dir.path()).await?;
+    let addr = arbiter.endpoint.clone();
+    let (a, _rec) = recorder_participant().await?;
+    let outcome = arbiter
+        .client()
+        .await?
+        .execute(
+            Execute::tcc()
+                .wait(true)
+                .branch(Branch::new(a.endpoint(), "r1").payload("result:14C")),
+        )
+        .await?;
+    assert_eq!(outcome.state, TxnState::Committed);
+    let id = outcome.txn_id;
+
+    // Finished already: replayed to its end, one JSON object a line.
+    let out = cli(&addr, &["txn", "watch", &id, "-o", "json"])?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let events: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    let last = events.last().cloned().unwrap_or_default();
+    assert_eq!(
+        (last["state"].as_str(), last["final"].as_bool()),
+        (Some("COMMITTED"), Some(true))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "BRANCH_ACKED" && e["result_text"] == "done:14C")
+    );
+
+    // For people; and from a later change on.
+    let table = cli(&addr, &["txn", "watch", &id, "--from", "3"])?;
+    assert_eq!(
+        table.stdout.lines().count(),
+        events.len() - 2,
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("COMMITTED") && table.stdout.contains("#3"));
+    let unknown = cli(&addr, &["txn", "watch", "no-such-txn"])?;
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("no-such-txn"), "{}", unknown.stderr);
+    Ok(())
+}

@@ -201,6 +201,10 @@ pub struct ServeArgs {
     /// further behind is cut off with the position to resume from.
     #[arg(long, env = "ARBITER_WATCH_BUFFER", default_value_t = crate::store::feed::RING)]
     pub watch_buffer: usize,
+    /// Watch streams open at once (WatchTransaction and WatchTransactions);
+    /// more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ARBITER_MAX_WATCHES", default_value_t = 10_000)]
+    pub max_watches: usize,
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -262,6 +266,7 @@ impl ServeArgs {
             node: self.node_identity()?,
             notify: self.notify()?,
             watch_buffer: self.watch_buffer.max(16),
+            max_watches: self.max_watches.max(1),
             ..Config::default()
         })
     }

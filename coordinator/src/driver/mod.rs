@@ -118,6 +118,7 @@ impl Driver {
         let mut slots = Vec::with_capacity(txns.len());
         for (mut txn, claim) in txns {
             validate::normalise_stored(&mut txn);
+            self.inner.continue_numbering(&mut txn);
             let id = txn.id.clone();
             match self.inner.insert(Slot::recovered(txn, claim), &id) {
                 Ok(slot) | Err(slot) => slots.push(slot),
@@ -469,8 +470,21 @@ impl Driver {
     /// Returns once everything written to the log so far is durable (what a
     /// read just found may have been written but not yet synced).
     pub async fn barrier(&self) -> Result<(), DriverError> {
+        if self.inner.writer.stats().all_synced() {
+            return Ok(());
+        }
         let durable = self.inner.writer.submit(crate::store::Write::Barrier);
         self.inner.wait_durable(durable).await
+    }
+
+    /// Changes to `true` when the coordinator starts stopping.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
+    }
+
+    /// A place for one more watch stream, if the limit allows.
+    pub fn watch_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.watches.clone().try_acquire_owned().ok()
     }
 
     /// The live feed of durable changes.

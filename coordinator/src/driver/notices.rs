@@ -1,7 +1,13 @@
 //! Delivers the webhook notifications the log holds (see `notify`): each to
-//! every endpoint until each answered 2xx, with backoff, then deletes it.
-//! Woken by the feed when records are durable, and once a second for the
-//! ones waiting on backoff or left by another node.
+//! every endpoint until each answered 2xx, then deletes it.
+//!
+//! The log is read a page at a time from a cursor, so a backlog (an endpoint
+//! down for hours under load) costs one page per pass, not all of it. An
+//! endpoint that fails is backed off as a whole (1 s doubling to 5 min), so
+//! a dead endpoint is not hammered once per notification. A notification is
+//! read, then made sure durable (a barrier), then sent: nothing is announced
+//! that a crash could take back. In a cluster a node sends what it wrote,
+//! and what a node that is gone wrote.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,154 +22,274 @@ use crate::store::history::Pending;
 use crate::store::record::Op;
 use crate::store::{Write, keys};
 
-/// Notifications read per look at the log.
-const PAGE: usize = 512;
+/// Notifications read per pass.
+const PAGE: usize = 256;
 /// POSTs in flight at once.
 const PARALLEL: usize = 16;
 /// How long one POST may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest backoff between two tries of one notification.
+/// The longest backoff of a failing endpoint.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// A notification written by another node is delivered here only once it
-/// is this old (its node may be gone).
-const ORPHANED_MS: u64 = 60_000;
-/// Looks at the log at most this often when woken by the feed.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Passes at most this often when woken by transactions ending.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Notifications remembered as partly delivered (to some endpoints).
+const PARTIAL: usize = 100_000;
 
 type Key = (String, u8);
 
-/// Where one notification stands here.
-#[derive(Default)]
-struct Progress {
+/// An endpoint that failed: when to try it again.
+struct Backoff {
     failures: u32,
-    next_at: Option<Instant>,
-    busy: bool,
-    /// Endpoints that answered 2xx.
-    delivered: HashSet<String>,
-    /// Deleted: ignore what an older read still shows.
-    done: Option<Instant>,
+    next_at: Instant,
 }
 
 /// What one delivery attempt came to.
 struct Outcome {
     key: Key,
     delivered: Vec<String>,
-    error: Option<String>,
+    failed: Vec<(String, String)>,
+}
+
+struct Delivery {
+    inner: Arc<Inner>,
+    notifier: Arc<Notifier>,
+    slots: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Outcome>,
+    backoff: HashMap<String, Backoff>,
+    /// Endpoints that took a notification not yet taken by all.
+    partial: HashMap<Key, HashSet<String>>,
+    busy: HashSet<Key>,
+    /// Deleted lately: an older read may still show them.
+    done: HashMap<Key, Instant>,
+    cursor: Option<Key>,
 }
 
 /// Runs until the coordinator stops.
 pub async fn deliver(inner: Arc<Inner>, notifier: Arc<Notifier>) {
-    let mut wake = inner.feed.subscribe();
     let mut stopping = inner.stopping.subscribe();
-    let slots = Arc::new(Semaphore::new(PARALLEL));
     let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
-    let mut progress: HashMap<Key, Progress> = HashMap::new();
-    let mut last_look = Instant::now() - DEBOUNCE;
+    let mut d = Delivery {
+        inner: inner.clone(),
+        notifier,
+        slots: Arc::new(Semaphore::new(PARALLEL)),
+        tx,
+        backoff: HashMap::new(),
+        partial: HashMap::new(),
+        busy: HashSet::new(),
+        done: HashMap::new(),
+        cursor: None,
+    };
+    let mut last_pass = Instant::now() - DEBOUNCE;
     loop {
         tokio::select! {
             _ = stopping.changed() => return,
-            changed = wake.changed() => if changed.is_err() { return },
-            Some(outcome) = rx.recv() => {
-                settle(&inner, &mut progress, outcome).await;
-                continue;
-            }
+            _ = inner.feed.ended.notified() => {}
+            Some(outcome) = rx.recv() => d.settle(outcome).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         if *stopping.borrow() {
             return;
         }
-        let since = last_look.elapsed();
+        let since = last_pass.elapsed();
         if since < DEBOUNCE {
             tokio::time::sleep(DEBOUNCE - since).await;
         }
-        last_look = Instant::now();
-        progress.retain(|_, p| {
-            p.done
-                .is_none_or(|at| at.elapsed() < Duration::from_secs(30))
-        });
-        for pending in read_all(&inner).await {
+        last_pass = Instant::now();
+        d.pass().await;
+    }
+}
+
+impl Delivery {
+    /// Endpoints of the configuration not backed off now.
+    fn ready(&self) -> Vec<&http::Endpoint> {
+        let now = Instant::now();
+        self.notifier
+            .config
+            .endpoints
+            .iter()
+            .filter(|e| self.backoff.get(&e.url).is_none_or(|b| b.next_at <= now))
+            .collect()
+    }
+
+    /// Reads the next page of notifications and sends what can be sent.
+    async fn pass(&mut self) {
+        self.done
+            .retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        if self.ready().is_empty() || self.slots.available_permits() == 0 {
+            return;
+        }
+        let Some(page) = self.read_page().await else {
+            return;
+        };
+        self.cursor = if page.len() >= PAGE {
+            page.last().map(|p| (p.txn_id.clone(), p.kind))
+        } else {
+            None // the end: start over next time
+        };
+        let mut alive: Option<Option<HashSet<String>>> = None;
+        for pending in page {
             let key = (pending.txn_id.clone(), pending.kind);
-            let p = progress.entry(key.clone()).or_default();
-            if p.busy || p.done.is_some() || p.next_at.is_some_and(|at| at > Instant::now()) {
+            if self.busy.contains(&key) || self.done.contains_key(&key) {
                 continue;
             }
             let age = ids::now_ms().saturating_sub(pending.notice.at_ms);
-            if pending.notice.node_id != notifier.node_id && age < ORPHANED_MS {
-                continue;
-            }
-            if age > inner.config.retention.as_millis() as u64 {
+            if age > self.inner.config.retention.as_millis() as u64 {
                 tracing::warn!(txn = %pending.txn_id, "webhook notification given up after the retention time");
                 crate::metrics::notification("expired");
-                p.done = Some(Instant::now());
-                delete(&inner, &key).await;
+                self.forget(&key).await;
                 continue;
             }
-            p.busy = true;
-            let delivered = p.delivered.clone();
-            let (notifier, tx, slots) = (notifier.clone(), tx.clone(), slots.clone());
-            tokio::spawn(async move {
-                let Ok(_permit) = slots.acquire_owned().await else {
-                    return;
+            if pending.notice.node_id != self.notifier.node_id {
+                let alive = match &alive {
+                    Some(a) => a,
+                    None => alive.insert(self.alive_nodes()),
                 };
-                let outcome = send(&notifier, pending, &delivered).await;
+                if alive
+                    .as_ref()
+                    .is_none_or(|a| a.contains(&pending.notice.node_id))
+                {
+                    continue; // its node is alive and sends it
+                }
+            }
+            let taken = self.partial.get(&key);
+            let targets: Vec<http::Endpoint> = self
+                .ready()
+                .into_iter()
+                .filter(|e| taken.is_none_or(|t| !t.contains(&e.url)))
+                .cloned()
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                // Full: look again from the start next time (what is
+                // in flight is skipped).
+                self.cursor = None;
+                return;
+            };
+            self.busy.insert(key);
+            let (notifier, tx) = (self.notifier.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let outcome = send(&notifier, pending, targets).await;
+                drop(permit);
                 let _ = tx.send(outcome);
             });
         }
     }
-}
 
-/// Every pending notification, page by page (read off the async threads:
-/// the store's reads block).
-async fn read_all(inner: &Arc<Inner>) -> Vec<Pending> {
-    let log = inner.log.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        let mut after: Option<(String, u8)> = None;
-        loop {
-            let page = log.notices(after.as_ref().map(|(t, k)| (t.as_str(), *k)), PAGE)?;
-            let full = page.len() >= PAGE;
-            for item in page {
-                match item {
-                    Ok(p) => {
-                        after = Some((p.txn_id.clone(), p.kind));
-                        out.push(p);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "a damaged webhook notification; skipped")
-                    }
-                }
+    /// The next page after the cursor, once durable; `None` if unreadable.
+    async fn read_page(&self) -> Option<Vec<Pending>> {
+        let log = self.inner.log.clone();
+        let after = self.cursor.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            log.notices(after.as_ref().map(|(t, k)| (t.as_str(), *k)), PAGE)
+        });
+        let page = match read.await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read pending webhook notifications; trying again");
+                return None;
             }
-            if !full || after.is_none() {
-                return Ok::<_, crate::store::StoreError>(out);
-            }
+            Err(_) => return None,
+        };
+        // What was read may be written but not yet synced.
+        if !self.inner.writer.stats().all_synced() {
+            let durable = self.inner.writer.submit(Write::Barrier);
+            self.inner.wait_durable(durable).await.ok()?;
         }
-    });
-    match read.await {
-        Ok(Ok(pending)) => pending,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot read pending webhook notifications; trying again");
-            Vec::new()
+        Some(
+            page.into_iter()
+                .filter_map(|item| {
+                    item.map_err(
+                        |e| tracing::error!(error = %e, "a damaged webhook notification; skipped"),
+                    )
+                    .ok()
+                })
+                .collect(),
+        )
+    }
+
+    /// Nodes of a shared store whose lease runs; `None` if that cannot be
+    /// read now (then every node counts as alive: its notifications wait).
+    fn alive_nodes(&self) -> Option<HashSet<String>> {
+        match self.inner.log.nodes() {
+            Ok(Some(nodes)) => Some(
+                nodes
+                    .into_iter()
+                    .filter(|n| n.alive)
+                    .map(|n| n.node_id)
+                    .collect(),
+            ),
+            Ok(None) => Some(HashSet::new()),
+            Err(_) => None,
         }
-        Err(_) => Vec::new(),
+    }
+
+    /// Records an attempt: backs failing endpoints off, deletes the
+    /// notification once every endpoint took it.
+    async fn settle(&mut self, outcome: Outcome) {
+        self.busy.remove(&outcome.key);
+        for url in &outcome.delivered {
+            self.backoff.remove(url);
+        }
+        for (url, error) in &outcome.failed {
+            let b = self.backoff.entry(url.clone()).or_insert(Backoff {
+                failures: 0,
+                next_at: Instant::now(),
+            });
+            b.failures += 1;
+            let delay = Duration::from_secs(1)
+                .saturating_mul(1 << b.failures.min(9))
+                .min(MAX_BACKOFF);
+            let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
+            b.next_at = Instant::now() + delay + jitter;
+            tracing::warn!(txn = %outcome.key.0, endpoint = %url, %error, failures = b.failures,
+                retry_in = ?delay, "webhook delivery failed; will retry");
+        }
+        let taken = self.partial.entry(outcome.key.clone()).or_default();
+        taken.extend(outcome.delivered);
+        let all = self
+            .notifier
+            .config
+            .endpoints
+            .iter()
+            .all(|e| taken.contains(&e.url));
+        if all {
+            self.forget(&outcome.key).await;
+        } else if self.partial.len() > PARTIAL {
+            // Bounded: forgetting who took it only means sending it again.
+            let key = outcome.key.clone();
+            self.partial.retain(|k, _| *k == key);
+        }
+    }
+
+    /// Deletes a notification from the log.
+    async fn forget(&mut self, key: &Key) {
+        self.partial.remove(key);
+        self.done.insert(key.clone(), Instant::now());
+        let op = Op::Delete(keys::notice_key(&key.0, key.1));
+        let durable = self.inner.writer.submit(Write::Plain(op));
+        if let Err(e) = self.inner.wait_durable(durable).await {
+            tracing::warn!(txn = %key.0, error = %e, "cannot delete a delivered webhook notification; it may be sent again");
+        }
     }
 }
 
-/// POSTs one notification to each endpoint that has not taken it yet.
-async fn send(notifier: &Notifier, pending: Pending, done: &HashSet<String>) -> Outcome {
-    let key = (pending.txn_id.clone(), pending.kind);
-    let state = serde_json::from_slice::<serde_json::Value>(&pending.notice.body)
+/// POSTs one notification to `targets`.
+async fn send(notifier: &Notifier, pending: Pending, targets: Vec<http::Endpoint>) -> Outcome {
+    let event = serde_json::from_slice::<serde_json::Value>(&pending.notice.body)
         .ok()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_default();
-    let mut delivered = Vec::new();
-    let mut error = None;
-    for endpoint in &notifier.config.endpoints {
-        if done.contains(&endpoint.url) {
-            continue;
-        }
+    let mut outcome = Outcome {
+        key: (pending.txn_id.clone(), pending.kind),
+        delivered: Vec::new(),
+        failed: Vec::new(),
+    };
+    for endpoint in targets {
         let timestamp = ids::now_ms() / 1000;
         let mut headers = vec![
-            ("X-Arbiter-Event", state.clone()),
+            ("X-Arbiter-Event", event.clone()),
             (
                 "X-Arbiter-Delivery",
                 delivery_id(&pending.txn_id, pending.kind),
@@ -176,56 +302,22 @@ async fn send(notifier: &Notifier, pending: Pending, done: &HashSet<String>) -> 
                 sign::signature(secret.as_bytes(), timestamp, &pending.notice.body),
             ));
         }
-        match http::post(endpoint, &headers, &pending.notice.body, POST_TIMEOUT).await {
+        match http::post(&endpoint, &headers, &pending.notice.body, POST_TIMEOUT).await {
             Ok(status) if (200..300).contains(&status) => {
                 crate::metrics::notification("delivered");
-                delivered.push(endpoint.url.clone());
+                outcome.delivered.push(endpoint.url);
             }
             Ok(status) => {
                 crate::metrics::notification("failed");
-                error = Some(format!("{} answered HTTP {status}", endpoint.url));
+                outcome
+                    .failed
+                    .push((endpoint.url, format!("answered HTTP {status}")));
             }
             Err(e) => {
                 crate::metrics::notification("failed");
-                error = Some(format!("{}: {e}", endpoint.url));
+                outcome.failed.push((endpoint.url, e));
             }
         }
     }
-    Outcome {
-        key,
-        delivered,
-        error,
-    }
-}
-
-/// Records an attempt: deletes the notification once every endpoint took
-/// it, or schedules the next try.
-async fn settle(inner: &Arc<Inner>, progress: &mut HashMap<Key, Progress>, outcome: Outcome) {
-    let p = progress.entry(outcome.key.clone()).or_default();
-    p.busy = false;
-    p.delivered.extend(outcome.delivered);
-    match outcome.error {
-        None => {
-            p.done = Some(Instant::now());
-            delete(inner, &outcome.key).await;
-        }
-        Some(error) => {
-            p.failures += 1;
-            let backoff = Duration::from_secs(1)
-                .saturating_mul(1 << p.failures.min(9))
-                .min(MAX_BACKOFF);
-            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
-            p.next_at = Some(Instant::now() + backoff + jitter);
-            tracing::warn!(txn = %outcome.key.0, %error, failures = p.failures, retry_in = ?backoff,
-                "webhook delivery failed; will retry");
-        }
-    }
-}
-
-async fn delete(inner: &Arc<Inner>, key: &Key) {
-    let op = Op::Delete(keys::notice_key(&key.0, key.1));
-    let durable = inner.writer.submit(Write::Plain(op));
-    if let Err(e) = inner.wait_durable(durable).await {
-        tracing::warn!(txn = %key.0, error = %e, "cannot delete a delivered webhook notification; it may be sent again");
-    }
+    outcome
 }

@@ -92,6 +92,7 @@ fn being_taken_over(txn_id: &str) -> DriverError {
 fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Arc<Slot> {
     let TakenOver { mut txn, claim, .. } = taken;
     validate::normalise_stored(&mut txn);
+    inner.continue_numbering(&mut txn);
     let id = txn.id.clone();
     let slot = Slot::recovered(txn, claim);
     while let Err(live) = inner.insert(slot.clone(), &id) {

@@ -86,6 +86,8 @@ pub struct Inner {
     pub feed: Arc<Feed>,
     /// Makes webhook notifications, when endpoints are configured.
     pub notify: Option<Arc<Notifier>>,
+    /// Watch streams open at once (`max_watches`).
+    pub watches: Arc<tokio::sync::Semaphore>,
 }
 
 /// What watchers may filter the changes of `txn` by.
@@ -134,6 +136,7 @@ impl Inner {
             config.connections.idle_timeout,
         );
         let config_notify = config.notify.clone();
+        let max_watches = config.max_watches.max(1);
         let node_id = log.shared().then(|| config.node.id.clone());
         Inner {
             policy: config.policy(),
@@ -150,6 +153,7 @@ impl Inner {
             live: Default::default(),
             lapses_seen: AtomicU64::new(0),
             feed,
+            watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             notify: (!config_notify.endpoints.is_empty()).then(|| {
                 Arc::new(Notifier {
                     config: config_notify,
@@ -206,13 +210,32 @@ impl Inner {
         let mut record = Record::of(txn, &mut written)
             .map_err(|e| DriverError::Internal(e.to_string()))?
             .with_changes(std::mem::take(&mut txn.changes));
-        if !record.changes.is_empty() && self.feed.watched() {
+        if !record.changes.is_empty() {
             record.about = Arc::new(about(txn));
         }
         if let Some(notify) = &self.notify {
             notify.add_to(&mut record, txn);
         }
         Ok(Write::Txn(record))
+    }
+
+    /// For a transaction read back to be driven here: its next change is
+    /// numbered after every change the log holds of it, even if its record
+    /// says less (a record rewritten by a release that did not know the
+    /// numbering, while nodes of two releases shared the store).
+    pub fn continue_numbering(&self, txn: &mut Txn) {
+        match self.log.changes(&txn.id, txn.seq.saturating_add(1)) {
+            Ok(later) => {
+                if let Some(last) = later.last() {
+                    tracing::warn!(txn = %txn.id, record = txn.seq, log = last.seq,
+                        "the log holds changes past what the transaction's record says; numbering after them");
+                    txn.seq = last.seq;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(txn = %txn.id, error = %e, "cannot read the changes of a transaction")
+            }
+        }
     }
 
     /// Queues the slot's transaction as it is now; the caller holds its lock.

@@ -30,6 +30,19 @@ pub type FeedStream =
 /// Events buffered per watcher between its task and its connection.
 const BUFFER: usize = 64;
 
+/// A place for one more watch, or RESOURCE_EXHAUSTED.
+fn permit(driver: &Driver) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    driver.watch_permit().ok_or_else(|| {
+        Status::resource_exhausted(
+            "too many watch streams are open on this coordinator (--max-watches); retry later",
+        )
+    })
+}
+
+fn stopping() -> Status {
+    Status::unavailable("the coordinator is stopping; watch again, from where this stream ended")
+}
+
 /// The proto form of one change of a transaction in `mode`.
 pub fn event_to_pb(txn_id: &str, mode: Mode, change: &Change) -> pb::TxnEvent {
     let mut e = pb::TxnEvent {
@@ -111,10 +124,20 @@ pub fn watch_transaction(
     request: pb::WatchTransactionRequest,
 ) -> Result<EventStream, Status> {
     let txn = driver.get(&request.txn_id)?;
+    let from = request.from_seq.max(1);
+    if txn.state.is_final() && from > txn.seq.max(1) {
+        return Err(Status::out_of_range(format!(
+            "transaction {} is {} and its last change is {}; from_seq {from} is past it",
+            txn.id,
+            txn.state.name(),
+            txn.seq
+        )));
+    }
+    let permit = permit(driver)?;
     let (tx, rx) = mpsc::channel(BUFFER);
     let driver = driver.clone();
-    let from = request.from_seq.max(1);
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(status) = follow(&driver, &txn.id, txn.mode, from, &tx).await {
             let _ = tx.send(Err(status)).await;
         }
@@ -132,6 +155,7 @@ async fn follow(
 ) -> Result<(), Status> {
     let feed = driver.feed().clone();
     let mut wake = feed.subscribe();
+    let mut stop = driver.stopping();
     let poll = if driver.is_shared() {
         Duration::from_millis(200)
     } else {
@@ -173,6 +197,7 @@ async fn follow(
         loop {
             tokio::select! {
                 _ = tx.closed() => return Ok(()),
+                _ = stop.changed() => return Err(stopping()),
                 _ = tokio::time::sleep_until(deadline) => break,
                 changed = wake.changed() => {
                     if changed.is_err() {
@@ -267,6 +292,19 @@ pub fn watch_feed(
     let from = match request.from_position {
         0 => feed.end(),
         p => {
+            if !request.feed_id.is_empty() && request.feed_id != feed.id {
+                return Err(Status::out_of_range(format!(
+                    "feed position {p} belongs to feed {}, not this coordinator's current feed {}; \
+                     list transactions to catch up, then watch from 0",
+                    request.feed_id, feed.id
+                )));
+            }
+            if p > feed.end() {
+                return Err(Status::out_of_range(format!(
+                    "feed position {p} is beyond the newest ({}); watch from 0",
+                    feed.end().saturating_sub(1)
+                )));
+            }
             if let Read::Lagged { oldest } = feed.read(p, 0) {
                 return Err(Status::out_of_range(format!(
                     "feed position {p} is no longer held (the oldest is {oldest}); \
@@ -276,25 +314,31 @@ pub fn watch_feed(
             p
         }
     };
+    let permit = permit(driver)?;
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(feed_to(feed, wake, from, filter, tx));
+    let stop = driver.stopping();
+    tokio::spawn(async move {
+        let _permit = permit;
+        feed_to(feed, wake, stop, from, filter, tx).await;
+    });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
 async fn feed_to(
     feed: std::sync::Arc<crate::store::feed::Feed>,
     mut wake: tokio::sync::watch::Receiver<u64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     mut pos: u64,
     filter: Filter,
     tx: mpsc::Sender<Result<pb::WatchTransactionsResponse, Status>>,
 ) {
-    use pb::watch_transactions_response::Item as Out;
     loop {
         match feed.read(pos, 256) {
             Read::Lagged { oldest } => {
                 let lagged = pb::Lagged {
                     resume_from: pos,
                     oldest_held: oldest,
+                    feed_id: feed.id.clone(),
                     message: format!(
                         "this watcher fell behind: changes from position {pos} were dropped before it read them \
                          (the oldest held is {oldest}); list transactions to catch up, then watch again"
@@ -302,7 +346,8 @@ async fn feed_to(
                 };
                 let _ = tx
                     .send(Ok(pb::WatchTransactionsResponse {
-                        item: Some(Out::Lagged(lagged)),
+                        events: Vec::new(),
+                        lagged: Some(lagged),
                     }))
                     .await;
                 return;
@@ -310,27 +355,39 @@ async fn feed_to(
             Read::Items(items) if items.is_empty() => {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop.changed() => {
+                        let _ = tx.send(Err(stopping())).await;
+                        return;
+                    }
                     changed = wake.changed() => if changed.is_err() { return },
                 }
             }
             Read::Items(items) => {
+                // Everything held past `pos` goes in one message: under load
+                // that is many changes per frame, not one each.
+                let mut events = Vec::with_capacity(items.len());
                 for item in items {
                     pos = item.pos + 1;
                     if !filter.matches(&item) {
                         continue;
                     }
                     let mode = item.about.mode.unwrap_or(Mode::TwoPhase);
-                    let event = pb::FeedEvent {
+                    events.push(pb::FeedEvent {
                         position: item.pos,
                         event: Some(event_to_pb(&item.txn_id, mode, &item.change)),
                         mode: item.about.mode.map_or(0, |m| mode_to_pb(m) as i32),
-                    };
-                    let out = pb::WatchTransactionsResponse {
-                        item: Some(Out::Event(event)),
-                    };
-                    if tx.send(Ok(out)).await.is_err() {
-                        return;
-                    }
+                        feed_id: feed.id.clone(),
+                    });
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                let out = pb::WatchTransactionsResponse {
+                    events,
+                    lagged: None,
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
                 }
             }
         }

@@ -47,6 +47,12 @@ pub struct Feed {
     capacity: usize,
     /// The position after the newest item; watchers wait on it.
     end: watch::Sender<u64>,
+    /// This feed's identity: positions mean something only within one
+    /// coordinator process.
+    pub id: String,
+    /// Woken when a transaction ends or becomes stuck (webhook delivery
+    /// waits on it without counting as a watcher).
+    pub ended: tokio::sync::Notify,
 }
 
 /// What a watcher finds at its position.
@@ -63,6 +69,8 @@ impl Feed {
             ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
             capacity: capacity.max(1),
             end: watch::Sender::new(1),
+            id: feed_id(),
+            ended: tokio::sync::Notify::new(),
         })
     }
 
@@ -87,6 +95,10 @@ impl Feed {
         if batches.iter().all(|b| b.changes.is_empty()) {
             return;
         }
+        let ends = batches
+            .iter()
+            .flat_map(|b| &b.changes)
+            .any(|c| c.is_final() || matches!(c.kind, crate::engine::ChangeKind::Stuck));
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let mut pos = *self.end.borrow();
         for batch in batches {
@@ -106,6 +118,9 @@ impl Feed {
         }
         drop(ring);
         self.end.send_replace(pos);
+        if ends {
+            self.ended.notify_one();
+        }
     }
 
     /// Whether any item from position `from` on is a change of `txn_id`, and
@@ -131,6 +146,15 @@ impl Feed {
         let skip = (from - oldest) as usize;
         Read::Items(ring.iter().skip(skip).take(limit).cloned().collect())
     }
+}
+
+/// 16 random hex digits.
+fn feed_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = fastrand::u64(..).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

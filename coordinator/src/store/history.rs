@@ -8,7 +8,11 @@ use crate::store::kv::{Kv, pairs_under, prefix_end};
 use crate::store::record::{self, NoticeRecord};
 use crate::store::{StoreError, keys};
 
-/// The changes of `txn_id` numbered `from_seq` or later, in order.
+/// Most changes one read returns.
+pub const PAGE: usize = 1024;
+
+/// The changes of `txn_id` numbered `from_seq` or later, in order, at most
+/// about [`PAGE`] of them.
 pub fn changes<K: Kv + ?Sized>(
     kv: &K,
     txn_id: &str,
@@ -38,18 +42,22 @@ pub fn changes<K: Kv + ?Sized>(
                 return ControlFlow::Break(());
             }
         }
-        ControlFlow::Continue(())
+        // A page at a time: the caller asks again from where this ends.
+        if out.len() >= PAGE {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })?;
     if let Some(e) = failed {
         return Err(e);
     }
     // Batches are consecutive: a gap is a lost record.
     for pair in out.windows(2) {
-        if pair[1].seq != pair[0].seq + 1 {
+        if pair[1].seq != pair[0].seq.saturating_add(1) {
             return Err(StoreError::Corrupt(format!(
-                "transaction {txn_id}: changes {} to {} are missing",
-                pair[0].seq + 1,
-                pair[1].seq - 1
+                "transaction {txn_id}: the changes between {} and {} are missing",
+                pair[0].seq, pair[1].seq
             )));
         }
     }

@@ -68,6 +68,18 @@ pub struct WriterStats {
     pub bytes: AtomicU64,
     /// Set while the store is out of reach and a batch waits to be retried.
     pub unreachable: std::sync::atomic::AtomicBool,
+    /// Batches handed to the store so far (counted before each is applied).
+    pub applied: AtomicU64,
+    /// `applied` as of the last sync: every batch up to it is durable.
+    pub synced: AtomicU64,
+}
+
+impl WriterStats {
+    /// Whether everything a read could have seen so far is durable: call
+    /// after the read; `false` means a [`Write::Barrier`] is needed.
+    pub fn all_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) >= self.applied.load(Ordering::Acquire)
+    }
 }
 
 pub struct LogWriter {
@@ -179,21 +191,24 @@ fn run(
     let mut waiters = Vec::with_capacity(64);
     // Writes applied without a sync since the last sync.
     let mut unsynced = false;
-    // Changes of writes applied but not yet synced.
+    // Changes of writes applied but not yet synced (only while someone
+    // watches), and since when.
     let mut held: Vec<Published> = Vec::new();
+    let mut held_since: Option<std::time::Instant> = None;
     loop {
-        let watched_soon = !held.is_empty() && tell.feed.watched();
-        let wait = if watched_soon {
-            WATCHED_SYNC
-        } else {
-            crate::store::hwm::EVERY
+        let wait = match held_since {
+            Some(since) => WATCHED_SYNC.saturating_sub(since.elapsed()),
+            None => crate::store::hwm::EVERY,
         };
         let first = match rx.recv_timeout(wait) {
             Ok(first) => first,
-            Err(mpsc::RecvTimeoutError::Timeout) if watched_soon && poisoned.is_none() => {
+            Err(mpsc::RecvTimeoutError::Timeout) if held_since.is_some() && poisoned.is_none() => {
+                let applied = stats.applied.fetch_add(1, Ordering::AcqRel) + 1;
                 match write_until_reachable(&*log, &[], true, shutting_down, unreachable) {
                     Ok(_) => {
                         unsynced = false;
+                        stats.synced.store(applied, Ordering::Release);
+                        held_since = None;
                         tell.feed.publish(std::mem::take(&mut held));
                     }
                     Err(err) => {
@@ -205,6 +220,9 @@ fn run(
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Held changes of a failed log are never shown.
+                held.clear();
+                held_since = None;
                 checkpoint(&*log, &mut poisoned, on_failure);
                 continue;
             }
@@ -232,10 +250,13 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        // Before stopping, make every lazy write durable too.
+        // Before stopping, make every lazy write durable too; and changes
+        // someone watches are not held back for long by lazy writes alone.
         sync |= closing && unsynced;
+        sync |= held_since.is_some_and(|t| t.elapsed() >= WATCHED_SYNC);
         if !records.is_empty() || sync {
             let started = std::time::Instant::now();
+            let applied = stats.applied.fetch_add(1, Ordering::AcqRel) + 1;
             let result = match &poisoned {
                 Some(err) => Err(err.clone()),
                 None => write_until_reachable(&*log, &records, sync, shutting_down, unreachable),
@@ -262,8 +283,10 @@ fn run(
                 poisoned = Some(err.clone());
             } else {
                 unsynced = !sync;
+                let watched = tell.feed.watched();
                 for record in records.iter_mut() {
                     if let Write::Txn(r) = record
+                        && watched
                         && !r.changes.is_empty()
                         && !fenced.contains(&(r.txn_id.clone(), r.claim))
                     {
@@ -276,7 +299,11 @@ fn run(
                 }
                 if sync {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.synced.store(applied, Ordering::Release);
+                    held_since = None;
                     tell.feed.publish(std::mem::take(&mut held));
+                } else if !held.is_empty() {
+                    held_since.get_or_insert_with(std::time::Instant::now);
                 }
                 stats
                     .records

@@ -90,6 +90,7 @@ pub async fn run(conn: &Conn, args: LsArgs) -> anyhow::Result<()> {
         stuck_only: request.stuck_only,
         participant: request.participant.clone(),
         from_position: 0,
+        feed_id: String::new(),
     };
     let mut admin = conn.admin().await?;
     // Subscribe before listing, so no change falls between the two.

@@ -182,7 +182,6 @@ pub async fn feed(
     mut request: pb::WatchTransactionsRequest,
     first: tonic::Streaming<pb::WatchTransactionsResponse>,
 ) -> anyhow::Result<()> {
-    use pb::watch_transactions_response::Item;
     let mut first = Some(first);
     loop {
         let mut stream = match first.take() {
@@ -193,17 +192,12 @@ pub async fn feed(
                 .into_inner(),
         };
         while let Some(message) = stream.message().await? {
-            match message.item {
-                Some(Item::Event(e)) => {
-                    if let Some(event) = &e.event {
-                        print(conn, event, true);
-                    }
-                }
-                Some(Item::Lagged(l)) => {
-                    eprintln!("arbiter: {} — watching again from now", l.message);
-                    request.from_position = 0;
-                }
-                None => {}
+            for event in message.events.iter().filter_map(|e| e.event.as_ref()) {
+                print(conn, event, true);
+            }
+            if let Some(lagged) = message.lagged {
+                eprintln!("arbiter: {} — watching again from now", lagged.message);
+                request.from_position = 0;
             }
         }
         if request.from_position != 0 {
