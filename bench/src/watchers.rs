@@ -18,6 +18,10 @@ pub struct WatchersArgs {
     /// Feed subscribers during the middle measurement.
     #[arg(long, default_value_t = 10)]
     pub watchers: usize,
+    /// The watchers ask only for stuck transactions (none here): the cost
+    /// of the feed itself, without delivering changes.
+    #[arg(long)]
+    pub stuck_only: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -31,13 +35,14 @@ struct Seen {
 
 /// One subscriber reading everything until stopped; subscribes again from
 /// now after a lag notice (counted).
-async fn watch(endpoint: String, seen: Arc<Seen>) -> anyhow::Result<()> {
+async fn watch(endpoint: String, stuck_only: bool, seen: Arc<Seen>) -> anyhow::Result<()> {
     let mut admin = AdminClient::connect(endpoint).await?;
     loop {
-        let mut stream = admin
-            .watch_transactions(pb::WatchTransactionsRequest::default())
-            .await?
-            .into_inner();
+        let request = pb::WatchTransactionsRequest {
+            stuck_only,
+            ..Default::default()
+        };
+        let mut stream = admin.watch_transactions(request).await?.into_inner();
         while let Some(message) = stream.message().await? {
             seen.events
                 .fetch_add(message.events.len() as u64, Ordering::Relaxed);
@@ -58,7 +63,7 @@ pub async fn compare(args: &WatchersArgs) -> anyhow::Result<()> {
     let without = measure(&setup, &args.run, None).await?;
     let seen = Arc::new(Seen::default());
     let tasks: Vec<_> = (0..args.watchers)
-        .map(|_| tokio::spawn(watch(endpoint.clone(), seen.clone())))
+        .map(|_| tokio::spawn(watch(endpoint.clone(), args.stuck_only, seen.clone())))
         .collect();
     let with = measure(&setup, &args.run, None).await?;
     for task in &tasks {

@@ -88,6 +88,8 @@ pub struct Inner {
     pub notify: Option<Arc<Notifier>>,
     /// Watch streams open at once (`max_watches`).
     pub watches: Arc<tokio::sync::Semaphore>,
+    /// What feed items of each mode carry when nobody watches.
+    about_mode: [Arc<About>; 2],
 }
 
 /// What watchers may filter the changes of `txn` by.
@@ -154,6 +156,12 @@ impl Inner {
             lapses_seen: AtomicU64::new(0),
             feed,
             watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
+            about_mode: [crate::engine::Mode::TwoPhase, crate::engine::Mode::Tcc].map(|mode| {
+                Arc::new(About {
+                    mode: Some(mode),
+                    ..About::default()
+                })
+            }),
             notify: (!config_notify.endpoints.is_empty()).then(|| {
                 Arc::new(Notifier {
                     config: config_notify,
@@ -210,8 +218,14 @@ impl Inner {
         let mut record = Record::of(txn, &mut written)
             .map_err(|e| DriverError::Internal(e.to_string()))?
             .with_changes(std::mem::take(&mut txn.changes));
+        // What feed filters need; the participants only while someone
+        // watches (the writer publishes nothing otherwise).
         if !record.changes.is_empty() {
-            record.about = Arc::new(about(txn));
+            record.about = if self.feed.watched() {
+                Arc::new(about(txn))
+            } else {
+                self.about_mode[usize::from(txn.mode == crate::engine::Mode::Tcc)].clone()
+            };
         }
         if let Some(notify) = &self.notify {
             notify.add_to(&mut record, txn);

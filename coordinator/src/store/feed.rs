@@ -43,7 +43,7 @@ pub struct Published {
 }
 
 pub struct Feed {
-    ring: Mutex<VecDeque<Item>>,
+    ring: Mutex<VecDeque<Arc<Item>>>,
     capacity: usize,
     /// The position after the newest item; watchers wait on it.
     end: watch::Sender<u64>,
@@ -58,10 +58,13 @@ pub struct Feed {
 /// What a watcher finds at its position.
 pub enum Read {
     /// Items from its position on (possibly none yet).
-    Items(Vec<Item>),
+    Items(Items),
     /// Its position is gone: the oldest still held is `oldest`.
     Lagged { oldest: u64 },
 }
+
+/// Items as readers share them.
+pub type Items = Vec<Arc<Item>>;
 
 impl Feed {
     pub fn new(capacity: usize) -> Arc<Feed> {
@@ -107,12 +110,12 @@ impl Feed {
                 if ring.len() >= self.capacity {
                     ring.pop_front();
                 }
-                ring.push_back(Item {
+                ring.push_back(Arc::new(Item {
                     pos,
                     txn_id: txn_id.clone(),
                     about: batch.about.clone(),
                     change,
-                });
+                }));
                 pos += 1;
             }
         }
