@@ -191,6 +191,28 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     .join(", ")
             },
         ),
+        (
+            "notify-url",
+            if config.notify.endpoints.is_empty() {
+                "(none)".into()
+            } else {
+                config
+                    .notify
+                    .endpoints
+                    .iter()
+                    .map(|e| e.url.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "notify-secret",
+            if config.notify.secret.is_some() {
+                "set".into()
+            } else {
+                "unset".into()
+            },
+        ),
         ("max-unfinished", config.max_unfinished.to_string()),
         ("max-message-bytes", config.max_message_bytes.to_string()),
         (
