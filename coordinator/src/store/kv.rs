@@ -234,6 +234,16 @@ pub fn load<K: Kv + ?Sized>(kv: &K, txn_id: &str) -> Result<Option<Txn>, StoreEr
         }
     }
     let Some(value) = header else {
+        // Its changes are a trace too (read apart, so only where nobody else
+        // writes: on a shared store a transaction being created could show
+        // its changes to a second read and not to the first).
+        if trace.is_none() && !kv.shared() {
+            let changes = keys::changes_prefix(txn_id);
+            kv.visit(&changes, &prefix_end(&changes), false, &mut |k, _| {
+                trace = Some(keys::describe(k));
+                ControlFlow::Break(())
+            })?;
+        }
         return match trace {
             None => Ok(None),
             Some(trace) => Err(StoreError::Corrupt(format!(

@@ -45,7 +45,7 @@ pub fn upgrade_format<K: Kv>(kv: &K, format: u64) -> Result<bool, StoreError> {
     }
     kv.apply(&[record::meta_op(keys::META_FORMAT, FORMAT)])?;
     kv.sync()?;
-    tracing::info!(
+    tracing::warn!(
         "marked the log as format {FORMAT} (was {format}); older releases will refuse it"
     );
     Ok(true)
