@@ -2,7 +2,8 @@
 //! every notification's HMAC-SHA256 signature and timestamp. A notification
 //! the receiver could not take is delivered again after a kill -9 of the
 //! coordinator (it was pending in the log), and a forged or replayed body is
-//! rejected.
+//! rejected. A transaction whose phase 2 keeps failing is notified as stuck,
+//! then again when it ends.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -297,5 +298,61 @@ async fn a_notify_url_outside_the_allowlist_refuses_to_start() -> anyhow::Result
             panic!("started with a forbidden --notify-url")
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stuck_transaction_is_notified_then_its_end() -> anyhow::Result<()> {
+    let hooks = receiver().await?;
+    let url = format!("http://127.0.0.1:{}/hook", hooks.port);
+    let dir = tempfile::tempdir()?;
+    let arbiter = ArbiterProcess::start(
+        dir.path(),
+        &[
+            "--notify-url",
+            &url,
+            "--notify-secret",
+            SECRET,
+            "--stuck-after-attempts",
+            "2",
+            "--retry-base-ms",
+            "20",
+            "--retry-max-ms",
+            "100",
+        ],
+    )
+    .await?;
+    let (p, rec) = recorder_participant().await?;
+    rec.set_fail_phase2(true);
+    let client = arbiter.client().await?;
+    let decided = client
+        .execute(
+            Execute::two_phase()
+                .wait(false)
+                .branch(Branch::new(p.endpoint(), "r1")),
+        )
+        .await?;
+    let id = decided.txn_id.clone();
+    let stuck = eventually("a stuck notification", || async {
+        hooks
+            .got()
+            .into_iter()
+            .find(|r| r.body["txn_id"] == id.as_str() && r.event == "transaction.stuck")
+    })
+    .await;
+    assert!(stuck.genuine);
+    assert_eq!(stuck.body["state"], "COMMITTING");
+    assert!(stuck.body["stuck_since_ms"].as_u64().is_some());
+    assert_eq!(stuck.delivery, format!("{id}:stuck"));
+    rec.set_fail_phase2(false);
+    let ended = eventually("the end notified after the stuck one", || async {
+        hooks
+            .got()
+            .into_iter()
+            .find(|r| r.body["txn_id"] == id.as_str() && r.event == "transaction.committed")
+    })
+    .await;
+    assert!(ended.genuine);
+    assert_eq!(ended.delivery, format!("{id}:ended"));
     Ok(())
 }
