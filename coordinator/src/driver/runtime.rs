@@ -238,17 +238,23 @@ impl Inner {
     /// says less (a record rewritten by a release that did not know the
     /// numbering, while nodes of two releases shared the store).
     pub fn continue_numbering(&self, txn: &mut Txn) {
-        match self.log.changes(&txn.id, txn.seq.saturating_add(1)) {
-            Ok(later) => {
-                if let Some(last) = later.last() {
-                    tracing::warn!(txn = %txn.id, record = txn.seq, log = last.seq,
-                        "the log holds changes past what the transaction's record says; numbering after them");
-                    txn.seq = last.seq;
+        let recorded = txn.seq;
+        // A page at a time, to the last change the log holds.
+        loop {
+            match self.log.changes(&txn.id, txn.seq.saturating_add(1)) {
+                Ok(later) => match later.last() {
+                    Some(last) if last.seq > txn.seq => txn.seq = last.seq,
+                    _ => break,
+                },
+                Err(e) => {
+                    tracing::warn!(txn = %txn.id, error = %e, "cannot read the changes of a transaction");
+                    break;
                 }
             }
-            Err(e) => {
-                tracing::warn!(txn = %txn.id, error = %e, "cannot read the changes of a transaction")
-            }
+        }
+        if txn.seq != recorded {
+            tracing::warn!(txn = %txn.id, record = recorded, log = txn.seq,
+                "the log holds changes past what the transaction's record says; numbering after them");
         }
     }
 

@@ -27,6 +27,7 @@ pub mod history;
 mod hwm;
 pub mod keys;
 pub mod kv;
+mod load;
 pub(crate) mod memory;
 pub mod open;
 mod postgres;
