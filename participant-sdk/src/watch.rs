@@ -74,13 +74,13 @@ impl Client {
                 Ok(mut s) => loop {
                     match s.message().await {
                         Ok(Some(event)) => {
-                            failing_since = None;
-                            delay = Duration::from_millis(50);
                             // Never deliver a change twice (a replay overlapping what was seen).
                             if event.seq < next && event.seq != 0 {
                                 continue;
                             }
-                            next = event.seq + 1;
+                            failing_since = None;
+                            delay = Duration::from_millis(50);
+                            next = event.seq.saturating_add(1);
                             let last = event.r#final;
                             if tx.send(Ok(event)).await.is_err() || last {
                                 return;
@@ -96,7 +96,10 @@ impl Client {
             };
             let retryable = match &error {
                 ClientError::Unavailable(_) | ClientError::Connect(_) => true,
-                ClientError::Other(s) => matches!(s.code(), Code::Unknown | Code::Internal),
+                ClientError::Other(s) => matches!(
+                    s.code(),
+                    Code::Unknown | Code::Internal | Code::ResourceExhausted
+                ),
                 _ => false,
             };
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);

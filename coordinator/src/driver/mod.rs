@@ -118,7 +118,7 @@ impl Driver {
         let mut slots = Vec::with_capacity(txns.len());
         for (mut txn, claim) in txns {
             validate::normalise_stored(&mut txn);
-            self.inner.continue_numbering(&mut txn);
+            self.inner.continue_numbering(&mut txn)?;
             let id = txn.id.clone();
             match self.inner.insert(Slot::recovered(txn, claim), &id) {
                 Ok(slot) | Err(slot) => slots.push(slot),

@@ -56,12 +56,17 @@ struct Delivery {
     slots: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Outcome>,
     backoff: HashMap<String, Backoff>,
+    /// Notifications some endpoint refused: not before this again.
+    retry_at: HashMap<Key, Backoff>,
     /// Endpoints that took a notification not yet taken by all.
     partial: HashMap<Key, HashSet<String>>,
     busy: HashSet<Key>,
     /// Deleted lately: an older read may still show them.
     done: HashMap<Key, Instant>,
-    cursor: Option<Key>,
+    /// The raw key the next page starts after (`None`: from the start).
+    cursor: Option<Vec<u8>>,
+    /// Taken by every endpoint (or expired): to delete, together.
+    to_delete: Vec<Key>,
 }
 
 /// Runs until the coordinator stops.
@@ -74,28 +79,37 @@ pub async fn deliver(inner: Arc<Inner>, notifier: Arc<Notifier>) {
         slots: Arc::new(Semaphore::new(PARALLEL)),
         tx,
         backoff: HashMap::new(),
+        retry_at: HashMap::new(),
         partial: HashMap::new(),
         busy: HashSet::new(),
         done: HashMap::new(),
         cursor: None,
+        to_delete: Vec::new(),
     };
     let mut last_pass = Instant::now() - DEBOUNCE;
     loop {
         tokio::select! {
             _ = stopping.changed() => return,
             _ = inner.feed.ended.notified() => {}
-            Some(outcome) = rx.recv() => d.settle(outcome).await,
+            Some(outcome) = rx.recv() => {
+                d.settle(outcome);
+                while let Ok(more) = rx.try_recv() {
+                    d.settle(more);
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         if *stopping.borrow() {
             return;
         }
+        d.delete_done().await;
         let since = last_pass.elapsed();
         if since < DEBOUNCE {
             tokio::time::sleep(DEBOUNCE - since).await;
         }
         last_pass = Instant::now();
         d.pass().await;
+        d.delete_done().await;
     }
 }
 
@@ -113,30 +127,41 @@ impl Delivery {
 
     /// Reads the next page of notifications and sends what can be sent.
     async fn pass(&mut self) {
+        let now = Instant::now();
         self.done
             .retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        // Forgetting refusals only means trying sooner: keep it bounded.
+        self.retry_at.retain(|_, b| b.next_at + MAX_BACKOFF > now);
+        if self.retry_at.len() > PARTIAL {
+            self.retry_at.clear();
+        }
         if self.ready().is_empty() || self.slots.available_permits() == 0 {
             return;
         }
-        let Some(page) = self.read_page().await else {
+        let started_after = self.cursor.clone();
+        let Some((page, last_key, full)) = self.read_page(started_after.clone()).await else {
             return;
         };
-        self.cursor = if page.len() >= PAGE {
-            page.last().map(|p| (p.txn_id.clone(), p.kind))
-        } else {
-            None // the end: start over next time
-        };
+        // Where the next page starts: after this one, or from the start.
+        self.cursor = if full { last_key } else { None };
         let mut alive: Option<Option<HashSet<String>>> = None;
+        let mut previous = started_after;
         for pending in page {
             let key = (pending.txn_id.clone(), pending.kind);
-            if self.busy.contains(&key) || self.done.contains_key(&key) {
+            let raw = keys::notice_key(&key.0, key.1);
+            let skip = self.busy.contains(&key)
+                || self.done.contains_key(&key)
+                || self.retry_at.get(&key).is_some_and(|b| b.next_at > now);
+            if skip {
+                previous = Some(raw);
                 continue;
             }
             let age = ids::now_ms().saturating_sub(pending.notice.at_ms);
             if age > self.inner.config.retention.as_millis() as u64 {
                 tracing::warn!(txn = %pending.txn_id, "webhook notification given up after the retention time");
                 crate::metrics::notification("expired");
-                self.forget(&key).await;
+                self.finished(key);
+                previous = Some(raw);
                 continue;
             }
             if pending.notice.node_id != self.notifier.node_id {
@@ -148,6 +173,7 @@ impl Delivery {
                     .as_ref()
                     .is_none_or(|a| a.contains(&pending.notice.node_id))
                 {
+                    previous = Some(raw);
                     continue; // its node is alive and sends it
                 }
             }
@@ -159,31 +185,44 @@ impl Delivery {
                 .cloned()
                 .collect();
             if targets.is_empty() {
+                previous = Some(raw);
                 continue;
             }
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                // Full: look again from the start next time (what is
-                // in flight is skipped).
-                self.cursor = None;
+                // Full: the next pass starts at this one.
+                self.cursor = previous;
                 return;
             };
-            self.busy.insert(key);
+            previous = Some(raw);
+            self.busy.insert(key.clone());
             let (notifier, tx) = (self.notifier.clone(), self.tx.clone());
             tokio::spawn(async move {
-                let outcome = send(&notifier, pending, targets).await;
+                let urls: Vec<String> = targets.iter().map(|e| e.url.clone()).collect();
+                let sending = tokio::spawn(async move { send(&notifier, pending, targets).await });
+                // Even a send that panicked is settled, so it is tried again.
+                let outcome = sending.await.unwrap_or_else(|_| Outcome {
+                    key,
+                    delivered: Vec::new(),
+                    failed: urls
+                        .into_iter()
+                        .map(|u| (u, "the delivery task failed".to_string()))
+                        .collect(),
+                });
                 drop(permit);
                 let _ = tx.send(outcome);
             });
         }
     }
 
-    /// The next page after the cursor, once durable; `None` if unreadable.
-    async fn read_page(&self) -> Option<Vec<Pending>> {
+    /// The page after `after`, once durable: its readable notifications,
+    /// the last key read and whether the page was full; `None` if
+    /// unreadable now.
+    async fn read_page(
+        &self,
+        after: Option<Vec<u8>>,
+    ) -> Option<(Vec<Pending>, Option<Vec<u8>>, bool)> {
         let log = self.inner.log.clone();
-        let after = self.cursor.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            log.notices(after.as_ref().map(|(t, k)| (t.as_str(), *k)), PAGE)
-        });
+        let read = tokio::task::spawn_blocking(move || log.notices(after.as_deref(), PAGE));
         let page = match read.await {
             Ok(Ok(page)) => page,
             Ok(Err(e)) => {
@@ -197,16 +236,17 @@ impl Delivery {
             let durable = self.inner.writer.submit(Write::Barrier);
             self.inner.wait_durable(durable).await.ok()?;
         }
-        Some(
-            page.into_iter()
-                .filter_map(|item| {
-                    item.map_err(
-                        |e| tracing::error!(error = %e, "a damaged webhook notification; skipped"),
-                    )
-                    .ok()
-                })
-                .collect(),
-        )
+        let items = page
+            .items
+            .into_iter()
+            .filter_map(|item| {
+                item.map_err(
+                    |e| tracing::error!(error = %e, "a damaged webhook notification; skipped"),
+                )
+                .ok()
+            })
+            .collect();
+        Some((items, page.last_key, page.full))
     }
 
     /// Nodes of a shared store whose lease runs; `None` if that cannot be
@@ -225,9 +265,10 @@ impl Delivery {
         }
     }
 
-    /// Records an attempt: backs failing endpoints off, deletes the
-    /// notification once every endpoint took it.
-    async fn settle(&mut self, outcome: Outcome) {
+    /// Records an attempt: backs failing endpoints and the notification
+    /// off, and marks it for deletion once every endpoint took it.
+    fn settle(&mut self, outcome: Outcome) {
+        let now = Instant::now();
         self.busy.remove(&outcome.key);
         for url in &outcome.delivered {
             self.backoff.remove(url);
@@ -235,16 +276,23 @@ impl Delivery {
         for (url, error) in &outcome.failed {
             let b = self.backoff.entry(url.clone()).or_insert(Backoff {
                 failures: 0,
-                next_at: Instant::now(),
+                next_at: now,
             });
-            b.failures += 1;
-            let delay = Duration::from_secs(1)
-                .saturating_mul(1 << b.failures.min(9))
-                .min(MAX_BACKOFF);
-            let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
-            b.next_at = Instant::now() + delay + jitter;
-            tracing::warn!(txn = %outcome.key.0, endpoint = %url, %error, failures = b.failures,
-                retry_in = ?delay, "webhook delivery failed; will retry");
+            // Failures of calls made together count once.
+            if b.next_at <= now {
+                b.failures += 1;
+                b.next_at = now + backoff(b.failures);
+                tracing::warn!(txn = %outcome.key.0, endpoint = %url, %error, failures = b.failures,
+                    "webhook delivery failed; the endpoint is backed off");
+            }
+        }
+        if !outcome.failed.is_empty() {
+            let r = self.retry_at.entry(outcome.key.clone()).or_insert(Backoff {
+                failures: 0,
+                next_at: now,
+            });
+            r.failures += 1;
+            r.next_at = now + backoff(r.failures);
         }
         let taken = self.partial.entry(outcome.key.clone()).or_default();
         taken.extend(outcome.delivered);
@@ -255,7 +303,7 @@ impl Delivery {
             .iter()
             .all(|e| taken.contains(&e.url));
         if all {
-            self.forget(&outcome.key).await;
+            self.finished(outcome.key);
         } else if self.partial.len() > PARTIAL {
             // Bounded: forgetting who took it only means sending it again.
             let key = outcome.key.clone();
@@ -263,16 +311,41 @@ impl Delivery {
         }
     }
 
-    /// Deletes a notification from the log.
-    async fn forget(&mut self, key: &Key) {
-        self.partial.remove(key);
+    /// Marks a notification done: deleted with the next [`Delivery::delete_done`].
+    fn finished(&mut self, key: Key) {
+        self.partial.remove(&key);
+        self.retry_at.remove(&key);
         self.done.insert(key.clone(), Instant::now());
-        let op = Op::Delete(keys::notice_key(&key.0, key.1));
-        let durable = self.inner.writer.submit(Write::Plain(op));
-        if let Err(e) = self.inner.wait_durable(durable).await {
-            tracing::warn!(txn = %key.0, error = %e, "cannot delete a delivered webhook notification; it may be sent again");
+        self.to_delete.push(key);
+    }
+
+    /// Deletes the finished notifications from the log, in one write.
+    async fn delete_done(&mut self) {
+        if self.to_delete.is_empty() {
+            return;
+        }
+        let waits: Vec<_> = self
+            .to_delete
+            .drain(..)
+            .map(|key| {
+                let op = Op::Delete(keys::notice_key(&key.0, key.1));
+                (key, self.inner.writer.submit(Write::Plain(op)))
+            })
+            .collect();
+        for (key, durable) in waits {
+            if let Err(e) = self.inner.wait_durable(durable).await {
+                tracing::warn!(txn = %key.0, error = %e, "cannot delete a delivered webhook notification; it may be sent again");
+            }
         }
     }
+}
+
+/// 1 s doubling to [`MAX_BACKOFF`], with up to a quarter more of jitter.
+fn backoff(failures: u32) -> Duration {
+    let delay = Duration::from_secs(1)
+        .saturating_mul(1 << failures.min(9))
+        .min(MAX_BACKOFF);
+    delay + Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4))
 }
 
 /// POSTs one notification to `targets`.

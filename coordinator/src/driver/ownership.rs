@@ -65,7 +65,9 @@ pub fn stored(inner: &Arc<Inner>, txn: Txn) -> Result<Found, DriverError> {
             if let Some(taken) = inner.log.take_over(1, Some(&id))?.pop() {
                 crate::metrics::taken_over(1);
                 tracing::info!(txn = %id, from = %taken.from, "took over a transaction of a node that is gone");
-                return Ok(Found::Live(adopt(inner, taken)));
+                return adopt(inner, taken)
+                    .map(Found::Live)
+                    .ok_or_else(|| being_taken_over(&id));
             }
             match inner.log.get(&id)? {
                 Some(txn) if txn.state.is_final() => Ok(Found::Stored(txn)),
@@ -89,15 +91,20 @@ fn being_taken_over(txn_id: &str) -> DriverError {
 /// and resumes it as a restart would. A slot of it still live here is left
 /// over from before it was taken from this node: let go of (its records,
 /// under the old claim, are refused).
-fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Arc<Slot> {
+/// `None` if its changes cannot be read now: it stays owned here, and the
+/// look for owned but idle transactions tries again.
+fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Option<Arc<Slot>> {
     let TakenOver { mut txn, claim, .. } = taken;
     validate::normalise_stored(&mut txn);
-    inner.continue_numbering(&mut txn);
+    if let Err(e) = inner.continue_numbering(&mut txn) {
+        tracing::warn!(txn = %txn.id, error = %e, "cannot read the changes of a transaction taken over; trying again later");
+        return None;
+    }
     let id = txn.id.clone();
     let slot = Slot::recovered(txn, claim);
     while let Err(live) = inner.insert(slot.clone(), &id) {
         if live.claim() == claim && !live.is_fenced() {
-            return live; // adopted already, under this very claim
+            return Some(live); // adopted already, under this very claim
         }
         inner.lose(&live);
     }
@@ -107,7 +114,7 @@ fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Arc<Slot> {
             tracing::error!(txn = %id, error = %e, "could not resume a transaction taken over")
         }
     }
-    slot
+    Some(slot)
 }
 
 impl Driver {

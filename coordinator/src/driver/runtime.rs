@@ -237,25 +237,23 @@ impl Inner {
     /// numbered after every change the log holds of it, even if its record
     /// says less (a record rewritten by a release that did not know the
     /// numbering, while nodes of two releases shared the store).
-    pub fn continue_numbering(&self, txn: &mut Txn) {
+    /// If the changes cannot be read, the transaction is not driven (a
+    /// guess could number a change over one a watcher was shown).
+    pub fn continue_numbering(&self, txn: &mut Txn) -> Result<(), StoreError> {
         let recorded = txn.seq;
         // A page at a time, to the last change the log holds.
         loop {
-            match self.log.changes(&txn.id, txn.seq.saturating_add(1)) {
-                Ok(later) => match later.last() {
-                    Some(last) if last.seq > txn.seq => txn.seq = last.seq,
-                    _ => break,
-                },
-                Err(e) => {
-                    tracing::warn!(txn = %txn.id, error = %e, "cannot read the changes of a transaction");
-                    break;
-                }
+            let later = self.log.changes(&txn.id, txn.seq.saturating_add(1))?;
+            match later.last() {
+                Some(last) if last.seq > txn.seq => txn.seq = last.seq,
+                _ => break,
             }
         }
         if txn.seq != recorded {
             tracing::warn!(txn = %txn.id, record = recorded, log = txn.seq,
                 "the log holds changes past what the transaction's record says; numbering after them");
         }
+        Ok(())
     }
 
     /// Queues the slot's transaction as it is now; the caller holds its lock.

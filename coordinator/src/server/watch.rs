@@ -184,10 +184,13 @@ async fn follow(
             {
                 return Ok(()); // the watcher went away
             }
-            next = change.seq + 1;
+            next = change.seq.saturating_add(1);
             if change.is_final() {
                 return Ok(());
             }
+        }
+        if changes.len() >= crate::store::history::PAGE {
+            continue; // more history waits: no reason to sleep
         }
         if changes.is_empty() && ended_before(driver, txn_id, next, mode, tx).await? {
             return Ok(());

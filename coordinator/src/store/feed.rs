@@ -50,8 +50,9 @@ pub struct Feed {
     /// This feed's identity: positions mean something only within one
     /// coordinator process.
     pub id: String,
-    /// Woken when a transaction ends or becomes stuck (webhook delivery
-    /// waits on it without counting as a watcher).
+    /// Woken by the log writer once a transaction's end or stuck flag is
+    /// durable, watched or not (webhook delivery waits on it without
+    /// counting as a watcher).
     pub ended: tokio::sync::Notify,
 }
 
@@ -98,10 +99,6 @@ impl Feed {
         if batches.iter().all(|b| b.changes.is_empty()) {
             return;
         }
-        let ends = batches
-            .iter()
-            .flat_map(|b| &b.changes)
-            .any(|c| c.is_final() || matches!(c.kind, crate::engine::ChangeKind::Stuck));
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let mut pos = *self.end.borrow();
         for batch in batches {
@@ -121,9 +118,6 @@ impl Feed {
         }
         drop(ring);
         self.end.send_replace(pos);
-        if ends {
-            self.ended.notify_one();
-        }
     }
 
     /// Whether any item from position `from` on is a change of `txn_id`, and

@@ -82,36 +82,51 @@ pub struct Pending {
     pub notice: NoticeRecord,
 }
 
-/// Up to `limit` pending notifications, in key order after `after` (a txn id
-/// and kind, exclusive). Damaged ones are returned as errors in the list, so
-/// one bad record does not stop delivery of the others.
+/// A page of pending notifications.
+#[derive(Debug, Default)]
+pub struct NoticePage {
+    /// In key order; damaged ones are errors, so one bad record does not
+    /// stop delivery of the others.
+    pub items: Vec<Result<Pending, StoreError>>,
+    /// The key of the last one read (damaged or not): where the next page
+    /// starts after. `None` when the page is empty.
+    pub last_key: Option<Vec<u8>>,
+    /// The page is full: more may follow.
+    pub full: bool,
+}
+
+/// Up to `limit` pending notifications, in key order after the key `after`
+/// (exclusive).
 pub fn notices<K: Kv + ?Sized>(
     kv: &K,
-    after: Option<(&str, u8)>,
+    after: Option<&[u8]>,
     limit: usize,
-) -> Result<Vec<Result<Pending, StoreError>>, StoreError> {
+) -> Result<NoticePage, StoreError> {
     let start = match after {
-        Some((id, kind)) => {
-            let mut k = keys::notice_key(id, kind);
+        Some(key) => {
+            let mut k = key.to_vec();
             k.push(0);
             k
         }
         None => vec![keys::NOTICE],
     };
-    let mut out = Vec::new();
+    let mut page = NoticePage::default();
     kv.visit(&start, &[keys::NOTICE + 1], false, &mut |k, v| {
-        out.push(keys::parse_notice_key(k).and_then(|(txn_id, kind)| {
-            Ok(Pending {
-                txn_id,
-                kind,
-                notice: record::decode_notice(k, v)?,
-            })
-        }));
-        if out.len() >= limit {
+        page.items
+            .push(keys::parse_notice_key(k).and_then(|(txn_id, kind)| {
+                Ok(Pending {
+                    txn_id,
+                    kind,
+                    notice: record::decode_notice(k, v)?,
+                })
+            }));
+        page.last_key = Some(k.to_vec());
+        if page.items.len() >= limit {
+            page.full = true;
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
     })?;
-    Ok(out)
+    Ok(page)
 }

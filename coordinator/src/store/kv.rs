@@ -475,9 +475,9 @@ impl<K: Kv> TxnLog for KvLog<K> {
 
     fn notices(
         &self,
-        after: Option<(&str, u8)>,
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Result<history::Pending, StoreError>>, StoreError> {
+    ) -> Result<history::NoticePage, StoreError> {
         history::notices(&self.kv, after, limit)
     }
 

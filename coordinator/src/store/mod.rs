@@ -219,9 +219,9 @@ pub trait TxnLog: Send + Sync + 'static {
     /// key order after `after` (exclusive).
     fn notices(
         &self,
-        after: Option<(&str, u8)>,
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<Result<history::Pending, StoreError>>, StoreError>;
+    ) -> Result<history::NoticePage, StoreError>;
 
     /// Damaged records met while serving, since start.
     fn damaged_reads(&self) -> u64 {

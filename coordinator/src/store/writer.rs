@@ -195,6 +195,9 @@ fn run(
     // watches), and since when.
     let mut held: Vec<Published> = Vec::new();
     let mut held_since: Option<std::time::Instant> = None;
+    // A transaction ended or became stuck since the last sync (the webhook
+    // delivery is woken once that is durable).
+    let mut ends = false;
     loop {
         let wait = match held_since {
             Some(since) => WATCHED_SYNC.saturating_sub(since.elapsed()),
@@ -210,6 +213,9 @@ fn run(
                         stats.synced.store(applied, Ordering::Release);
                         held_since = None;
                         tell.feed.publish(std::mem::take(&mut held));
+                        if std::mem::take(&mut ends) {
+                            tell.feed.ended.notify_one();
+                        }
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "transaction log sync failed; nothing more will be acknowledged");
@@ -284,6 +290,15 @@ fn run(
             } else {
                 unsynced = !sync;
                 let watched = tell.feed.watched();
+                for record in records.iter() {
+                    if let Write::Txn(r) = record
+                        && !fenced.contains(&(r.txn_id.clone(), r.claim))
+                    {
+                        ends |= r.changes.iter().any(|c| {
+                            c.is_final() || matches!(c.kind, crate::engine::ChangeKind::Stuck)
+                        });
+                    }
+                }
                 for record in records.iter_mut() {
                     if let Write::Txn(r) = record
                         && watched
@@ -302,6 +317,9 @@ fn run(
                     stats.synced.store(applied, Ordering::Release);
                     held_since = None;
                     tell.feed.publish(std::mem::take(&mut held));
+                    if std::mem::take(&mut ends) {
+                        tell.feed.ended.notify_one();
+                    }
                 } else if !held.is_empty() {
                     held_since.get_or_insert_with(std::time::Instant::now);
                 }
@@ -430,9 +448,9 @@ mod tests {
         }
         fn notices(
             &self,
-            after: Option<(&str, u8)>,
+            after: Option<&[u8]>,
             limit: usize,
-        ) -> Result<Vec<Result<crate::store::history::Pending, StoreError>>, StoreError> {
+        ) -> Result<crate::store::history::NoticePage, StoreError> {
             self.inner.notices(after, limit)
         }
     }

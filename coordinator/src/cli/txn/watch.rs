@@ -133,7 +133,7 @@ pub async fn run(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
                         if event.seq != 0 && event.seq < next {
                             continue;
                         }
-                        next = event.seq + 1;
+                        next = event.seq.saturating_add(1);
                         print(conn, &event, false);
                         if event.r#final {
                             return Ok(());
