@@ -69,6 +69,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Watch streams (both kinds) open at once; beyond it RESOURCE_EXHAUSTED.
     pub max_watches: usize,
+    /// The web console, when it is on.
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             notify: Default::default(),
             watch_buffer: crate::store::feed::RING,
             max_watches: 10_000,
+            console: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod engine;
 pub mod failpoints;

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod chaos;
 pub mod cli;
+pub mod http;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

@@ -205,6 +205,15 @@ pub struct ServeArgs {
     /// more are RESOURCE_EXHAUSTED.
     #[arg(long, env = "ARBITER_MAX_WATCHES", default_value_t = 10_000)]
     pub max_watches: usize,
+    /// Serve the web console on this address (e.g. 127.0.0.1:7090). Off by
+    /// default. Log in with an admin token (acts) or a coordinator token
+    /// (looks).
+    #[arg(long, env = "ARBITER_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+    /// Serve the console although no token is configured: anyone who
+    /// reaches it may act.
+    #[arg(long, env = "ARBITER_CONSOLE_INSECURE")]
+    pub console_insecure: bool,
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "ARBITER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -267,8 +276,36 @@ impl ServeArgs {
             notify: self.notify()?,
             watch_buffer: self.watch_buffer.max(16),
             max_watches: self.max_watches.max(1),
+            console: self.console()?,
             ..Config::default()
         })
+    }
+
+    /// `--console-listen`: refused without tokens unless `--console-insecure`,
+    /// and (for now) with TLS on the gRPC port.
+    fn console(&self) -> anyhow::Result<Option<crate::console::ConsoleConfig>> {
+        let Some(listen) = self.console_listen else {
+            return Ok(None);
+        };
+        if self.admin_tokens.is_empty()
+            && self.coordinator_tokens.is_empty()
+            && !self.console_insecure
+        {
+            anyhow::bail!(
+                "--console-listen without any --admin-token: anyone who reaches the console could act. \
+                 Configure tokens, or add --console-insecure to run it open on a trusted network"
+            );
+        }
+        if self.tls_cert.is_some() {
+            anyhow::bail!(
+                "--console-listen with --tls-cert: the console does not serve TLS yet; \
+                 run it on 127.0.0.1 behind a TLS-terminating proxy, without --tls-cert on this node"
+            );
+        }
+        Ok(Some(crate::console::ConsoleConfig {
+            listen,
+            insecure: self.console_insecure,
+        }))
     }
 
     /// `--notify-url` and `--notify-secret`, checked against the allowlist.

@@ -88,6 +88,15 @@ impl Auth {
         })
     }
 
+    /// The console's login: the name of the token `secret` is, and whether
+    /// it may act (an admin token) or only look (a coordinator token).
+    pub fn console_login(&self, secret: &str) -> Option<(String, bool)> {
+        if let Some(token) = Self::find(&self.admin, secret) {
+            return Some((token.name.clone(), true));
+        }
+        Self::find(&self.coordinator, secret).map(|t| (t.name.clone(), false))
+    }
+
     /// The caller of a request that needs `role`, or the status refusing it.
     pub fn check(&self, role: Role, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
         if !self.enabled() {

@@ -128,6 +128,7 @@ pub async fn run(
             "no tokens configured: anyone who can reach this port can run and force transactions"
         );
     }
+
     let options = OpenOptions {
         accept_damage: config.accept_damaged_log,
     };
@@ -152,6 +153,7 @@ pub async fn run(
     };
     let shared = log.shared();
     let participant_tls = config.tls.participants.clone();
+    let console_config = config.console.clone();
     let driver = Driver::new(config, log)?;
     driver.audit_open(&opened).await?;
     let recovery = driver.load_unfinished()?;
@@ -185,6 +187,31 @@ pub async fn run(
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
     driver.start_notices();
+    let console = match &console_config {
+        Some(c) => {
+            let listener = tokio::net::TcpListener::bind(c.listen).await.map_err(|e| {
+                ServeError::Setup(format!(
+                    "cannot listen on {} for the console: {e}",
+                    c.listen
+                ))
+            })?;
+            if !auth.enabled() {
+                tracing::warn!(addr = %c.listen, "the console runs without tokens (--console-insecure): anyone who reaches it can act");
+            }
+            tracing::info!(addr = %c.listen, "serving the web console");
+            let mut stopping = driver.stopping();
+            let until_stopping = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(crate::console::serve(
+                listener,
+                driver.clone(),
+                (*auth).clone(),
+                until_stopping,
+            )))
+        }
+        None => None,
+    };
     // The gauges scan every live transaction: only when someone scrapes them.
     let gauges = metrics.then(|| tokio::spawn(update_gauges(driver.clone())));
     // In a cluster: claim the transactions of nodes that are gone.
@@ -265,6 +292,9 @@ pub async fn run(
     }
     if let Some(gauges) = gauges {
         gauges.abort();
+    }
+    if let Some(console) = console {
+        console.abort();
     }
     let closing = driver.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
