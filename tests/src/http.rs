@@ -36,27 +36,66 @@ pub async fn request(
     cookie: Option<&str>,
     form: Option<&str>,
 ) -> anyhow::Result<Answer> {
+    let typed = form.map(|f| ("application/x-www-form-urlencoded", f));
+    send(addr, method, path, cookie, typed).await
+}
+
+/// `method path` with a JSON body (WebDriver).
+pub async fn request_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let body = json.map(serde_json::Value::to_string);
+    let typed = body
+        .as_deref()
+        .map(|b| ("application/json; charset=utf-8", b));
+    let answer = send(addr, method, path, None, typed).await?;
+    let value: serde_json::Value = serde_json::from_str(&answer.body)
+        .map_err(|e| anyhow::anyhow!("{method} {path}: {e}: {}", answer.body))?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "{method} {path}: HTTP {}: {value}",
+        answer.status
+    );
+    Ok(value)
+}
+
+async fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    typed: Option<(&str, &str)>,
+) -> anyhow::Result<Answer> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let body = form.unwrap_or("");
+    let body = typed.map_or("", |(_, b)| b);
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(c) = cookie {
         head.push_str(&format!("Cookie: {c}\r\n"));
     }
-    if form.is_some() {
+    if let Some((content_type, _)) = typed {
         head.push_str(&format!(
-            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
             body.len()
         ));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
+    // Read the head, then exactly the body: some servers keep the
+    // connection open whatever the request asked.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no end of headers"))?;
+    let mut buf = [0u8; 8192];
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "the connection closed before the end of the headers");
+        raw.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
     let status = lines
@@ -68,12 +107,31 @@ pub async fn request(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
     let mut rest = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
+    if let Some(length) = value("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while rest.len() < length {
+            let n = stream.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the connection closed in the body");
+            rest.extend_from_slice(&buf[..n]);
+        }
+        rest.truncate(length);
+    } else if value("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        while !rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
         rest = dechunk(&rest);
+    } else if status != 204 && status != 304 {
+        stream.read_to_end(&mut rest).await?;
     }
     Ok(Answer {
         status,

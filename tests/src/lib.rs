@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod webdriver;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -147,8 +147,9 @@ pub(crate) async fn events(State(console): State<Shared>, headers: HeaderMap) ->
             if tx.send(Ok(Event::default().data("change"))).await.is_err() {
                 return;
             }
+            // At most two a second; a change during the pause is still
+            // announced (the receiver has not seen it).
             tokio::time::sleep(Duration::from_millis(500)).await;
-            changes.borrow_and_update();
         }
     });
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))

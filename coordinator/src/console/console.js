@@ -3,13 +3,15 @@
 // server-sent events at /events (the page's main part is fetched again when
 // a transaction changes).
 (function () {
+  function span(s) {
+    if (s < 90) return s + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    if (s < 129600) return Math.round(s / 3600) + " h";
+    return Math.round(s / 86400) + " d";
+  }
   function ago(ms) {
     var s = Math.round((Date.now() - ms) / 1000);
-    if (s < 0) s = 0;
-    if (s < 90) return s + " s ago";
-    if (s < 5400) return Math.round(s / 60) + " min ago";
-    if (s < 129600) return Math.round(s / 3600) + " h ago";
-    return Math.round(s / 86400) + " d ago";
+    return s < 0 ? "in " + span(-s) : span(s) + " ago";
   }
   function decorate(root) {
     root.querySelectorAll("time[data-ms]").forEach(function (t) {
@@ -42,5 +44,10 @@
     });
   }
   var events = new EventSource("/events");
-  events.onmessage = function () { if (!pending) pending = setTimeout(refresh, 300); };
+  function soon() { if (!pending) pending = setTimeout(refresh, 300); }
+  events.onmessage = soon;
+  // What changed between rendering this page and subscribing is caught by
+  // one refresh once the stream is open (and again after a reconnect).
+  var opened = 0;
+  events.onopen = function () { if (opened++ > 0 || document.readyState === "complete") soon(); };
 })();

@@ -41,6 +41,25 @@ pub(crate) struct Console {
     sessions: Sessions,
     /// With no tokens (and `--console-insecure`): everyone is this session.
     open: Option<Session>,
+    /// Finished transactions so far, sampled every [`SAMPLE`] (the chart).
+    samples: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// How often the overview's throughput is sampled, and how many are kept.
+const SAMPLE: std::time::Duration = std::time::Duration::from_secs(10);
+const SAMPLES: usize = 61;
+
+/// Transactions finished per second between consecutive samples, oldest
+/// first.
+fn rates(samples: &std::collections::VecDeque<(u64, u64)>) -> Vec<f64> {
+    samples
+        .iter()
+        .zip(samples.iter().skip(1))
+        .map(|((t0, n0), (t1, n1))| {
+            let secs = (t1.saturating_sub(*t0) as f64 / 1000.0).max(0.001);
+            n1.saturating_sub(*n0) as f64 / secs
+        })
+        .collect()
 }
 
 type Shared = Arc<Console>;
@@ -58,10 +77,29 @@ pub async fn serve(
         auth,
         sessions: Sessions::default(),
         open,
+        samples: Default::default(),
     });
-    axum::serve(listener, router(console))
+    let sampler = {
+        let console = console.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE);
+            loop {
+                every.tick().await;
+                let stats = console.driver.stats();
+                let finished = stats.committed_since_start + stats.aborted_since_start;
+                let mut samples = console.samples.lock().unwrap_or_else(|p| p.into_inner());
+                if samples.len() >= SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back((crate::driver::ids::now_ms(), finished));
+            }
+        })
+    };
+    let served = axum::serve(listener, router(console))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    sampler.abort();
+    served
 }
 
 fn router(console: Shared) -> Router {
@@ -213,7 +251,8 @@ async fn overview(State(console): State<Shared>, headers: HeaderMap) -> Response
     } else {
         console.driver.stats()
     };
-    page(StatusCode::OK, pages::overview(&stats, &session))
+    let rates = rates(&console.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    page(StatusCode::OK, pages::overview(&stats, &rates, &session))
 }
 
 #[derive(serde::Deserialize, Default)]

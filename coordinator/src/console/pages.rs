@@ -72,7 +72,7 @@ fn id_cell(id: &str, href: Option<&str>) -> Markup {
     html! {
         span.id title=(id) {
             @match href { Some(h) => a href=(h) { code { (short) } }, None => code { (short) } }
-            button.copy type="button" data-copy=(id) aria-label="copy the id" { "⧉" }
+            button.copy type="button" data-copy=(id) aria-label="copy the id" title="copy the id" { "copy" }
         }
     }
 }
@@ -128,7 +128,27 @@ pub fn login(error: Option<&str>) -> Markup {
     )
 }
 
-pub fn overview(stats: &Stats, session: &Session) -> Markup {
+/// Throughput over the last minutes, as SVG bars (no script, no library).
+fn chart(rates: &[f64]) -> Markup {
+    let max = rates.iter().copied().fold(0.0_f64, f64::max);
+    let (w, h) = (600.0, 100.0);
+    let bar = w / rates.len().max(1) as f64;
+    html! {
+        svg.chart viewBox="0 0 600 120" role="img" aria-label="transactions finished per second" {
+            @for (i, r) in rates.iter().enumerate() {
+                @let height = if max > 0.0 { r / max * h } else { 0.0 };
+                rect x=(format!("{:.1}", i as f64 * bar + 1.0)) y=(format!("{:.1}", h - height + 5.0))
+                    width=(format!("{:.1}", (bar - 2.0).max(1.0))) height=(format!("{:.1}", height)) {
+                    title { (format!("{r:.0} tx/s")) }
+                }
+            }
+            text x="4" y="118" { "last " (rates.len() * 10 / 60) " min, 10 s per bar" }
+            text x="596" y="118" text-anchor="end" { "max " (format!("{max:.0}")) " tx/s" }
+        }
+    }
+}
+
+pub fn overview(stats: &Stats, rates: &[f64], session: &Session) -> Markup {
     let unfinished: u64 = stats.unfinished.iter().map(|(_, n)| n).sum();
     layout(
         "Overview",
@@ -146,7 +166,13 @@ pub fn overview(stats: &Stats, session: &Session) -> Markup {
                 div.card { span.big { (stats.retry_queue_depth) } span { "retries waiting" } }
                 div.card { span.big { (super::age_text(stats.oldest_unfinished_age_ms)) } span { "oldest unfinished" } }
             }
-            h2 { "Unfinished by state" }
+            h2 { "Throughput (this node)" }
+        @if rates.is_empty() {
+            p.muted { "Measured every 10 s: the chart starts after the first 20 s." }
+        } @else {
+            (chart(rates))
+        }
+        h2 { "Unfinished by state" }
             table {
                 thead { tr { th { "State" } th { "Count" } } }
                 tbody {
