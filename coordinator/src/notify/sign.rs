@@ -23,13 +23,7 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 
 /// Whether `header` is the signature of `body` at `timestamp` (constant time).
 pub fn verify(secret: &[u8], timestamp: u64, body: &[u8], header: &str) -> bool {
-    let expected = signature(secret, timestamp, body);
-    expected.len() == header.len()
-        && expected
-            .bytes()
-            .zip(header.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    crate::security::same(&signature(secret, timestamp, body), header)
 }
 
 #[cfg(test)]

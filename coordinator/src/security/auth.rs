@@ -63,8 +63,9 @@ pub struct Auth {
     pub admin: Vec<Token>,
 }
 
-/// Compares without stopping at the first difference.
-fn same(a: &str, b: &str) -> bool {
+/// Compares without stopping at the first difference (secrets, tokens,
+/// signatures).
+pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

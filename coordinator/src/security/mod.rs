@@ -5,7 +5,7 @@ mod allowlist;
 mod auth;
 
 pub use allowlist::{EndpointPattern, allowed};
-pub use auth::{Auth, Caller, Role, Token, interceptor};
+pub use auth::{Auth, Caller, Role, Token, interceptor, same};
 
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
