@@ -18,7 +18,7 @@ pub fn stored_bytes(data: &[u8]) {
     let Some((&pick, value)) = data.split_first() else {
         return;
     };
-    let key = match pick % 5 {
+    let key = match pick % 7 {
         0 => keys::header_key("t-1"),
         1 => keys::spec_key("t-1", usize::from(pick)),
         2 => keys::meta_key(keys::META_BATCH),
@@ -26,12 +26,18 @@ pub fn stored_bytes(data: &[u8]) {
             .get(..value.len().min(24))
             .unwrap_or_default()
             .to_vec(),
-        _ => keys::finished_key(u64::from(pick), "t-1"),
+        4 => keys::finished_key(u64::from(pick), "t-1"),
+        5 => keys::changes_key("t-1", u64::from(pick / 7)),
+        _ => keys::notice_key("t-1", pick / 7),
     };
     let _ = TxnRecord::decode(&key, value);
     let _ = BranchSpecs::decode(&key, value);
     let _ = record::decode_audit(&key, value);
     let _ = record::decode_meta(&key, value);
+    let _ = record::decode_changes(&key, value);
+    let _ = record::decode_notice(&key, value);
+    let _ = keys::parse_changes_key(&key);
+    let _ = keys::parse_notice_key(&key);
     let _ = record::unseal(&key, value);
     let _ = v1::decode_txn(value);
     let _ = v1::decode_audit(value);
@@ -41,6 +47,8 @@ pub fn stored_bytes(data: &[u8]) {
     let _ = keys::parse_branch_index(keys::spec_prefix("t-1").len(), &key);
     let _ = keys::describe(&key);
     let sealed = record::seal(&key, value);
+    let _ = record::decode_changes(&key, &sealed);
+    let _ = record::decode_notice(&key, &sealed);
     if let Ok(txn) = TxnRecord::decode(&key, &sealed) {
         let specs = BranchSpecs::decode(&key, &sealed).ok();
         let chunks = specs.into_iter().map(|s| (0, s)).collect();
@@ -155,12 +163,24 @@ mod tests {
             vec![1, 2, 3],
             100,
         ));
+        crate::engine::begin(&mut txn, 5);
+        let changes = std::mem::take(&mut txn.changes);
         let valid: Vec<Vec<u8>> = Record::of(&txn, &mut Written::default())
-            .map(|r| r.ops)
+            .map(|r| r.with_changes(changes).ops)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|op| match op {
-                Op::Put(k, v) => Some([&[k[0] % 5][..], &v[..]].concat()),
+                // The first byte picks the same kind of key again.
+                Op::Put(k, v) => {
+                    let pick = match k[0] {
+                        keys::HEADER => 0,
+                        keys::SPEC => 1,
+                        keys::CHANGES => 5,
+                        keys::NOTICE => 6,
+                        _ => 4,
+                    };
+                    Some([&[pick][..], &v[..]].concat())
+                }
                 Op::Delete(_) => None,
             })
             .collect();

@@ -218,6 +218,21 @@ async fn the_console_needs_a_login_shows_transactions_and_acts_safely() -> anyho
     assert!(unknown.body.contains("not found"));
     assert_eq!(console.get("/nowhere", Some(&ops)).await?.status, 404);
 
+    // Hostile input: a huge form, a malformed one, odd paths. Refused, and
+    // the console keeps serving.
+    let huge = format!("token={}", "x".repeat(3 << 20));
+    let refused = console.post("/login", None, &huge).await?;
+    assert!(matches!(refused.status, 400 | 413), "{}", refused.status);
+    let garbled = console.post("/login", None, "token=%ZZ%&&==").await?;
+    assert!(
+        matches!(garbled.status, 400 | 401 | 422),
+        "{}",
+        garbled.status
+    );
+    let odd = console.get("/txns/%00%FF..%2F", Some(&ops)).await?;
+    assert!(matches!(odd.status, 400 | 404), "{}", odd.status);
+    assert_eq!(console.get("/", Some(&ops)).await?.status, 200);
+
     // Logging out ends the session.
     let out = console
         .post("/logout", Some(&ops), &format!("csrf={csrf}"))

@@ -264,6 +264,14 @@ async fn a_feed_subscriber_that_stops_reading_is_cut_off_with_its_resume_point()
         })
         .await;
     assert!(again.is_ok(), "{again:?}");
+    // A position beyond the newest is refused too (it would skip changes).
+    let ahead = admin
+        .watch_transactions(pb::WatchTransactionsRequest {
+            from_position: u64::MAX,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(ahead.err().map(|s| s.code()), Some(tonic::Code::OutOfRange));
     // A position of another feed (another start, another node) is refused.
     let foreign = admin
         .watch_transactions(pb::WatchTransactionsRequest {

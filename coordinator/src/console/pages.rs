@@ -393,7 +393,7 @@ pub fn payload(txn_id: &str, branch_id: &str, payload: &[u8], session: &Session)
             h1 { "Payload of branch " code { (branch_id) } " of " (id_cell(txn_id, Some(&format!("/txns/{}", super::path_escape(txn_id))))) }
             @match std::str::from_utf8(payload) {
                 Ok(text) => pre.payload { (text) },
-                Err(_) => pre.payload { (payload.iter().map(|b| format!("{b:02x}")).collect::<String>()) },
+                Err(_) => pre.payload { (crate::driver::ids::hex(payload)) },
             }
         },
     )

@@ -44,14 +44,7 @@ pub struct Sessions {
 
 /// 32 random hex digits.
 pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fastrand is seeded from it too, but better than
-        // failing the login.
-        bytes[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
-        bytes[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::driver::ids::random_hex::<16>()
 }
 
 impl Sessions {

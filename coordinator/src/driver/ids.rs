@@ -25,11 +25,26 @@ pub fn now_ms() -> u64 {
 pub fn new_txn_id() -> Result<String, getrandom::Error> {
     let mut random = [0u8; 10];
     getrandom::fill(&mut random)?;
-    let mut id = format!("{SERVER_PREFIX}{:012x}", now_ms() & 0xffff_ffff_ffff);
-    for byte in random {
-        id.push_str(&format!("{byte:02x}"));
+    Ok(format!(
+        "{SERVER_PREFIX}{:012x}{}",
+        now_ms() & 0xffff_ffff_ffff,
+        hex(&random)
+    ))
+}
+
+/// Bytes as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` random bytes as hex (session ids, CSRF tokens, feed ids), from the
+/// OS; should that fail, from fastrand (itself seeded from the OS).
+pub fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
     }
-    Ok(id)
+    hex(&bytes)
 }
 
 /// Whether a client-chosen id has the server's reserved form.

@@ -16,9 +16,10 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("v1={hex}")
+    format!(
+        "v1={}",
+        crate::driver::ids::hex(&mac.finalize().into_bytes())
+    )
 }
 
 /// Whether `header` is the signature of `body` at `timestamp` (constant time).

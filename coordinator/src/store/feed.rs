@@ -73,7 +73,7 @@ impl Feed {
             ring: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
             capacity: capacity.max(1),
             end: watch::Sender::new(1),
-            id: feed_id(),
+            id: crate::driver::ids::random_hex::<8>(),
             ended: tokio::sync::Notify::new(),
         })
     }
@@ -143,15 +143,6 @@ impl Feed {
         let skip = (from - oldest) as usize;
         Read::Items(ring.iter().skip(skip).take(limit).cloned().collect())
     }
-}
-
-/// 16 random hex digits.
-fn feed_id() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes = fastrand::u64(..).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
