@@ -62,6 +62,37 @@ pub async fn request_json(
     Ok(value)
 }
 
+/// `method path` at `addr` over HTTPS, trusting only `ca_pem` (the server's
+/// certificate must name 127.0.0.1).
+pub async fn request_tls(
+    addr: &str,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> anyhow::Result<Answer> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1")?.to_owned();
+    let stream = connector.connect(name, tcp).await?;
+    let typed = form.map(|f| ("application/x-www-form-urlencoded", f));
+    exchange(stream, addr, method, path, cookie, typed).await
+}
+
 async fn send(
     addr: &str,
     method: &str,
@@ -69,7 +100,18 @@ async fn send(
     cookie: Option<&str>,
     typed: Option<(&str, &str)>,
 ) -> anyhow::Result<Answer> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    exchange(stream, addr, method, path, cookie, typed).await
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    addr: &str,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    typed: Option<(&str, &str)>,
+) -> anyhow::Result<Answer> {
     let body = typed.map_or("", |(_, b)| b);
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(c) = cookie {

@@ -5,10 +5,11 @@
 //! may look but not act; retry and abort work and land in the audit log with
 //! the user and the reason; unknown ids are a 404 page; payloads are not in
 //! the HTML unless asked for; without tokens the console refuses to start
-//! unless --console-insecure.
+//! unless --console-insecure. With --tls-cert the console serves HTTPS
+//! only, with the configured certificate, and the cookie is Secure.
 
 use arbiter_sdk::{Branch, Client, ConnectOptions, Execute};
-use arbiter_tests::http::{Answer, form_value, request};
+use arbiter_tests::http::{Answer, form_value, request, request_tls};
 use arbiter_tests::process::{Start, free_port};
 use arbiter_tests::{ArbiterProcess, eventually, recorder_participant};
 
@@ -233,6 +234,20 @@ async fn the_console_needs_a_login_shows_transactions_and_acts_safely() -> anyho
     assert!(matches!(odd.status, 400 | 404), "{}", odd.status);
     assert_eq!(console.get("/", Some(&ops)).await?.status, 200);
 
+    // The overview charts throughput and latency (sampled every 10 s): the
+    // transactions finished above show up as points once two samples exist.
+    let charted = eventually("the overview charts latency", || async {
+        let page = console.get("/", Some(&ops)).await.ok()?;
+        let at = page.body.find("class=\"p50\" points=\"")?;
+        let points = &page.body[at + "class=\"p50\" points=\"".len()..];
+        points
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then_some(page)
+    })
+    .await;
+    assert!(charted.body.contains("Latency (this node)"));
+    assert!(charted.body.contains("tx/s"), "the throughput chart");
+
     // Logging out ends the session.
     let out = console
         .post("/logout", Some(&ops), &format!("csrf={csrf}"))
@@ -280,4 +295,105 @@ async fn without_tokens_the_console_starts_only_when_told_it_is_insecure() -> an
     assert_eq!(with.status, 404, "{}", with.body);
     open.terminate().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn with_tls_the_console_serves_https_only_and_the_cookie_is_secure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = arbiter_tests::certs::TestCa::new()?;
+    let server = ca.server()?;
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &server.cert)?;
+    std::fs::write(&key, &server.key)?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    // The gRPC port serves TLS too, so the harness's plain readiness probe
+    // does not apply: start the binary directly and wait for the console.
+    let child = std::process::Command::new(arbiter_tests::process::arbiter_bin()?)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()?))
+        .arg("--data-dir")
+        .arg(dir.path().join("log"))
+        .args(["--console-listen", &addr])
+        .arg("--admin-token")
+        .arg(format!("ops={ADMIN}"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let _child = KillOnDrop(child);
+    let ca_pem = ca.cert();
+    let login_page = eventually("the console answers over HTTPS", || async {
+        request_tls(&addr, &ca_pem, "GET", "/login", None, None)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(login_page.status, 200);
+    assert!(login_page.body.contains("token"), "{}", login_page.body);
+
+    // Plain HTTP gets no page: the port speaks TLS only.
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        request(&addr, "GET", "/login", None, None),
+    )
+    .await?;
+    assert!(
+        !matches!(&plain, Ok(a) if a.status == 200),
+        "plain HTTP was served: {plain:?}"
+    );
+
+    let refused = request_tls(
+        &addr,
+        &ca_pem,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={}", form_value("wrong-token-123456"))),
+    )
+    .await?;
+    assert_eq!(refused.status, 401);
+    let answer = request_tls(
+        &addr,
+        &ca_pem,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={ADMIN}")),
+    )
+    .await?;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let set = answer.header("set-cookie").unwrap_or_default().to_string();
+    assert!(
+        set.contains("; Secure") && set.contains("HttpOnly"),
+        "under TLS the cookie is Secure: {set}"
+    );
+    let cookie = set.split(';').next().unwrap_or_default().to_string();
+    let overview = request_tls(&addr, &ca_pem, "GET", "/", Some(&cookie), None).await?;
+    assert_eq!(overview.status, 200);
+    assert!(overview.body.contains("ops"), "{}", overview.body);
+
+    // A client that trusts another CA does not get through.
+    let stranger = arbiter_tests::certs::TestCa::new()?.cert();
+    assert!(
+        request_tls(&addr, &stranger, "GET", "/login", None, None)
+            .await
+            .is_err(),
+        "the console's certificate is the one configured"
+    );
+    Ok(())
+}
+
+/// Kills (SIGKILL) and reaps the process when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

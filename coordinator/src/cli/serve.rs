@@ -281,8 +281,8 @@ impl ServeArgs {
         })
     }
 
-    /// `--console-listen`: refused without tokens unless `--console-insecure`,
-    /// and (for now) with TLS on the gRPC port.
+    /// `--console-listen`: refused without tokens unless `--console-insecure`;
+    /// over TLS with the gRPC port's settings when those are set.
     fn console(&self) -> anyhow::Result<Option<crate::console::ConsoleConfig>> {
         let Some(listen) = self.console_listen else {
             return Ok(None);
@@ -296,15 +296,26 @@ impl ServeArgs {
                  Configure tokens, or add --console-insecure to run it open on a trusted network"
             );
         }
-        if self.tls_cert.is_some() {
-            anyhow::bail!(
-                "--console-listen with --tls-cert: the console does not serve TLS yet; \
-                 run it on 127.0.0.1 behind a TLS-terminating proxy, without --tls-cert on this node"
-            );
-        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let ca = match &self.tls_client_ca {
+                    Some(ca) => Some(pem(ca, "--tls-client-ca")?),
+                    None => None,
+                };
+                let config = crate::console::tls::server_config(
+                    &pem(cert, "--tls-cert")?,
+                    &pem(key, "--tls-key")?,
+                    ca.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("the console's TLS: {e}"))?;
+                Some(config)
+            }
+            _ => None,
+        };
         Ok(Some(crate::console::ConsoleConfig {
             listen,
             insecure: self.console_insecure,
+            tls,
         }))
     }
 

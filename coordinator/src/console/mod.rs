@@ -7,11 +7,14 @@
 //! SameSite=Strict cookie that expires; every action is a POST carrying the
 //! session's CSRF token and a reason, and is written to the audit log as
 //! `console:<token name>`. With no token configured the console refuses to
-//! start unless `--console-insecure` is given.
+//! start unless `--console-insecure` is given. With `--tls-cert` the console
+//! serves HTTPS with the gRPC port's settings ([`tls`]) and the cookie is
+//! `Secure`.
 
 mod actions;
 mod pages;
 mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::driver::{Driver, DriverError, ListFilter};
+use crate::driver::{Driver, DriverError, ListFilter, latency};
 use crate::engine::{Mode, Txn, TxnState};
 use crate::security::Auth;
 use session::{COOKIE, Session, Sessions};
@@ -33,6 +36,8 @@ pub struct ConsoleConfig {
     pub listen: SocketAddr,
     /// Serve without tokens (anyone who reaches the port may act).
     pub insecure: bool,
+    /// HTTPS, with the gRPC port's certificate, key and client CA.
+    pub tls: Option<Arc<tls::rustls::ServerConfig>>,
 }
 
 pub(crate) struct Console {
@@ -41,32 +46,62 @@ pub(crate) struct Console {
     sessions: Sessions,
     /// With no tokens (and `--console-insecure`): everyone is this session.
     open: Option<Session>,
-    /// Finished transactions so far, sampled every [`SAMPLE`] (the chart).
-    samples: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Finished transactions so far, sampled every [`SAMPLE`] (the charts).
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
+    /// Served over TLS: the session cookie is `Secure`.
+    secure: bool,
+    /// Login attempts checked at once; a refused one holds its place for
+    /// [`REFUSED_LOGIN`], so guessing tokens is slow.
+    logins: tokio::sync::Semaphore,
 }
+
+const LOGINS: usize = 4;
+const REFUSED_LOGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often the overview's throughput is sampled, and how many are kept.
 const SAMPLE: std::time::Duration = std::time::Duration::from_secs(10);
 const SAMPLES: usize = 61;
 
-/// Transactions finished per second between consecutive samples, oldest
-/// first.
-fn rates(samples: &std::collections::VecDeque<(u64, u64)>) -> Vec<f64> {
+/// What the sampler read at one time.
+struct Sample {
+    at_ms: u64,
+    finished: u64,
+    latencies: [u64; latency::BUCKETS],
+}
+
+/// One interval between consecutive samples: the charts' points.
+pub(crate) struct Interval {
+    /// Transactions finished per second.
+    pub rate: f64,
+    /// Quantiles of how long they took, begin to final state; none when
+    /// nothing finished.
+    pub p50: Option<std::time::Duration>,
+    pub p99: Option<std::time::Duration>,
+}
+
+/// The intervals between consecutive samples, oldest first.
+fn intervals(samples: &std::collections::VecDeque<Sample>) -> Vec<Interval> {
     samples
         .iter()
         .zip(samples.iter().skip(1))
-        .map(|((t0, n0), (t1, n1))| {
-            let secs = (t1.saturating_sub(*t0) as f64 / 1000.0).max(0.001);
-            n1.saturating_sub(*n0) as f64 / secs
+        .map(|(a, b)| {
+            let secs = (b.at_ms.saturating_sub(a.at_ms) as f64 / 1000.0).max(0.001);
+            Interval {
+                rate: b.finished.saturating_sub(a.finished) as f64 / secs,
+                p50: latency::quantile(&a.latencies, &b.latencies, 0.5),
+                p99: latency::quantile(&a.latencies, &b.latencies, 0.99),
+            }
         })
         .collect()
 }
 
 type Shared = Arc<Console>;
 
-/// Serves the console on `listener` until `shutdown` completes.
+/// Serves the console on `listener` (over TLS with `tls`) until `shutdown`
+/// completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::rustls::ServerConfig>>,
     driver: Driver,
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -78,6 +113,8 @@ pub async fn serve(
         sessions: Sessions::default(),
         open,
         samples: Default::default(),
+        secure: tls.is_some(),
+        logins: tokio::sync::Semaphore::new(LOGINS),
     });
     let sampler = {
         let console = console.clone();
@@ -86,18 +123,32 @@ pub async fn serve(
             loop {
                 every.tick().await;
                 let stats = console.driver.stats();
-                let finished = stats.committed_since_start + stats.aborted_since_start;
+                let sample = Sample {
+                    at_ms: crate::driver::ids::now_ms(),
+                    finished: stats.committed_since_start + stats.aborted_since_start,
+                    latencies: console.driver.latencies(),
+                };
                 let mut samples = console.samples.lock().unwrap_or_else(|p| p.into_inner());
                 if samples.len() >= SAMPLES {
                     samples.pop_front();
                 }
-                samples.push_back((crate::driver::ids::now_ms(), finished));
+                samples.push_back(sample);
             }
         })
     };
-    let served = axum::serve(listener, router(console))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(console);
+    let served = match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     sampler.abort();
     served
 }
@@ -198,8 +249,12 @@ struct LoginForm {
 }
 
 async fn login(State(console): State<Shared>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+    let Ok(_turn) = console.logins.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the console is stopping").into_response();
+    };
     let Some((user, can_act)) = console.auth.console_login(form.token.trim()) else {
         tracing::warn!("console login with an unknown token refused");
+        tokio::time::sleep(REFUSED_LOGIN).await;
         return page(
             StatusCode::UNAUTHORIZED,
             pages::login(Some("That token is not known.")),
@@ -207,10 +262,16 @@ async fn login(State(console): State<Shared>, axum::Form(form): axum::Form<Login
     };
     let id = console.sessions.open(user, can_act);
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        session::LIFETIME.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        session::LIFETIME.as_secs(),
+        secure(&console)
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// The cookie attribute that keeps it off plain HTTP, under TLS.
+fn secure(console: &Console) -> &'static str {
+    if console.secure { "; Secure" } else { "" }
 }
 
 #[derive(serde::Deserialize)]
@@ -234,7 +295,10 @@ async fn logout(
     if let Some(id) = session::cookie_of(&headers) {
         console.sessions.close(&id);
     }
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let cookie = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure(&console)
+    );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
@@ -251,8 +315,11 @@ async fn overview(State(console): State<Shared>, headers: HeaderMap) -> Response
     } else {
         console.driver.stats()
     };
-    let rates = rates(&console.samples.lock().unwrap_or_else(|p| p.into_inner()));
-    page(StatusCode::OK, pages::overview(&stats, &rates, &session))
+    let intervals = intervals(&console.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    page(
+        StatusCode::OK,
+        pages::overview(&stats, &intervals, &session),
+    )
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -447,6 +514,15 @@ pub(crate) fn path_escape(text: &str) -> String {
 }
 
 /// A duration for people: "42 s", "5 min", "3 h", "2 d".
+/// A latency for people: "0.8 ms", "12 ms", "1.4 s".
+pub(crate) fn duration_text(ms: f64) -> String {
+    match ms {
+        ms if ms < 10.0 => format!("{ms:.1} ms"),
+        ms if ms < 1000.0 => format!("{ms:.0} ms"),
+        ms => format!("{:.1} s", ms / 1000.0),
+    }
+}
+
 pub(crate) fn age_text(ms: u64) -> String {
     let s = ms / 1000;
     match s {

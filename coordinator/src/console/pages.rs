@@ -8,6 +8,7 @@ use crate::driver::Stats;
 use crate::engine::{BranchState, Txn, TxnState};
 use crate::store::AuditEntry;
 
+use super::Interval;
 use super::session::Session;
 
 const STYLE: &str = include_str!("console.css");
@@ -129,26 +130,62 @@ pub fn login(error: Option<&str>) -> Markup {
 }
 
 /// Throughput over the last minutes, as SVG bars (no script, no library).
-fn chart(rates: &[f64]) -> Markup {
-    let max = rates.iter().copied().fold(0.0_f64, f64::max);
+fn throughput_chart(points: &[Interval]) -> Markup {
+    let max = points.iter().map(|p| p.rate).fold(0.0_f64, f64::max);
     let (w, h) = (600.0, 100.0);
-    let bar = w / rates.len().max(1) as f64;
+    let bar = w / points.len().max(1) as f64;
     html! {
         svg.chart viewBox="0 0 600 120" role="img" aria-label="transactions finished per second" {
-            @for (i, r) in rates.iter().enumerate() {
-                @let height = if max > 0.0 { r / max * h } else { 0.0 };
+            @for (i, p) in points.iter().enumerate() {
+                @let height = if max > 0.0 { p.rate / max * h } else { 0.0 };
                 rect x=(format!("{:.1}", i as f64 * bar + 1.0)) y=(format!("{:.1}", h - height + 5.0))
                     width=(format!("{:.1}", (bar - 2.0).max(1.0))) height=(format!("{:.1}", height)) {
-                    title { (format!("{r:.0} tx/s")) }
+                    title { (format!("{:.0} tx/s", p.rate)) }
                 }
             }
-            text x="4" y="118" { "last " (rates.len() * 10 / 60) " min, 10 s per bar" }
+            text x="4" y="118" { "last " (points.len() * 10 / 60) " min, 10 s per bar" }
             text x="596" y="118" text-anchor="end" { "max " (format!("{max:.0}")) " tx/s" }
         }
     }
 }
 
-pub fn overview(stats: &Stats, rates: &[f64], session: &Session) -> Markup {
+/// Begin-to-end latency over the last minutes: p50 and p99 as SVG lines
+/// (intervals where nothing finished leave a gap).
+fn latency_chart(points: &[Interval]) -> Markup {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let max = points
+        .iter()
+        .filter_map(|p| ms(p.p99))
+        .fold(0.0_f64, f64::max);
+    let (w, h) = (600.0, 100.0);
+    let step = w / points.len().max(1) as f64;
+    let line = |pick: &dyn Fn(&Interval) -> Option<f64>| -> String {
+        points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let v = pick(p)?;
+                let y = if max > 0.0 {
+                    h - v / max * h + 5.0
+                } else {
+                    h + 5.0
+                };
+                Some(format!("{:.1},{:.1}", i as f64 * step + step / 2.0, y))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    html! {
+        svg.chart.latency viewBox="0 0 600 120" role="img" aria-label="transaction latency, p50 and p99" {
+            polyline.p99 points=(line(&|p| ms(p.p99))) {}
+            polyline.p50 points=(line(&|p| ms(p.p50))) {}
+            text x="4" y="118" { "p50 (dark) and p99 (light), begin to final state, 10 s per point" }
+            text x="596" y="118" text-anchor="end" { "max " (super::duration_text(max)) }
+        }
+    }
+}
+
+pub fn overview(stats: &Stats, points: &[Interval], session: &Session) -> Markup {
     let unfinished: u64 = stats.unfinished.iter().map(|(_, n)| n).sum();
     layout(
         "Overview",
@@ -167,11 +204,18 @@ pub fn overview(stats: &Stats, rates: &[f64], session: &Session) -> Markup {
                 div.card { span.big { (super::age_text(stats.oldest_unfinished_age_ms)) } span { "oldest unfinished" } }
             }
             h2 { "Throughput (this node)" }
-        @if rates.is_empty() {
-            p.muted { "Measured every 10 s: the chart starts after the first 20 s." }
-        } @else {
-            (chart(rates))
-        }
+            @if points.is_empty() {
+                p.muted { "Measured every 10 s: the charts start after the first 20 s." }
+            } @else {
+                (throughput_chart(points))
+                h2 { "Latency (this node)" }
+                @let last = points.last();
+                p.muted {
+                    "Last 10 s: p50 " (last.and_then(|p| p.p50).map_or("–".to_string(), |d| super::duration_text(d.as_secs_f64() * 1000.0)))
+                    ", p99 " (last.and_then(|p| p.p99).map_or("–".to_string(), |d| super::duration_text(d.as_secs_f64() * 1000.0)))
+                }
+                (latency_chart(points))
+            }
         h2 { "Unfinished by state" }
             table {
                 thead { tr { th { "State" } th { "Count" } } }

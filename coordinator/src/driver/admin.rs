@@ -324,6 +324,11 @@ impl Driver {
     }
 
     /// This node's numbers.
+    /// Transactions finished here so far, by how long they took.
+    pub fn latencies(&self) -> [u64; super::latency::BUCKETS] {
+        self.inner.latencies.snapshot()
+    }
+
     pub fn stats(&self) -> Stats {
         let live = self
             .inner

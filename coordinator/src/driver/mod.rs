@@ -7,6 +7,7 @@ mod answer;
 mod backoff;
 mod error;
 pub mod ids;
+pub mod latency;
 mod notices;
 mod ownership;
 mod participants;

@@ -48,9 +48,10 @@ enum Step {
 pub struct Steps(Vec<Step>);
 
 /// Metrics of a transaction that just became final.
-fn record_finished(txn: &Txn) {
+fn record_finished(txn: &Txn, latencies: &super::latency::Latencies) {
     let since = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
     let finished = txn.finished_at_ms.unwrap_or_else(ids::now_ms);
+    latencies.record(since(txn.created_at_ms, finished));
     crate::metrics::transaction_finished(
         txn.mode.name(),
         txn.state == TxnState::Committed,
@@ -78,6 +79,8 @@ pub struct Inner {
     /// Transactions finished since start, by outcome.
     pub committed: AtomicU64,
     pub aborted: AtomicU64,
+    /// How long the transactions finished here took (the console's chart).
+    pub latencies: super::latency::Latencies,
     /// Transactions held in memory (unfinished, or just finished).
     live: std::sync::atomic::AtomicUsize,
     /// The store's count of lease lapses last acted on (`ownership`).
@@ -152,6 +155,7 @@ impl Inner {
             stopping: watch::Sender::new(false),
             committed: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
+            latencies: Default::default(),
             live: Default::default(),
             lapses_seen: AtomicU64::new(0),
             feed,
@@ -404,7 +408,7 @@ impl Inner {
                 Step::Lazy(durable) => lazy = Some(durable),
                 Step::Publish(published) => {
                     if published.state.is_final() {
-                        record_finished(&slot.lock());
+                        record_finished(&slot.lock(), &self.latencies);
                     }
                     slot.publish(published)
                 }

@@ -205,6 +205,7 @@ pub async fn run(
             };
             Some(tokio::spawn(crate::console::serve(
                 listener,
+                c.tls.clone(),
                 driver.clone(),
                 (*auth).clone(),
                 until_stopping,
