@@ -469,3 +469,135 @@ async fn a_watch_on_another_node_follows_through_a_takeover_without_a_gap() -> a
     assert_eq!(owner(&c2, &first.txn_id).await.as_deref(), Some(""));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_on_one_node_acts_on_transactions_another_node_drives() -> anyhow::Result<()> {
+    use arbiter_sdk::ConnectOptions;
+    use arbiter_tests::http::{form_value, request};
+    const ADMIN: &str = "ops-0123456789abcdef";
+    let (cluster, dir) = (database().await?, tempfile::tempdir()?);
+    let store = cluster.store_url("arbiter");
+    let console = format!("127.0.0.1:{}", arbiter_tests::process::free_port()?);
+    let token = format!("ops={ADMIN}");
+    let start = |id: &'static str, extra: Vec<String>| {
+        let mut args: Vec<String> = [
+            "--store",
+            &store,
+            "--node-id",
+            id,
+            "--lease-ms",
+            LEASE_MS,
+            "--retry-base-ms",
+            "20",
+            "--retry-max-ms",
+            "200",
+            "--stuck-after-attempts",
+            "2",
+            "--admin-token",
+            &token,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra);
+        let path = dir.path().join(id);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ArbiterProcess::start(&path, &args).await
+        }
+    };
+    let n1 = start("n1", vec![]).await?;
+    let n2 = start("n2", vec!["--console-listen".to_string(), console.clone()]).await?;
+    let c1 = Client::connect_with(n1.endpoint.clone(), ConnectOptions::new().token(ADMIN)).await?;
+
+    // Stuck on n1: its commit keeps failing.
+    let (p, rec) = recorder_participant().await?;
+    rec.set_fail_phase2(true);
+    let stuck = c1
+        .execute(
+            Execute::two_phase()
+                .wait(false)
+                .branch(Branch::new(p.endpoint(), "r1")),
+        )
+        .await?
+        .txn_id;
+    // Undecided on n1.
+    let open = c1.begin(Mode::TwoPhase, None).await?;
+    c1.register_branch(&open, &Branch::new(p.endpoint(), "r2"))
+        .await?;
+
+    // Log in on n2's console.
+    let login = eventually("n2's console answers", || async {
+        request(
+            &console,
+            "POST",
+            "/login",
+            None,
+            Some(&format!("token={ADMIN}")),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    assert_eq!(login.status, 303, "{login:?}");
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_string();
+    let shown = eventually("the stuck transaction shows on n2", || async {
+        let page = request(
+            &console,
+            "GET",
+            &format!("/txns/{stuck}"),
+            Some(&cookie),
+            None,
+        )
+        .await
+        .ok()?;
+        page.body.contains("STUCK").then_some(page)
+    })
+    .await;
+    assert!(shown.body.contains("n1"), "the owner node is shown");
+    let csrf = shown.input("csrf").unwrap_or_default();
+
+    // Retry and abort from n2: sent to n1, which drives them.
+    rec.set_fail_phase2(false);
+    let retried = request(
+        &console,
+        "POST",
+        &format!("/txns/{stuck}/retry"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await?;
+    assert_eq!(retried.status, 303, "{}", retried.body);
+    eventually("the retried transaction commits", || async {
+        (state(&c1, &stuck).await == Some(TxnState::Committed)).then_some(())
+    })
+    .await;
+    let reason = "cleaning up after the drill";
+    let aborted = request(
+        &console,
+        "POST",
+        &format!("/txns/{open}/abort"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}&reason={}", form_value(reason))),
+    )
+    .await?;
+    assert_eq!(aborted.status, 303, "{}", aborted.body);
+    assert_eq!(state(&c1, &open).await, Some(TxnState::Aborted));
+
+    // Both actions are audited as the console's user, whichever node acted.
+    let audit = request(&console, "GET", "/audit", Some(&cookie), None).await?;
+    assert!(
+        audit.body.contains("console:ops")
+            && audit.body.contains(reason)
+            && audit.body.contains("retry-now")
+            && audit.body.contains("force-abort"),
+        "{}",
+        audit.body
+    );
+    drop(n2);
+    Ok(())
+}

@@ -43,6 +43,8 @@ pub struct ConsoleConfig {
 pub(crate) struct Console {
     driver: Driver,
     auth: Auth,
+    /// Sends actions on transactions another node drives to that node.
+    forward: Arc<crate::server::forward::Forwarder>,
     sessions: Sessions,
     /// With no tokens (and `--console-insecure`): everyone is this session.
     open: Option<Session>,
@@ -104,12 +106,14 @@ pub async fn serve(
     tls: Option<Arc<tls::rustls::ServerConfig>>,
     driver: Driver,
     auth: Auth,
+    forward: Arc<crate::server::forward::Forwarder>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let open = (!auth.enabled()).then(Session::anonymous);
     let console = Arc::new(Console {
         driver,
         auth,
+        forward,
         sessions: Sessions::default(),
         open,
         samples: Default::default(),
@@ -260,7 +264,11 @@ async fn login(State(console): State<Shared>, axum::Form(form): axum::Form<Login
             pages::login(Some("That token is not known.")),
         );
     };
-    let id = console.sessions.open(user, can_act);
+    let id = console.sessions.open(
+        user,
+        can_act,
+        session::Secret(form.token.trim().to_string()),
+    );
     let cookie = format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
         session::LIFETIME.as_secs(),

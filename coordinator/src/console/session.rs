@@ -22,7 +22,20 @@ pub struct Session {
     /// An admin token: may act. A coordinator token may only look.
     pub can_act: bool,
     pub csrf: String,
+    /// The token logged in with, kept in this process only: an action on a
+    /// transaction another node drives is sent there with it.
+    pub token: Option<Secret>,
     expires: Instant,
+}
+
+/// A token that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Session {
@@ -32,6 +45,7 @@ impl Session {
             user: "anonymous".to_string(),
             can_act: true,
             csrf: random_id(),
+            token: None,
             expires: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
         }
     }
@@ -48,13 +62,15 @@ pub fn random_id() -> String {
 }
 
 impl Sessions {
-    /// Starts a session; returns its id (the cookie's value).
-    pub fn open(&self, user: String, can_act: bool) -> String {
+    /// Starts a session for the token `token` named `user`; returns its id
+    /// (the cookie's value).
+    pub fn open(&self, user: String, can_act: bool, token: Secret) -> String {
         let id = random_id();
         let session = Session {
             user,
             can_act,
             csrf: random_id(),
+            token: Some(token),
             expires: Instant::now() + LIFETIME,
         };
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,13 +123,17 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_id_until_closed() {
         let sessions = Sessions::default();
-        let id = sessions.open("ops".into(), true);
+        let id = sessions.open("ops".into(), true, Secret("t".into()));
         let s = sessions.get(&id).unwrap_or_else(|| panic!("open"));
         assert_eq!(
             (s.user.as_str(), s.can_act, s.csrf.len()),
             ("ops", true, 32)
         );
         assert!(sessions.get("nope").is_none());
+        assert!(
+            !format!("{s:?}").contains("\"t\""),
+            "the token stays out of debug output"
+        );
         sessions.close(&id);
         assert!(sessions.get(&id).is_none());
         let mut headers = axum::http::HeaderMap::new();

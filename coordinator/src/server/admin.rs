@@ -22,21 +22,34 @@ pub struct AdminService {
 }
 
 /// A client of another node's Admin service.
-fn client(channel: Channel, max_message: usize) -> AdminClient<Channel> {
+pub(crate) fn client(channel: Channel, max_message: usize) -> AdminClient<Channel> {
     AdminClient::new(channel)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message)
 }
 
 /// Who is calling, for the audit log: the token's name when authentication
-/// is on, and the peer address.
+/// is on, and the peer address. An action the web console of another node
+/// forwarded here is `console:<name>`, as on that node.
 fn caller<T>(request: &Request<T>) -> String {
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown peer".to_string(), |addr| format!("peer {addr}"));
-    match request.extensions().get::<crate::security::Caller>() {
-        Some(caller) => format!("{} ({peer})", caller.0),
-        None => peer,
+    let console = request
+        .metadata()
+        .get(crate::server::forward::VIA)
+        .is_some_and(|v| v == "console");
+    match (
+        request.extensions().get::<crate::security::Caller>(),
+        console,
+    ) {
+        (Some(caller), true) => {
+            let name = caller.0.strip_prefix("token:").unwrap_or(&caller.0);
+            format!("console:{name} (via {peer})")
+        }
+        (Some(caller), false) => format!("{} ({peer})", caller.0),
+        (None, true) => format!("console:anonymous (via {peer})"),
+        (None, false) => peer,
     }
 }
 

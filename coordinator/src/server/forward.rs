@@ -21,8 +21,12 @@ use crate::driver::DriverError;
 /// Marks a call one node sent to another.
 const FORWARDED: &str = "x-arbiter-forwarded";
 
+/// Says an admin call came from the web console (`console`): the node that
+/// acts records the caller as `console:<token name>`.
+pub const VIA: &str = "x-arbiter-via";
+
 /// Headers a forwarded call carries on.
-const CARRIED: [&str; 3] = ["authorization", "traceparent", "tracestate"];
+const CARRIED: [&str; 4] = ["authorization", "traceparent", "tracestate", VIA];
 
 /// How long a forwarded call may take when its caller set no deadline.
 const DEFAULT_PATIENCE: Duration = Duration::from_secs(60);

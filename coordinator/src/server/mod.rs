@@ -2,10 +2,10 @@
 //! recover, serve, shut down. Services here are thin: decode, call the driver,
 //! map errors in one place (`status`).
 
-mod admin;
+pub(crate) mod admin;
 pub(crate) mod convert;
 mod coordinator;
-mod forward;
+pub(crate) mod forward;
 pub mod incoming;
 pub mod requests;
 mod status;
@@ -187,6 +187,7 @@ pub async fn run(
     };
     let collector = tokio::spawn(collect_periodically(driver.clone(), collect_interval));
     driver.start_notices();
+    let forward = Arc::new(forward::Forwarder::new(participant_tls, max_message));
     let console = match &console_config {
         Some(c) => {
             let listener = tokio::net::TcpListener::bind(c.listen).await.map_err(|e| {
@@ -208,6 +209,7 @@ pub async fn run(
                 c.tls.clone(),
                 driver.clone(),
                 (*auth).clone(),
+                forward.clone(),
                 until_stopping,
             )))
         }
@@ -217,7 +219,6 @@ pub async fn run(
     let gauges = metrics.then(|| tokio::spawn(update_gauges(driver.clone())));
     // In a cluster: claim the transactions of nodes that are gone.
     let taker = shared.then(|| tokio::spawn(take_over_periodically(driver.clone())));
-    let forward = Arc::new(forward::Forwarder::new(participant_tls, max_message));
     let coordinator = InterceptedService::new(
         CoordinatorServer::new(CoordinatorService {
             driver: driver.clone(),
