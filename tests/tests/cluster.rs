@@ -561,8 +561,9 @@ async fn the_console_on_one_node_acts_on_transactions_another_node_drives() -> a
     assert!(shown.body.contains("n1"), "the owner node is shown");
     let csrf = shown.input("csrf").unwrap_or_default();
 
-    // Retry and abort from n2: sent to n1, which drives them.
-    rec.set_fail_phase2(false);
+    // Retry and abort from n2: sent to n1, which drives them. (The commit
+    // still fails while the retry is sent, so no scheduled retry can finish
+    // the transaction first and make the retry moot.)
     let retried = request(
         &console,
         "POST",
@@ -572,6 +573,7 @@ async fn the_console_on_one_node_acts_on_transactions_another_node_drives() -> a
     )
     .await?;
     assert_eq!(retried.status, 303, "{}", retried.body);
+    rec.set_fail_phase2(false);
     eventually("the retried transaction commits", || async {
         (state(&c1, &stuck).await == Some(TxnState::Committed)).then_some(())
     })
