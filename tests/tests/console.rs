@@ -165,8 +165,9 @@ async fn the_console_needs_a_login_shows_transactions_and_acts_safely() -> anyho
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("may look but not act"));
 
-    // The participant is back; the operator retries now.
-    rec.set_fail_phase2(false);
+    // The operator retries now; the participant comes back. (It comes back
+    // after the retry is accepted, so no scheduled retry can finish the
+    // transaction first and make the retry moot.)
     let retried = console
         .post(
             &format!("/txns/{id}/retry"),
@@ -175,6 +176,7 @@ async fn the_console_needs_a_login_shows_transactions_and_acts_safely() -> anyho
         )
         .await?;
     assert_eq!(retried.status, 303, "{}", retried.body);
+    rec.set_fail_phase2(false);
     eventually("retried to COMMITTED", || async {
         let txn = client.get_transaction(&id).await.ok()?;
         (txn.state() == arbiter_sdk::proto::TxnState::Committed).then_some(())
