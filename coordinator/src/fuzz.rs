@@ -91,6 +91,7 @@ pub fn request_bytes(data: &[u8]) {
             resource: req.resource,
             payload: req.payload,
             call_timeout_ms: req.call_timeout_ms,
+            saga: req.saga,
         });
     }
     if let Ok(req) = pb::ListTransactionsRequest::decode(data) {
@@ -202,6 +203,11 @@ mod tests {
                     resource: "r".into(),
                     payload: b"yes".to_vec(),
                     call_timeout_ms: 10,
+                    saga: Some(pb::SagaStep {
+                        depends_on: vec!["1".into()],
+                        start_at_once: false,
+                        must_succeed: true,
+                    }),
                 }],
                 wait: true,
             }

@@ -52,6 +52,7 @@ impl From<EngineError> for DriverError {
                 DriverError::FailedPrecondition(e.to_string())
             }
             EngineError::BranchConflict { .. } => DriverError::AlreadyExists(e.to_string()),
+            EngineError::BadStep { .. } => DriverError::InvalidArgument(e.to_string()),
         }
     }
 }

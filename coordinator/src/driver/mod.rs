@@ -25,7 +25,7 @@ pub use error::DriverError;
 pub use validate::BranchSpec;
 
 use crate::config::Config;
-use crate::engine::{Branch, Event, Mode, Txn, TxnState};
+use crate::engine::{Event, Mode, Txn, TxnState};
 use crate::store::{LogWriter, TxnLog, WriterStats};
 pub use answer::{BranchOutcome, Outcome};
 use answer::{branch_outcomes, outcome};
@@ -154,6 +154,7 @@ impl Driver {
                     .unwrap_or(0);
                 match inner.apply(&slot, Event::Recovered) {
                     Ok(steps) => {
+                        inner.rearm_if_running(&slot);
                         if inner.perform(&slot, steps).await.is_ok() {
                             let settle =
                                 Duration::from_millis(longest_call) + Duration::from_secs(1);
@@ -248,14 +249,9 @@ impl Driver {
         let now = ids::now_ms();
         let mut txn = Txn::new(id.clone(), mode, timeout_ms, now);
         for (n, spec) in branches.into_iter().enumerate() {
-            txn.branches.push(Branch::new(
-                (n + 1).to_string(),
-                spec.participant,
-                spec.resource,
-                spec.payload,
-                spec.call_timeout_ms,
-            ));
+            txn.branches.push(spec.into_branch((n + 1).to_string()));
         }
+        crate::engine::check_steps(&txn).map_err(DriverError::from)?;
         crate::engine::begin(&mut txn, now);
         let deadline_ms = txn.deadline_ms();
         let slot = Slot::traced(txn, trace::current());
@@ -332,13 +328,7 @@ impl Driver {
                     "transaction {txn_id} already has {max_branches} branches, the limit"
                 )));
             }
-            let branch = Branch::new(
-                id.clone(),
-                spec.participant,
-                spec.resource,
-                spec.payload,
-                spec.call_timeout_ms,
-            );
+            let branch = spec.into_branch(id.clone());
             Ok((Event::Register(branch), id))
         })?;
         self.inner.perform(&slot, steps).await?;

@@ -109,7 +109,10 @@ fn adopt(inner: &Arc<Inner>, taken: TakenOver) -> Option<Arc<Slot>> {
         inner.lose(&live);
     }
     match inner.apply(&slot, Event::Recovered) {
-        Ok(steps) => inner.perform_detached(slot.clone(), steps),
+        Ok(steps) => {
+            inner.rearm_if_running(&slot);
+            inner.perform_detached(slot.clone(), steps)
+        }
         Err(e) => {
             tracing::error!(txn = %id, error = %e, "could not resume a transaction taken over")
         }

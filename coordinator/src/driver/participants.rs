@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arbiter_proto::v1::saga_participant_client::SagaParticipantClient;
 use arbiter_proto::v1::tcc_participant_client::TccParticipantClient;
 use arbiter_proto::v1::two_phase_participant_client::TwoPhaseParticipantClient;
-use arbiter_proto::v1::{BranchCall, Vote, VoteKind};
+use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::{BranchCall, StepOutcome, Vote, VoteKind};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
@@ -218,12 +220,18 @@ impl Participants {
         let request = Self::request(spec);
         let call = async {
             match spec.mode {
-                Mode::TwoPhase => {
-                    TwoPhaseParticipantClient::new(channel)
-                        .prepare(request)
-                        .await
-                }
-                Mode::Tcc => TccParticipantClient::new(channel).r#try(request).await,
+                Mode::TwoPhase => TwoPhaseParticipantClient::new(channel)
+                    .prepare(request)
+                    .await
+                    .map(|r| vote_result(r.into_inner())),
+                Mode::Tcc => TccParticipantClient::new(channel)
+                    .r#try(request)
+                    .await
+                    .map(|r| vote_result(r.into_inner())),
+                Mode::Saga => SagaParticipantClient::new(channel)
+                    .action(request)
+                    .await
+                    .map(|r| step_vote(r.into_inner())),
             }
         };
         let rpc = CallKind::Prepare.rpc_name(spec.mode);
@@ -231,7 +239,7 @@ impl Participants {
         let answer = tokio::time::timeout(spec.timeout, call).await;
         record(spec, &answer, started);
         match answer {
-            Ok(Ok(response)) => vote_result(response.into_inner()),
+            Ok(Ok(voted)) => voted,
             Ok(Err(status)) => (status_vote(rpc, &status), Vec::new()),
             Err(_) => (
                 VoteResult::Transient(format!(
@@ -251,21 +259,35 @@ impl Participants {
         let channel = lent.channel.clone();
         let request = Self::request(spec);
         let call = async {
+            let ack = |r: tonic::Response<pb::Ack>| Ok(r.into_inner().result);
             match (spec.mode, spec.call) {
-                (Mode::TwoPhase, CallKind::Commit) => {
-                    TwoPhaseParticipantClient::new(channel)
-                        .commit(request)
+                (Mode::TwoPhase, CallKind::Commit) => TwoPhaseParticipantClient::new(channel)
+                    .commit(request)
+                    .await
+                    .map(ack),
+                (Mode::TwoPhase, _) => TwoPhaseParticipantClient::new(channel)
+                    .rollback(request)
+                    .await
+                    .map(ack),
+                (Mode::Tcc, CallKind::Commit) => TccParticipantClient::new(channel)
+                    .confirm(request)
+                    .await
+                    .map(ack),
+                (Mode::Tcc, _) => TccParticipantClient::new(channel)
+                    .cancel(request)
+                    .await
+                    .map(ack),
+                // A must-succeed step: its action, until it succeeds.
+                (Mode::Saga, CallKind::Commit | CallKind::Prepare) => {
+                    SagaParticipantClient::new(channel)
+                        .action(request)
                         .await
+                        .map(|r| step_done(r.into_inner()))
                 }
-                (Mode::TwoPhase, _) => {
-                    TwoPhaseParticipantClient::new(channel)
-                        .rollback(request)
-                        .await
-                }
-                (Mode::Tcc, CallKind::Commit) => {
-                    TccParticipantClient::new(channel).confirm(request).await
-                }
-                (Mode::Tcc, _) => TccParticipantClient::new(channel).cancel(request).await,
+                (Mode::Saga, CallKind::Rollback) => SagaParticipantClient::new(channel)
+                    .compensate(request)
+                    .await
+                    .map(ack),
             }
         };
         let rpc = spec.call.rpc_name(spec.mode);
@@ -273,8 +295,7 @@ impl Participants {
         let answer = tokio::time::timeout(spec.timeout, call).await;
         record(spec, &answer, started);
         match answer {
-            Ok(Ok(ack)) => {
-                let result = ack.into_inner().result;
+            Ok(Ok(Ok(result))) => {
                 if result.len() > MAX_RESULT {
                     // The call still counts: the work is done.
                     tracing::warn!(txn = %spec.txn_id, branch = %spec.branch_id, bytes = result.len(),
@@ -283,12 +304,61 @@ impl Participants {
                 }
                 Ok(result)
             }
+            Ok(Ok(Err(why))) => Err(why),
             Ok(Err(status)) => Err(describe_status(rpc, &status)),
             Err(_) => Err(format!(
                 "{rpc} timed out after {} ms",
                 spec.timeout.as_millis()
             )),
         }
+    }
+}
+
+/// A saga step's answer to its action, as a vote: succeeded = YES, failed
+/// = a definitive NO, retry = transient.
+fn step_vote(answer: pb::StepResult) -> Phase1Result {
+    match StepOutcome::try_from(answer.outcome) {
+        Ok(StepOutcome::StepSucceeded) if answer.result.len() > MAX_RESULT => {
+            let why = format!(
+                "succeeded with a result of {} bytes, over the {MAX_RESULT}-byte limit",
+                answer.result.len()
+            );
+            (VoteResult::No(why), Vec::new())
+        }
+        Ok(StepOutcome::StepSucceeded) => (VoteResult::Yes, answer.result),
+        Ok(StepOutcome::StepFailed) if answer.reason.is_empty() => {
+            (VoteResult::No("failed, no reason given".into()), Vec::new())
+        }
+        Ok(StepOutcome::StepFailed) => (
+            VoteResult::No(validate::truncated(answer.reason)),
+            Vec::new(),
+        ),
+        Ok(StepOutcome::StepRetry) => (
+            VoteResult::Transient(format!(
+                "action asked to retry: {}",
+                validate::truncated(answer.reason)
+            )),
+            Vec::new(),
+        ),
+        // Not a success: the step has not happened.
+        Ok(StepOutcome::Unspecified) | Err(_) => (
+            VoteResult::No(format!(
+                "participant answered the action without an outcome ({})",
+                answer.outcome
+            )),
+            Vec::new(),
+        ),
+    }
+}
+
+/// A must-succeed step's answer to its action: done, or why it is retried.
+fn step_done(answer: pb::StepResult) -> Result<Vec<u8>, String> {
+    match step_vote(answer) {
+        (VoteResult::Yes, result) => Ok(result),
+        (VoteResult::No(why) | VoteResult::Transient(why), _) => Err(format!(
+            "a must-succeed step's action did not succeed (retried): {why}"
+        )),
+        (VoteResult::ReadOnly, _) => Ok(Vec::new()),
     }
 }
 

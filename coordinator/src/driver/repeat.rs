@@ -10,6 +10,7 @@ pub(super) struct Wanted<'a> {
     participant: &'a str,
     resource: &'a str,
     payload: &'a [u8],
+    step: (&'a [String], bool, bool),
 }
 
 impl<'a> From<&'a BranchSpec> for Wanted<'a> {
@@ -18,6 +19,7 @@ impl<'a> From<&'a BranchSpec> for Wanted<'a> {
             participant: &spec.participant,
             resource: &spec.resource,
             payload: &spec.payload,
+            step: (&spec.depends_on, spec.start_at_once, spec.must_succeed),
         }
     }
 }
@@ -28,6 +30,11 @@ impl<'a> From<&'a Branch> for Wanted<'a> {
             participant: &branch.participant,
             resource: &branch.resource,
             payload: &branch.payload,
+            step: (
+                &branch.depends_on,
+                branch.start_at_once,
+                branch.must_succeed,
+            ),
         }
     }
 }
@@ -52,6 +59,7 @@ pub(super) fn repeated_begin(
                 validate::same_endpoint(&b.participant, w.participant)
                     && b.resource == w.resource
                     && b.payload == w.payload
+                    && Wanted::from(b).step == w.step
             }));
     let different = if existing.mode != mode {
         "mode"

@@ -556,6 +556,21 @@ impl Inner {
         *slot.timer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.abort_handle());
     }
 
+    /// Arms the timeout again of a saga found RUNNING by recovery or a
+    /// takeover (a 2PC transaction is never undecided after `Recovered`).
+    pub fn rearm_if_running(self: &Arc<Self>, slot: &Arc<Slot>) {
+        let (running, deadline_ms) = {
+            let txn = slot.lock();
+            (
+                txn.mode == crate::engine::Mode::Saga && txn.state == TxnState::Preparing,
+                txn.deadline_ms(),
+            )
+        };
+        if running {
+            self.arm_timer(slot, deadline_ms);
+        }
+    }
+
     pub async fn step_and_perform(self: &Arc<Self>, slot: &Arc<Slot>, event: Event) {
         match self.apply(slot, event) {
             Ok(steps) => {

@@ -20,6 +20,30 @@ pub struct BranchSpec {
     pub payload: Vec<u8>,
     /// 0 means the server default.
     pub call_timeout_ms: u64,
+    /// Saga steps only (see `engine::saga`).
+    pub depends_on: Vec<String>,
+    pub start_at_once: bool,
+    pub must_succeed: bool,
+}
+
+/// Steps one saga step may name in `depends_on`.
+const MAX_DEPENDS_ON: usize = 64;
+
+impl BranchSpec {
+    /// The engine's branch `id` for this (checked) spec.
+    pub fn into_branch(self, id: String) -> crate::engine::Branch {
+        let mut branch = crate::engine::Branch::new(
+            id,
+            self.participant,
+            self.resource,
+            self.payload,
+            self.call_timeout_ms,
+        );
+        branch.depends_on = self.depends_on;
+        branch.start_at_once = self.start_at_once;
+        branch.must_succeed = self.must_succeed;
+        branch
+    }
 }
 
 fn invalid(msg: String) -> DriverError {
@@ -257,6 +281,15 @@ pub fn branch(config: &Config, spec: &mut BranchSpec) -> Result<(), DriverError>
         config.default_call_timeout,
         config.max_call_timeout,
     )?;
+    if spec.depends_on.len() > MAX_DEPENDS_ON {
+        return Err(invalid(format!(
+            "saga.depends_on names {} steps; the limit is {MAX_DEPENDS_ON}",
+            spec.depends_on.len()
+        )));
+    }
+    for step in &spec.depends_on {
+        id("saga.depends_on", step)?;
+    }
     Ok(())
 }
 
@@ -366,6 +399,7 @@ mod tests {
             resource: "account.debit".into(),
             payload: vec![0; 10],
             call_timeout_ms: 0,
+            ..BranchSpec::default()
         };
         assert!(branch(&config, &mut spec).is_ok());
         assert_eq!(spec.call_timeout_ms, 5_000);

@@ -19,9 +19,13 @@
 //! After a restart every unfinished transaction gets [`Event::Recovered`]:
 //! undecided ones (ACTIVE, PREPARING) are aborted (presumed abort), decided ones
 //! have phase 2 sent again to every branch that has not acknowledged it.
+//!
+//! Sagas ([`Mode::Saga`]) take the same events through their own transitions
+//! ([`saga`]): a RUNNING saga resumes forward after a restart.
 
 mod changes;
 mod operator;
+mod saga;
 mod types;
 
 #[cfg(test)]
@@ -128,6 +132,8 @@ pub enum EngineError {
     BranchConflict { txn: String, branch: String },
     #[error("transaction {txn} cannot be committed: branch(es) {branches} are not prepared")]
     NotAllPrepared { txn: String, branches: String },
+    #[error("saga {txn}: {why}")]
+    BadStep { txn: String, why: String },
     #[error(
         "branch {branch} of transaction {txn} is {state}; only a branch still waiting for phase 2 can be resolved"
     )]
@@ -165,6 +171,39 @@ pub fn begin(txn: &mut Txn, now_ms: u64) {
     }
 }
 
+/// Checks the steps of a saga begun with them (each against the ones before
+/// it), as a registration would.
+pub fn check_steps(txn: &Txn) -> Result<(), EngineError> {
+    for i in 0..txn.branches.len() {
+        check_branch(txn, i)?;
+    }
+    Ok(())
+}
+
+/// Checks branch `i` of `txn` against the branches before it.
+fn check_branch(txn: &Txn, i: usize) -> Result<(), EngineError> {
+    let branch = &txn.branches[i];
+    let bad = |why: String| EngineError::BadStep {
+        txn: txn.id.clone(),
+        why,
+    };
+    if txn.mode != Mode::Saga {
+        if !branch.depends_on.is_empty() || branch.start_at_once || branch.must_succeed {
+            return Err(EngineError::BadStep {
+                txn: txn.id.clone(),
+                why: format!(
+                    "branch {}: depends_on, start_at_once and must_succeed are for MODE_SAGA steps",
+                    branch.id
+                ),
+            });
+        }
+        return Ok(());
+    }
+    let mut before = txn.clone();
+    before.branches.truncate(i);
+    saga::check_step(&before, branch).map_err(bad)
+}
+
 /// Applies one event at `now_ms` (milliseconds since the Unix epoch).
 pub fn step(
     txn: &mut Txn,
@@ -182,10 +221,22 @@ pub fn step(
             branch,
             result,
             output,
+        } if txn.mode == Mode::Saga => saga::voted(txn, branch, result, output, now_ms),
+        Event::Voted {
+            branch,
+            result,
+            output,
         } => voted(txn, branch, result, output, now_ms),
+        Event::Acked { branch, output } if txn.mode == Mode::Saga => {
+            saga::acked(txn, branch, output, now_ms)
+        }
         Event::Acked { branch, output } => acked(txn, branch, output, now_ms),
         Event::Phase2Failed { branch, error } => phase2_failed(txn, branch, error, now_ms, policy),
+        Event::RetryDue { branch, call, seq } if txn.mode == Mode::Saga => {
+            saga::retry_due(txn, branch, call, seq)
+        }
         Event::RetryDue { branch, call, seq } => retry_due(txn, branch, call, seq),
+        Event::Recovered if txn.mode == Mode::Saga => saga::recovered(txn, now_ms),
         Event::Recovered => recovered(txn, now_ms),
         Event::RetryNow => operator::retry_now(txn, now_ms)?,
         Event::ForceAbort { reason } => operator::force_abort(txn, reason, now_ms)?,
@@ -227,6 +278,10 @@ fn register(txn: &mut Txn, branch: Branch, now_ms: u64) -> Result<Vec<Action>, E
     }
     let id = branch.id.clone();
     txn.branches.push(branch);
+    if let Err(e) = check_branch(txn, txn.branches.len() - 1) {
+        txn.branches.pop();
+        return Err(e);
+    }
     note(txn, now_ms, ChangeKind::Registered { branch: id });
     Ok(vec![Action::Persist(Durability::Flush)])
 }
@@ -239,6 +294,9 @@ fn commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
     if now_ms >= txn.deadline_ms() {
         let reason = format!("timed out after {} ms before commit", txn.timeout_ms);
         return abort(txn, reason, now_ms);
+    }
+    if txn.mode == Mode::Saga {
+        return saga::start(txn, now_ms);
     }
     txn.state = TxnState::Preparing;
     note_state(txn, now_ms);
@@ -276,6 +334,20 @@ fn timed_out(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
     match txn.state {
         TxnState::Active => {
             let reason = format!("timed out after {} ms while ACTIVE", txn.timeout_ms);
+            abort(txn, reason, now_ms)
+        }
+        TxnState::Preparing if txn.mode == Mode::Saga => {
+            let running: Vec<&str> = txn
+                .branches
+                .iter()
+                .filter(|b| b.prepare_sent && b.state == BranchState::Registered)
+                .map(|b| b.id.as_str())
+                .collect();
+            let reason = format!(
+                "the saga did not finish within its {} ms timeout; step(s) {} had not succeeded",
+                txn.timeout_ms,
+                running.join(", ")
+            );
             abort(txn, reason, now_ms)
         }
         TxnState::Preparing => {
@@ -559,6 +631,9 @@ fn decide_commit(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
 /// Decide abort: durable first, then roll back every branch whose prepare may
 /// have run (branches with a prepare still out are rolled back when it answers).
 fn abort(txn: &mut Txn, reason: String, now_ms: u64) -> Vec<Action> {
+    if txn.mode == Mode::Saga {
+        return saga::compensate(txn, reason, now_ms);
+    }
     txn.state = TxnState::Aborting;
     txn.reason = reason;
     txn.decided_at_ms = Some(now_ms);

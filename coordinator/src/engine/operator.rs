@@ -6,6 +6,9 @@ use super::*;
 
 /// The call the current phase still owes branch `i`, if any.
 pub(super) fn pending_call(txn: &Txn, i: usize) -> Option<CallKind> {
+    if txn.mode == Mode::Saga {
+        return saga::pending_call(txn, i);
+    }
     let branch = &txn.branches[i];
     match txn.state {
         TxnState::Preparing if branch.state == BranchState::Registered => Some(CallKind::Prepare),
@@ -70,9 +73,11 @@ pub(super) fn force_commit(
             "undecided (ACTIVE or PREPARING)",
         ));
     }
+    // A saga's must-succeed steps run after the decision.
     let unprepared: Vec<&str> = txn
         .branches
         .iter()
+        .filter(|b| !b.must_succeed)
         .filter(|b| !matches!(b.state, BranchState::Prepared | BranchState::ReadOnly))
         .map(|b| b.id.as_str())
         .collect();
@@ -83,6 +88,13 @@ pub(super) fn force_commit(
         });
     }
     txn.reason = format!("committed by an operator: {reason}");
+    if txn.mode == Mode::Saga {
+        if txn.state == TxnState::Active {
+            txn.state = TxnState::Preparing;
+            note_state(txn, now_ms);
+        }
+        return Ok(saga::advance(txn, now_ms));
+    }
     Ok(decide_commit(txn, now_ms))
 }
 
@@ -133,7 +145,14 @@ pub(super) fn resolve_branch(
     );
     // An operator's resolution is acknowledged only once durable, whether or
     // not it finishes the transaction.
-    let mut actions = maybe_finish(txn, now_ms);
+    let mut actions = if txn.mode == Mode::Saga {
+        saga::advance(txn, now_ms)
+    } else {
+        maybe_finish(txn, now_ms)
+    };
+    if !txn.state.is_final() && !actions.is_empty() {
+        actions.insert(0, Action::Persist(Durability::Flush));
+    }
     for action in &mut actions {
         if *action == Action::Persist(Durability::Lazy) {
             *action = Action::Persist(Durability::Flush);

@@ -9,6 +9,8 @@ pub enum Mode {
     TwoPhase,
     /// Try, then confirm or cancel.
     Tcc,
+    /// Steps in order, each an action with a compensation (see `engine::saga`).
+    Saga,
 }
 
 impl Mode {
@@ -16,6 +18,7 @@ impl Mode {
         match self {
             Mode::TwoPhase => "2pc",
             Mode::Tcc => "tcc",
+            Mode::Saga => "saga",
         }
     }
 }
@@ -128,6 +131,14 @@ pub struct Branch {
     /// What the participant sent back with its YES vote or ack, for the
     /// initiator (at most [`MAX_RESULT`] bytes).
     pub result: Vec<u8>,
+    /// Saga steps only: the steps this one waits for (by branch id); empty
+    /// means the step registered just before it.
+    pub depends_on: Vec<String>,
+    /// Saga steps only: waits for no other step.
+    pub start_at_once: bool,
+    /// Saga steps only: has no compensation; retried until it succeeds, and
+    /// runs only after every compensable step succeeded.
+    pub must_succeed: bool,
 }
 
 /// The largest result a participant may send with a vote or ack.
@@ -160,6 +171,9 @@ impl Branch {
             heuristic: None,
             result: Vec::new(),
             in_flight: false,
+            depends_on: Vec::new(),
+            start_at_once: false,
+            must_succeed: false,
         }
     }
 
@@ -169,6 +183,9 @@ impl Branch {
             && self.resource == other.resource
             && self.payload == other.payload
             && self.call_timeout_ms == other.call_timeout_ms
+            && self.depends_on == other.depends_on
+            && self.start_at_once == other.start_at_once
+            && self.must_succeed == other.must_succeed
     }
 }
 
@@ -227,6 +244,31 @@ impl Txn {
         self.branches
             .iter()
             .filter(|b| b.heuristic.is_some() && b.state == against)
+            .map(|b| b.id.as_str())
+            .collect()
+    }
+
+    /// A saga's steps whose action (forward) or compensation (backward) has
+    /// started and not finished: where it is. Empty for 2PC and TCC.
+    pub fn current_steps(&self) -> Vec<&str> {
+        if self.mode != Mode::Saga {
+            return Vec::new();
+        }
+        self.branches
+            .iter()
+            .filter(|b| match self.state {
+                TxnState::Preparing => b.prepare_sent && b.state == BranchState::Registered,
+                TxnState::Committing => {
+                    b.must_succeed && b.prepare_sent && b.state != BranchState::Committed
+                }
+                TxnState::Aborting => {
+                    b.prepare_sent
+                        && !b.must_succeed
+                        && !matches!(b.state, BranchState::RolledBack | BranchState::Committed)
+                        && (b.in_flight || b.phase_attempts > 0)
+                }
+                _ => false,
+            })
             .map(|b| b.id.as_str())
             .collect()
     }
@@ -306,6 +348,9 @@ impl CallKind {
             (Mode::Tcc, CallKind::Prepare) => "try",
             (Mode::Tcc, CallKind::Commit) => "confirm",
             (Mode::Tcc, CallKind::Rollback) => "cancel",
+            // A must-succeed step's action is driven like a commit.
+            (Mode::Saga, CallKind::Prepare | CallKind::Commit) => "action",
+            (Mode::Saga, CallKind::Rollback) => "compensate",
         }
     }
 }

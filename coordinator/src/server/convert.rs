@@ -13,11 +13,12 @@ pub fn mode_from_pb(mode: i32) -> Result<Mode, Status> {
     match pb::Mode::try_from(mode) {
         Ok(pb::Mode::TwoPhase) => Ok(Mode::TwoPhase),
         Ok(pb::Mode::Tcc) => Ok(Mode::Tcc),
+        Ok(pb::Mode::Saga) => Ok(Mode::Saga),
         Ok(pb::Mode::Unspecified) => Err(Status::invalid_argument(
-            "mode is not set; use MODE_TWO_PHASE or MODE_TCC",
+            "mode is not set; use MODE_TWO_PHASE, MODE_TCC or MODE_SAGA",
         )),
         Err(_) => Err(Status::invalid_argument(format!(
-            "unknown mode {mode}; use MODE_TWO_PHASE or MODE_TCC"
+            "unknown mode {mode}; use MODE_TWO_PHASE, MODE_TCC or MODE_SAGA"
         ))),
     }
 }
@@ -26,6 +27,7 @@ pub fn mode_to_pb(mode: Mode) -> pb::Mode {
     match mode {
         Mode::TwoPhase => pb::Mode::TwoPhase,
         Mode::Tcc => pb::Mode::Tcc,
+        Mode::Saga => pb::Mode::Saga,
     }
 }
 
@@ -66,12 +68,25 @@ pub fn branch_state_to_pb(state: BranchState) -> pb::BranchState {
 }
 
 pub fn branch_spec(spec: pb::BranchSpec) -> BranchSpec {
+    let step = spec.saga.unwrap_or_default();
     BranchSpec {
         participant: spec.participant,
         resource: spec.resource,
         payload: spec.payload,
         call_timeout_ms: spec.call_timeout_ms,
+        depends_on: step.depends_on,
+        start_at_once: step.start_at_once,
+        must_succeed: step.must_succeed,
     }
+}
+
+/// A saga step's order as registered; `None` for 2PC and TCC branches.
+fn step_to_pb(b: &Branch) -> Option<pb::SagaStep> {
+    (!b.depends_on.is_empty() || b.start_at_once || b.must_succeed).then(|| pb::SagaStep {
+        depends_on: b.depends_on.clone(),
+        start_at_once: b.start_at_once,
+        must_succeed: b.must_succeed,
+    })
 }
 
 fn branch_to_pb(b: &Branch) -> pb::Branch {
@@ -87,6 +102,7 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
         failing_since_ms: b.failing_since_ms.unwrap_or(0),
         heuristic: b.heuristic.clone().unwrap_or_default(),
         result: b.result.clone(),
+        saga: step_to_pb(b),
     }
 }
 
@@ -121,6 +137,11 @@ pub fn txn_to_pb(txn: &Txn) -> pb::Transaction {
         stuck_since_ms: txn.stuck_since_ms.unwrap_or(0),
         mixed_branches: txn
             .mixed_branches()
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        current_steps: txn
+            .current_steps()
             .into_iter()
             .map(str::to_string)
             .collect(),

@@ -82,6 +82,7 @@ impl Coordinator for CoordinatorService {
             resource: req.resource,
             payload: req.payload,
             call_timeout_ms: req.call_timeout_ms,
+            saga: req.saga,
         });
         match self
             .driver

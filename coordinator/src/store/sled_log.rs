@@ -272,7 +272,8 @@ fn open_existing(
     let mut report = OpenReport::default();
     let format = open::format_of(&kv)?.ok_or_else(|| {
         StoreError::Damaged(format!(
-            "{}: the log does not say its format (its metadata is missing)",
+            "{}: the log is damaged: it holds data but does not say its format (its metadata \
+             is missing). Restore the data directory from a backup",
             dir.display()
         ))
     })?;

@@ -2,6 +2,7 @@
 
 mod changes;
 mod operator;
+mod saga;
 
 use super::*;
 use Action::*;

@@ -48,8 +48,10 @@ use crate::store::{AuditEntry, StoreError, keys};
 
 /// The log format this binary writes. Format 3 added the changes of each
 /// transaction (key prefix `0x07`) and pending notifications (`0x08`); a
-/// format-2 binary would take those for damage.
-pub const FORMAT: u64 = 3;
+/// format-2 binary would take those for damage. Format 4 added sagas (mode
+/// 3, and each step's order in its [`BranchSpec`]), which a format-3 binary
+/// would take for damage, or worse, run as if its steps had no order.
+pub const FORMAT: u64 = 4;
 /// Version byte of every format-2 value.
 const VALUE_V2: u8 = 2;
 
@@ -172,6 +174,14 @@ pub struct BranchSpec {
     pub payload: Vec<u8>,
     #[prost(uint64, tag = "5")]
     pub call_timeout_ms: u64,
+    /// Saga steps only (format 4): what the step waits for, and whether it
+    /// has a compensation. Absent in older records: no saga then.
+    #[prost(string, repeated, tag = "6")]
+    pub depends_on: Vec<String>,
+    #[prost(bool, tag = "7")]
+    pub start_at_once: bool,
+    #[prost(bool, tag = "8")]
+    pub must_succeed: bool,
 }
 
 /// Where a branch is.
@@ -254,6 +264,7 @@ fn mode_code(mode: Mode) -> u32 {
     match mode {
         Mode::TwoPhase => 1,
         Mode::Tcc => 2,
+        Mode::Saga => 3,
     }
 }
 
@@ -261,6 +272,7 @@ fn mode_of(code: u32) -> Result<Mode, String> {
     match code {
         1 => Ok(Mode::TwoPhase),
         2 => Ok(Mode::Tcc),
+        3 => Ok(Mode::Saga),
         other => Err(format!("unknown mode {other}")),
     }
 }
@@ -358,6 +370,9 @@ impl BranchSpec {
             resource: branch.resource.clone(),
             payload: branch.payload.clone(),
             call_timeout_ms: branch.call_timeout_ms,
+            depends_on: branch.depends_on.clone(),
+            start_at_once: branch.start_at_once,
+            must_succeed: branch.must_succeed,
         }
     }
 }
@@ -436,6 +451,9 @@ pub fn fold(
             spec.payload,
             spec.call_timeout_ms,
         );
+        branch.depends_on = spec.depends_on;
+        branch.start_at_once = spec.start_at_once;
+        branch.must_succeed = spec.must_succeed;
         branch.state = branch_state_of(status.state).map_err(&bad)?;
         branch.attempts = status.attempts;
         branch.phase_attempts = status.phase_attempts;
