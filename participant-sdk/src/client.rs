@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-pub use pb::{BranchResult, BranchState, Mode, Transaction, TxnState};
+pub use pb::{BranchResult, BranchState, Mode, SagaStep, Transaction, TxnState};
 
 /// Errors of the initiator client, by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,9 @@ pub struct Branch {
     pub payload: Vec<u8>,
     /// `None` for the coordinator's default.
     pub call_timeout: Option<Duration>,
+    /// For a saga step: its order and whether it has a compensation
+    /// ([`Branch::after`], [`Branch::at_once`], [`Branch::must_succeed`]).
+    pub step: SagaStep,
 }
 
 impl Branch {
@@ -66,7 +69,30 @@ impl Branch {
             resource: resource.into(),
             payload: Vec::new(),
             call_timeout: None,
+            step: SagaStep::default(),
         }
+    }
+
+    /// A saga step that runs once these steps (branch ids: "1", "2", ... in
+    /// the order given to [`Execute`]) succeeded, instead of after the step
+    /// before it.
+    pub fn after<S: Into<String>>(mut self, steps: impl IntoIterator<Item = S>) -> Self {
+        self.step.depends_on = steps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A saga step that starts with the saga, in parallel with the others
+    /// that do.
+    pub fn at_once(mut self) -> Self {
+        self.step.start_at_once = true;
+        self
+    }
+
+    /// A saga step with no compensation: retried until it succeeds, after
+    /// every compensable step succeeded (it must come last).
+    pub fn must_succeed(mut self) -> Self {
+        self.step.must_succeed = true;
+        self
     }
 
     pub fn payload(mut self, payload: impl Into<Vec<u8>>) -> Self {
@@ -85,6 +111,7 @@ impl Branch {
             resource: self.resource.clone(),
             payload: self.payload.clone(),
             call_timeout_ms: self.call_timeout.map_or(0, |d| d.as_millis() as u64),
+            saga: (self.step != SagaStep::default()).then(|| self.step.clone()),
         }
     }
 }
@@ -107,6 +134,13 @@ impl Execute {
 
     pub fn tcc() -> Self {
         Self::new(Mode::Tcc)
+    }
+
+    /// A saga: each branch a step ([`SagaHandler`](crate::SagaHandler)),
+    /// one after another unless ordered otherwise ([`Branch::after`],
+    /// [`Branch::at_once`]).
+    pub fn saga() -> Self {
+        Self::new(Mode::Saga)
     }
 
     fn new(mode: Mode) -> Self {
@@ -389,6 +423,7 @@ impl Client {
                 payload: spec.payload,
                 call_timeout_ms: spec.call_timeout_ms,
                 branch_id: branch_id.to_string(),
+                saga: spec.saga,
             })
             .await?;
         Ok(response.into_inner().branch_id)

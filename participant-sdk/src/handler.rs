@@ -148,6 +148,63 @@ pub trait TccHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
 }
 
+/// A saga step's answer to its action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepOutcome {
+    /// Done (the work is final, not held).
+    Succeeded,
+    /// Done, with a small result for the initiator (at most
+    /// [`MAX_RESULT`] bytes).
+    SucceededWith(Vec<u8>),
+    /// Definitively not done: the saga compensates. The reason is shown to
+    /// the initiator.
+    Failed(String),
+    /// Not now (e.g. a partner said to come back later): retried with
+    /// backoff until the saga's timeout. Returning
+    /// [`ParticipantError::Unavailable`] does the same.
+    Retry(String),
+}
+
+/// A saga participant: each step is an action and its compensation. Same
+/// delivery rules as [`TwoPhaseHandler`]: either call may repeat, and
+/// `compensate` may arrive before (or instead of) `action`. The barrier
+/// ([`SledBarrier`](crate::SledBarrier), [`PgBarrier`](crate::PgBarrier))
+/// makes that exactly-once: a compensation with no action on record is
+/// recorded as done without running, and an action arriving after it is
+/// refused.
+pub trait SagaHandler: Send + Sync + 'static {
+    /// Do the step's work, for good.
+    fn action(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<StepOutcome, ParticipantError>> + Send;
+    /// Undo what `action` did (or do nothing if it did nothing).
+    fn compensate(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+impl<T: SagaHandler> SagaHandler for Arc<T> {
+    fn action(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<StepOutcome, ParticipantError>> + Send {
+        T::action(self, ctx, payload)
+    }
+    fn compensate(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ParticipantError>> + Send {
+        T::compensate(self, ctx, payload)
+    }
+}
+
 impl<T: TwoPhaseHandler> TwoPhaseHandler for Arc<T> {
     fn prepare(
         &self,
@@ -237,6 +294,46 @@ pub(crate) trait DynHandler: Send + Sync {
 
 pub(crate) struct TwoPhase<H>(pub H);
 pub(crate) struct Tcc<H>(pub H);
+pub(crate) struct Saga<H>(pub H);
+
+/// A step's outcome in the vote form the routing table carries: succeeded
+/// = YES, failed = NO. (`Retry` travels as an `Unavailable` error.)
+fn step_as_vote(outcome: StepOutcome) -> Result<Vote, ParticipantError> {
+    match outcome {
+        StepOutcome::Succeeded => Ok(Vote::Yes),
+        StepOutcome::SucceededWith(result) => Ok(Vote::YesWith(result)),
+        StepOutcome::Failed(reason) => Ok(Vote::No(reason)),
+        StepOutcome::Retry(reason) => Err(ParticipantError::Unavailable(reason)),
+    }
+}
+
+impl<H: SagaHandler> DynHandler for Saga<H> {
+    fn vote<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vote, ParticipantError>> {
+        Box::pin(async move { step_as_vote(self.0.action(ctx, payload).await?) })
+    }
+    fn finish<'a>(
+        &'a self,
+        phase: Phase2,
+        ctx: &'a CallContext,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, ParticipantError>> {
+        match phase {
+            // Sagas have no confirm: Action serves must-succeed steps too.
+            Phase2::Commit => Box::pin(async {
+                Err(ParticipantError::Invalid(
+                    "a saga step has no commit; the coordinator calls Action".into(),
+                ))
+            }),
+            Phase2::Rollback => {
+                Box::pin(async move { self.0.compensate(ctx, payload).await.map(|()| Vec::new()) })
+            }
+        }
+    }
+}
 
 impl<H: TwoPhaseHandler> DynHandler for TwoPhase<H> {
     fn vote<'a>(

@@ -116,14 +116,17 @@ mod watch;
 
 pub use client::{
     Branch, BranchResult, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute,
-    Mode, Outcome, RawClient, Resolution, Transaction, TxnState,
+    Mode, Outcome, RawClient, Resolution, SagaStep, Transaction, TxnState,
 };
 
 /// TLS settings for [`ConnectOptions::tls`] and [`ParticipantServer::tls`].
 pub mod tls {
     pub use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 }
-pub use handler::{CallContext, MAX_RESULT, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+pub use handler::{
+    CallContext, MAX_RESULT, ParticipantError, SagaHandler, StepOutcome, TccHandler,
+    TwoPhaseHandler, Vote,
+};
 pub use server::{ParticipantServer, RunningParticipant};
 pub use watch::{BranchVote, EventKind, TxnEvent, Watch};
 

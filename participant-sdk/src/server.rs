@@ -1,5 +1,6 @@
-//! The participant gRPC server: routes `TwoPhaseParticipant` and
-//! `TccParticipant` calls to handlers by resource name.
+//! The participant gRPC server: routes `TwoPhaseParticipant`,
+//! `TccParticipant` and `SagaParticipant` calls to handlers by resource
+//! name.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arbiter_proto::v1 as pb;
+use arbiter_proto::v1::saga_participant_server::{SagaParticipant, SagaParticipantServer};
 use arbiter_proto::v1::tcc_participant_server::{TccParticipant, TccParticipantServer};
 use arbiter_proto::v1::two_phase_participant_server::{
     TwoPhaseParticipant, TwoPhaseParticipantServer,
@@ -20,7 +22,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::handler::{
-    CallContext, DynHandler, Phase2, Tcc, TccHandler, TwoPhase, TwoPhaseHandler, Vote,
+    CallContext, DynHandler, Phase2, Saga, SagaHandler, Tcc, TccHandler, TwoPhase, TwoPhaseHandler,
+    Vote,
 };
 
 type Routes = Arc<HashMap<String, Arc<dyn DynHandler>>>;
@@ -47,6 +50,7 @@ type Routes = Arc<HashMap<String, Arc<dyn DynHandler>>>;
 pub struct ParticipantServer {
     two_phase: HashMap<String, Arc<dyn DynHandler>>,
     tcc: HashMap<String, Arc<dyn DynHandler>>,
+    saga: HashMap<String, Arc<dyn DynHandler>>,
     tls: Option<ServerTlsConfig>,
 }
 
@@ -65,6 +69,12 @@ impl ParticipantServer {
     /// Serves TCC calls for `resource` with `handler`.
     pub fn tcc(mut self, resource: impl Into<String>, handler: impl TccHandler) -> Self {
         self.tcc.insert(resource.into(), Arc::new(Tcc(handler)));
+        self
+    }
+
+    /// Serves saga steps for `resource` with `handler`.
+    pub fn saga(mut self, resource: impl Into<String>, handler: impl SagaHandler) -> Self {
+        self.saga.insert(resource.into(), Arc::new(Saga(handler)));
         self
     }
 
@@ -107,6 +117,10 @@ impl ParticipantServer {
             routes: Arc::new(self.tcc),
             kind: "TCC",
         };
+        let saga = Dispatch {
+            routes: Arc::new(self.saga),
+            kind: "saga",
+        };
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
@@ -114,6 +128,7 @@ impl ParticipantServer {
         builder
             .add_service(TwoPhaseParticipantServer::new(two_phase))
             .add_service(TccParticipantServer::new(tcc))
+            .add_service(SagaParticipantServer::new(saga))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
@@ -282,6 +297,33 @@ impl TccParticipant for Dispatch {
         self.finish(Phase2::Commit, request).await
     }
     async fn cancel(&self, request: Request<pb::BranchCall>) -> Result<Response<pb::Ack>, Status> {
+        self.finish(Phase2::Rollback, request).await
+    }
+}
+
+#[tonic::async_trait]
+impl SagaParticipant for Dispatch {
+    async fn action(
+        &self,
+        request: Request<pb::BranchCall>,
+    ) -> Result<Response<pb::StepResult>, Status> {
+        let vote = self.vote(request).await?.into_inner();
+        let outcome = match pb::VoteKind::try_from(vote.vote) {
+            Ok(pb::VoteKind::VoteYes | pb::VoteKind::VoteReadOnly) => {
+                pb::StepOutcome::StepSucceeded
+            }
+            _ => pb::StepOutcome::StepFailed,
+        };
+        Ok(Response::new(pb::StepResult {
+            outcome: outcome as i32,
+            reason: vote.reason,
+            result: vote.result,
+        }))
+    }
+    async fn compensate(
+        &self,
+        request: Request<pb::BranchCall>,
+    ) -> Result<Response<pb::Ack>, Status> {
         self.finish(Phase2::Rollback, request).await
     }
 }

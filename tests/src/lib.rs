@@ -121,7 +121,8 @@ pub async fn serve_recorder(
     for resource in RESOURCES {
         server = server
             .two_phase(resource, recorder.clone())
-            .tcc(resource, recorder.clone());
+            .tcc(resource, recorder.clone())
+            .saga(resource, recorder.clone());
     }
     Ok(server.serve(addr).await?)
 }

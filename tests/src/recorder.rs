@@ -9,15 +9,20 @@
 //! - `slow:<ms>`: wait that long in phase 1, then vote YES;
 //! - `result:<text>`: vote YES with the result `<text>`, and acknowledge a
 //!   commit/confirm with the result `done:<text>`;
-//! - `huge-result`: vote YES with a result over the coordinator's limit.
+//! - `huge-result`: vote YES with a result over the coordinator's limit;
+//! - `flaky:<n>`: answer UNAVAILABLE to the first `n` attempts, then YES.
 //!
-//! Phase 2 fails with UNAVAILABLE while [`Recorder::fail_phase2`] is on.
+//! Saga steps answer the same way (`action`: YES is success, NO is failure).
+//! Phase 2 (and compensations) fail with UNAVAILABLE while
+//! [`Recorder::fail_phase2`] is on.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arbiter_sdk::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+use arbiter_sdk::{
+    CallContext, ParticipantError, SagaHandler, StepOutcome, TccHandler, TwoPhaseHandler, Vote,
+};
 
 /// One call as the participant saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +107,10 @@ impl Recorder {
             )),
             "result" => Ok(Vote::YesWith(arg.as_bytes().to_vec())),
             "huge-result" => Ok(Vote::YesWith(vec![b'x'; 5_000])),
+            "flaky" if ctx.attempt <= arg.parse().unwrap_or(1) => Err(
+                ParticipantError::Unavailable(format!("flaky: attempt {}", ctx.attempt)),
+            ),
+            "flaky" => Ok(Vote::Yes),
             "slow" => {
                 let ms = arg.parse().unwrap_or(1_000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -170,6 +179,23 @@ impl TccHandler for Recorder {
     }
     async fn cancel(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
         self.finish("cancel", ctx)
+    }
+}
+
+impl SagaHandler for Recorder {
+    async fn action(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<StepOutcome, ParticipantError> {
+        Ok(match self.vote("action", ctx, payload).await? {
+            Vote::YesWith(result) => StepOutcome::SucceededWith(result),
+            Vote::No(reason) => StepOutcome::Failed(reason),
+            _ => StepOutcome::Succeeded,
+        })
+    }
+    async fn compensate(&self, ctx: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish("compensate", ctx)
     }
 }
 

@@ -2,15 +2,17 @@
 //! calls are duplicated, reordered (a cancel before its try, a try after its
 //! cancel), dropped and run concurrently; afterwards every branch's business
 //! effect happened exactly once if its transaction committed and never (or
-//! undone) if it aborted. Run against both backends: PostgreSQL and sled.
+//! undone) if it aborted. Run against both backends: PostgreSQL and sled;
+//! and for sagas (action = try, compensation = cancel, repeated actions in
+//! place of confirms) on sled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arbiter_sdk::tokio_postgres::Transaction;
 use arbiter_sdk::{
-    CallContext, ParticipantError, PgBarrier, PgHandler, SledBarrier, SledHandler, SledTxn,
-    TccHandler, Vote,
+    CallContext, ParticipantError, PgBarrier, PgHandler, SagaHandler, SledBarrier, SledHandler,
+    SledTxn, TccHandler, Vote,
 };
 use arbiter_tests::postgres::PgCluster;
 
@@ -91,8 +93,54 @@ fn ctx(txn_id: &str, branch: usize) -> CallContext {
     }
 }
 
+/// How the plans' calls reach a handler.
+trait Deliver: Send + Sync + 'static {
+    fn call(
+        &self,
+        call: Call,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> impl std::future::Future<Output = Result<(), ParticipantError>> + Send;
+}
+
+/// As TCC: try, confirm, cancel.
+struct AsTcc<H>(H);
+
+impl<H: TccHandler> Deliver for AsTcc<H> {
+    async fn call(
+        &self,
+        call: Call,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        match call {
+            Call::Try => self.0.try_(ctx, payload).await.map(|_| ()),
+            Call::Confirm => self.0.confirm(ctx, payload).await,
+            Call::Cancel => self.0.cancel(ctx, payload).await,
+        }
+    }
+}
+
+/// As saga steps: a try is an action, a confirm a repeated action (a saga
+/// that completed sends nothing but actions), a cancel a compensation.
+struct AsSaga<H>(H);
+
+impl<H: SagaHandler> Deliver for AsSaga<H> {
+    async fn call(
+        &self,
+        call: Call,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<(), ParticipantError> {
+        match call {
+            Call::Try | Call::Confirm => self.0.action(ctx, payload).await.map(|_| ()),
+            Call::Cancel => self.0.compensate(ctx, payload).await,
+        }
+    }
+}
+
 /// Delivers every plan (all transactions at once, each in overlapping chunks).
-async fn deliver<H: TccHandler>(handler: Arc<H>, plans: &[Plan], rng: &mut fastrand::Rng) {
+async fn deliver<H: Deliver>(handler: Arc<H>, plans: &[Plan], rng: &mut fastrand::Rng) {
     let mut all = tokio::task::JoinSet::new();
     for plan in plans {
         let mut chunks = Vec::new();
@@ -117,13 +165,7 @@ async fn deliver<H: TccHandler>(handler: Arc<H>, plans: &[Plan], rng: &mut fastr
                 for (branch, call) in chunk {
                     let (handler, ctx) = (handler.clone(), ctx(&txn_id, branch));
                     let payload = payloads[branch].as_bytes();
-                    together.spawn(async move {
-                        match call {
-                            Call::Try => handler.try_(&ctx, payload).await.map(|_| ()),
-                            Call::Confirm => handler.confirm(&ctx, payload).await,
-                            Call::Cancel => handler.cancel(&ctx, payload).await,
-                        }
-                    });
+                    together.spawn(async move { handler.call(call, &ctx, payload).await });
                 }
                 while let Some(result) = together.join_next().await {
                     let result = result.map_err(|e| e.to_string());
@@ -142,7 +184,10 @@ async fn deliver<H: TccHandler>(handler: Arc<H>, plans: &[Plan], rng: &mut fastr
     }
 }
 
-fn check(plans: &[Plan], effects: &HashMap<(String, String), Effect>) {
+/// A committed transaction's branch was prepared and applied once; a
+/// completed saga's step acted once (`applied` stays 0: a saga's action is
+/// its whole effect).
+fn check(plans: &[Plan], effects: &HashMap<(String, String), Effect>, saga: bool) {
     let none = Effect::default();
     let mut committed = 0;
     for plan in plans {
@@ -155,7 +200,7 @@ fn check(plans: &[Plan], effects: &HashMap<(String, String), Effect>) {
                     effect,
                     Effect {
                         prepared: 1,
-                        applied: 1,
+                        applied: i64::from(!saga),
                         released: 0
                     },
                     "{key:?} committed: its effect must happen exactly once ({:?})",
@@ -259,7 +304,7 @@ async fn postgres_barrier_gives_exactly_once_effects_under_random_delivery() -> 
         .await?;
     let mut rng = fastrand::Rng::with_seed(seed());
     let plans = plans(&mut rng, 150);
-    deliver(Arc::new(barrier.guard(PgEffects)), &plans, &mut rng).await;
+    deliver(Arc::new(AsTcc(barrier.guard(PgEffects))), &plans, &mut rng).await;
 
     let rows = barrier
         .conn()
@@ -280,7 +325,7 @@ async fn postgres_barrier_gives_exactly_once_effects_under_random_delivery() -> 
             },
         );
     }
-    check(&plans, &effects);
+    check(&plans, &effects, false);
 
     // Retention: nothing is younger than an hour ago... and all of it is
     // older than "now" once the retention is zero.
@@ -368,12 +413,26 @@ impl SledHandler for SledEffects {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sled_barrier_gives_exactly_once_effects_under_random_delivery() -> anyhow::Result<()> {
+    sled_under_random_delivery(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sled_barrier_gives_exactly_once_saga_steps_under_random_delivery() -> anyhow::Result<()> {
+    sled_under_random_delivery(true).await
+}
+
+async fn sled_under_random_delivery(saga: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut rng = fastrand::Rng::with_seed(seed());
     let plans = plans(&mut rng, 150);
     {
         let barrier = SledBarrier::open(dir.path())?;
-        deliver(Arc::new(barrier.guard(SledEffects)), &plans, &mut rng).await;
+        let guarded = barrier.guard(SledEffects);
+        if saga {
+            deliver(Arc::new(AsSaga(guarded)), &plans, &mut rng).await;
+        } else {
+            deliver(Arc::new(AsTcc(guarded)), &plans, &mut rng).await;
+        }
     }
     // Reopened: what was acknowledged is on disk.
     let barrier = SledBarrier::open(dir.path())?;
@@ -385,7 +444,7 @@ async fn sled_barrier_gives_exactly_once_effects_under_random_delivery() -> anyh
         let effect = decode(&value).unwrap_or_default();
         effects.insert((txn.to_string(), branch.to_string()), effect);
     }
-    check(&plans, &effects);
+    check(&plans, &effects, saga);
 
     assert!(barrier.records() > 0);
     barrier.set_retention(std::time::Duration::ZERO);

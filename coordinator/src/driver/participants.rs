@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::saga_participant_client::SagaParticipantClient;
 use arbiter_proto::v1::tcc_participant_client::TccParticipantClient;
 use arbiter_proto::v1::two_phase_participant_client::TwoPhaseParticipantClient;
-use arbiter_proto::v1 as pb;
 use arbiter_proto::v1::{BranchCall, StepOutcome, Vote, VoteKind};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};

@@ -311,7 +311,13 @@ pub(super) fn voted(
             }
         }
         VoteResult::No(reason) => {
-            remember(step, CallKind::Prepare, true, format!("failed: {reason}"), now_ms);
+            remember(
+                step,
+                CallKind::Prepare,
+                true,
+                format!("failed: {reason}"),
+                now_ms,
+            );
             step.state = BranchState::Rejected;
             step.last_error = Some(format!("failed: {reason}"));
             step.failing_since_ms = None;

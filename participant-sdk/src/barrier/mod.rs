@@ -27,6 +27,12 @@
 //! | rollback / cancel | a YES vote | the handler runs once; repeats are no-ops |
 //! | rollback / cancel | a NO or READ_ONLY vote | recorded; nothing to undo, the handler does not run |
 //!
+//! A saga step goes through the same barrier: its action is the phase-1
+//! call (the handler's `prepare`, whose YES is the step's success, kept for
+//! good), its compensation the rollback. So a compensation that arrives
+//! before its action is recorded as empty, and the late action is refused
+//! (answered FAILED) without running.
+//!
 //! A handler that returns an error leaves no record: the local transaction
 //! is rolled back, and the coordinator's retry runs the handler again.
 //!
@@ -122,6 +128,16 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// A barrier's phase-1 answer as a saga step's outcome: the action ran and
+/// succeeded (YES), or failed or was refused after its compensation (NO).
+pub(crate) fn vote_as_step(vote: Vote) -> crate::StepOutcome {
+    match vote {
+        Vote::Yes | Vote::ReadOnly => crate::StepOutcome::Succeeded,
+        Vote::YesWith(result) => crate::StepOutcome::SucceededWith(result),
+        Vote::No(reason) => crate::StepOutcome::Failed(reason),
+    }
 }
 
 /// The error for a commit/confirm of a branch already rolled back here.

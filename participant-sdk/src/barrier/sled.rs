@@ -19,7 +19,9 @@ use super::{
     COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_after_rollback, commit_without_yes,
     rollback_after_commit,
 };
-use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+use crate::handler::{
+    CallContext, ParticipantError, SagaHandler, StepOutcome, TccHandler, TwoPhaseHandler, Vote,
+};
 
 /// A participant's embedded state plus its barrier records, in one sled
 /// database. Clones share the database.
@@ -443,6 +445,23 @@ impl<H: SledHandler> TccHandler for Guarded<H> {
         Guarded::commit(self, ctx, payload).await
     }
     async fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        Guarded::rollback(self, ctx, payload).await
+    }
+}
+
+/// A saga step: the action is `prepare` (a YES is the step's success), the
+/// compensation `rollback`; `commit` is never called.
+impl<H: SledHandler> SagaHandler for Guarded<H> {
+    async fn action(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<StepOutcome, ParticipantError> {
+        Guarded::prepare(self, ctx, payload)
+            .await
+            .map(super::vote_as_step)
+    }
+    async fn compensate(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         Guarded::rollback(self, ctx, payload).await
     }
 }

@@ -31,7 +31,9 @@ use crate::barrier::{
     COMMIT, DEFAULT_RETENTION, PHASE1, Phase1, ROLLBACK, commit_after_rollback, commit_without_yes,
     rollback_after_commit,
 };
-use crate::handler::{CallContext, ParticipantError, TccHandler, TwoPhaseHandler, Vote};
+use crate::handler::{
+    CallContext, ParticipantError, SagaHandler, StepOutcome, TccHandler, TwoPhaseHandler, Vote,
+};
 
 /// The barrier of a participant with a PostgreSQL database, and its
 /// connection pool. Clones share both.
@@ -385,6 +387,23 @@ impl<H: PgHandler> TccHandler for PgGuarded<H> {
         self.commit(ctx, payload).await
     }
     async fn cancel(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
+        self.rollback(ctx, payload).await
+    }
+}
+
+/// A saga step: the action is `prepare` (a YES is the step's success), the
+/// compensation `rollback`; `commit` is never called.
+impl<H: PgHandler> SagaHandler for PgGuarded<H> {
+    async fn action(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<StepOutcome, ParticipantError> {
+        self.prepare(ctx, payload)
+            .await
+            .map(crate::barrier::vote_as_step)
+    }
+    async fn compensate(&self, ctx: &CallContext, payload: &[u8]) -> Result<(), ParticipantError> {
         self.rollback(ctx, payload).await
     }
 }

@@ -164,11 +164,25 @@ fn transient_answers_retry_until_the_timeout_then_compensate() {
     let mut txn = saga(2);
     must_step(&mut txn, Event::Commit);
     let again = vote(&mut txn, 0, VoteResult::Transient("busy".into()));
-    assert!(matches!(again.as_slice(), [RetryLater { branch: 0, call: P, .. }]));
+    assert!(matches!(
+        again.as_slice(),
+        [RetryLater {
+            branch: 0,
+            call: P,
+            ..
+        }]
+    ));
     assert_eq!(txn.state, TxnState::Preparing);
     let seq = txn.branches[0].retry_seq;
     assert_eq!(
-        must_step(&mut txn, Event::RetryDue { branch: 0, call: P, seq }),
+        must_step(
+            &mut txn,
+            Event::RetryDue {
+                branch: 0,
+                call: P,
+                seq
+            }
+        ),
         vec![call(0, P, 2)]
     );
     let timed_out = must_step(&mut txn, Event::TimedOut);
@@ -199,10 +213,20 @@ fn compensations_retry_and_flag_the_saga_stuck() {
             NOW + 1,
             &policy,
         );
-        assert!(matches!(failed.as_deref(), Ok([RetryLater { call: R, .. }])));
+        assert!(matches!(
+            failed.as_deref(),
+            Ok([RetryLater { call: R, .. }])
+        ));
         let seq = txn.branches[0].retry_seq;
         assert_eq!(
-            must_step(&mut txn, Event::RetryDue { branch: 0, call: R, seq }),
+            must_step(
+                &mut txn,
+                Event::RetryDue {
+                    branch: 0,
+                    call: R,
+                    seq
+                }
+            ),
             vec![call(0, R, attempt + 1)]
         );
     }
@@ -237,7 +261,14 @@ fn a_must_succeed_step_runs_after_every_compensable_one_and_never_compensates() 
     assert!(must_step(&mut txn, Event::TimedOut).is_empty());
     let seq = txn.branches[2].retry_seq;
     assert_eq!(
-        must_step(&mut txn, Event::RetryDue { branch: 2, call: C, seq }),
+        must_step(
+            &mut txn,
+            Event::RetryDue {
+                branch: 2,
+                call: C,
+                seq
+            }
+        ),
         vec![call(2, C, 2)]
     );
     let done = compensated(&mut txn, 2); // its action's success
@@ -280,13 +311,27 @@ fn bad_orders_are_refused_at_registration() {
     early.must_succeed = true;
     early.start_at_once = true;
     assert!(
-        step(&mut parallel, Event::Register(early), NOW, &Policy::default()).is_err(),
+        step(
+            &mut parallel,
+            Event::Register(early),
+            NOW,
+            &Policy::default()
+        )
+        .is_err(),
         "a must-succeed step that could start before a compensable one succeeded"
     );
     let mut two_phase = txn_with(Mode::TwoPhase, 0);
     let mut odd = branch("x");
     odd.must_succeed = true;
-    assert!(step(&mut two_phase, Event::Register(odd), NOW, &Policy::default()).is_err());
+    assert!(
+        step(
+            &mut two_phase,
+            Event::Register(odd),
+            NOW,
+            &Policy::default()
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -305,7 +350,11 @@ fn a_restart_resumes_forward_or_backward_where_it_stopped() {
     late.created_at_ms = 0;
     let resumed = must_step(&mut late, Event::Recovered);
     assert_eq!(late.state, TxnState::Aborting);
-    assert_eq!(calls(&resumed), [(1, R)], "the last step that may have run first");
+    assert_eq!(
+        calls(&resumed),
+        [(1, R)],
+        "the last step that may have run first"
+    );
 
     // Mid-compensation: the next compensation, not the done ones.
     let mut back = saga(3);
@@ -343,7 +392,11 @@ fn an_operator_can_retry_abort_and_resolve_a_saga() {
         },
     );
     assert_eq!(txn.state, TxnState::Aborting);
-    assert_eq!(calls(&aborted), Vec::<(usize, CallKind)>::new(), "step 2 is out");
+    assert_eq!(
+        calls(&aborted),
+        Vec::<(usize, CallKind)>::new(),
+        "step 2 is out"
+    );
     let answered = ok(&mut txn, 1);
     assert_eq!(calls(&answered), [(1, R)]);
     let resolved = must_step(
