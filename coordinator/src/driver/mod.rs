@@ -329,7 +329,7 @@ impl Driver {
                 )));
             }
             let branch = spec.into_branch(id.clone());
-            Ok((Event::Register(branch), id))
+            Ok((Event::Register(Box::new(branch)), id))
         })?;
         self.inner.perform(&slot, steps).await?;
         crate::crash_point!("after-branch-persisted");

@@ -41,8 +41,9 @@ pub use types::{
 /// Something that happened to a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A client registers a branch (ACTIVE only).
-    Register(Branch),
+    /// A client registers a branch (ACTIVE only). Boxed: a branch is far
+    /// larger than any other event.
+    Register(Box<Branch>),
     /// A client asks to commit: phase 1 starts.
     Commit,
     /// A client asks to roll back an undecided transaction.
@@ -213,7 +214,7 @@ pub fn step(
 ) -> Result<Vec<Action>, EngineError> {
     let state_before = txn.state;
     let actions = match event {
-        Event::Register(branch) => register(txn, branch, now_ms)?,
+        Event::Register(branch) => register(txn, *branch, now_ms)?,
         Event::Commit => commit(txn, now_ms),
         Event::Rollback { reason } => rollback(txn, reason, now_ms)?,
         Event::TimedOut => timed_out(txn, now_ms),

@@ -25,8 +25,8 @@ fn begun(mode: Mode, n: usize) -> Txn {
 fn a_two_phase_commit_notes_each_step_once_in_order() {
     use TxnState::*;
     let mut txn = begun(Mode::TwoPhase, 1);
-    must_step(&mut txn, Event::Register(branch("2")));
-    must_step(&mut txn, Event::Register(branch("2"))); // a retried registration: nothing new
+    must_step(&mut txn, Event::Register(Box::new(branch("2"))));
+    must_step(&mut txn, Event::Register(Box::new(branch("2")))); // a retried registration: nothing new
     must_step(&mut txn, Event::Commit);
     must_step(
         &mut txn,

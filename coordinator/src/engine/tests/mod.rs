@@ -66,7 +66,7 @@ fn vote(txn: &mut Txn, branch: usize, result: VoteResult) -> Vec<Action> {
 fn register_on_active_persists_before_answering() {
     let mut txn = txn_with(Mode::TwoPhase, 0);
     assert_eq!(
-        must_step(&mut txn, Event::Register(branch("1"))),
+        must_step(&mut txn, Event::Register(Box::new(branch("1")))),
         vec![Persist(Durability::Flush)]
     );
     assert_eq!(txn.branches.len(), 1);
@@ -77,14 +77,19 @@ fn register_on_active_persists_before_answering() {
 fn repeated_registration_is_idempotent_and_conflicts_are_refused() {
     let mut txn = txn_with(Mode::TwoPhase, 1);
     assert_eq!(
-        must_step(&mut txn, Event::Register(branch("1"))),
+        must_step(&mut txn, Event::Register(Box::new(branch("1")))),
         vec![Persist(Durability::Flush)]
     );
     assert_eq!(txn.branches.len(), 1);
     let mut other = branch("1");
     other.payload = vec![9];
     assert!(matches!(
-        step(&mut txn, Event::Register(other), NOW, &Policy::default()),
+        step(
+            &mut txn,
+            Event::Register(Box::new(other)),
+            NOW,
+            &Policy::default()
+        ),
         Err(EngineError::BranchConflict { .. })
     ));
     assert_eq!(txn.branches.len(), 1);
@@ -98,7 +103,7 @@ fn register_outside_active_is_a_wrong_state_error_and_changes_nothing() {
         let before = txn.clone();
         let err = step(
             &mut txn,
-            Event::Register(branch("2")),
+            Event::Register(Box::new(branch("2"))),
             NOW,
             &Policy::default(),
         );

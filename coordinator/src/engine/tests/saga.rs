@@ -84,7 +84,7 @@ fn independent_steps_run_in_parallel_and_a_join_waits_for_all() {
     let mut c = branch("c");
     c.depends_on = vec!["a".into(), "b".into()];
     for s in [a, b, c] {
-        must_step(&mut txn, Event::Register(s));
+        must_step(&mut txn, Event::Register(Box::new(s)));
     }
     let started = must_step(&mut txn, Event::Commit);
     assert_eq!(calls(&started), [(0, P), (1, P)]);
@@ -144,7 +144,7 @@ fn parallel_steps_are_compensated_after_their_dependents_and_in_flight_ones_afte
     let mut c = branch("c");
     c.depends_on = vec!["a".into()];
     for s in [a, b, c] {
-        must_step(&mut txn, Event::Register(s));
+        must_step(&mut txn, Event::Register(Box::new(s)));
     }
     must_step(&mut txn, Event::Commit);
     ok(&mut txn, 0); // a done: c starts; b still out
@@ -240,7 +240,7 @@ fn a_must_succeed_step_runs_after_every_compensable_one_and_never_compensates() 
     let mut txn = saga(2);
     let mut last = branch("3");
     last.must_succeed = true;
-    must_step(&mut txn, Event::Register(last));
+    must_step(&mut txn, Event::Register(Box::new(last)));
     must_step(&mut txn, Event::Commit);
     ok(&mut txn, 0);
     let decided = ok(&mut txn, 1);
@@ -287,16 +287,26 @@ fn bad_orders_are_refused_at_registration() {
     let mut ahead = branch("2");
     ahead.depends_on = vec!["9".into()];
     assert!(matches!(
-        step(&mut txn, Event::Register(ahead), NOW, &Policy::default()),
+        step(
+            &mut txn,
+            Event::Register(Box::new(ahead)),
+            NOW,
+            &Policy::default()
+        ),
         Err(EngineError::BadStep { .. })
     ));
     let mut last = branch("2");
     last.must_succeed = true;
-    must_step(&mut txn, Event::Register(last));
+    must_step(&mut txn, Event::Register(Box::new(last)));
     let after = branch("3");
     assert!(
         matches!(
-            step(&mut txn, Event::Register(after), NOW, &Policy::default()),
+            step(
+                &mut txn,
+                Event::Register(Box::new(after)),
+                NOW,
+                &Policy::default()
+            ),
             Err(EngineError::BadStep { .. })
         ),
         "a compensable step after a must-succeed one"
@@ -306,14 +316,14 @@ fn bad_orders_are_refused_at_registration() {
     let mut parallel = saga(0);
     let mut a = branch("a");
     a.start_at_once = true;
-    must_step(&mut parallel, Event::Register(a));
+    must_step(&mut parallel, Event::Register(Box::new(a)));
     let mut early = branch("m");
     early.must_succeed = true;
     early.start_at_once = true;
     assert!(
         step(
             &mut parallel,
-            Event::Register(early),
+            Event::Register(Box::new(early)),
             NOW,
             &Policy::default()
         )
@@ -326,7 +336,7 @@ fn bad_orders_are_refused_at_registration() {
     assert!(
         step(
             &mut two_phase,
-            Event::Register(odd),
+            Event::Register(Box::new(odd)),
             NOW,
             &Policy::default()
         )
