@@ -21,6 +21,14 @@
 //! | `after-abort-persisted` | the abort decision is durable, no rollback/cancel sent |
 //! | `after-some-rollbacks-sent` | the first branch acknowledged rollback/cancel, others may not have |
 //! | `before-aborted-persisted` | every branch acknowledged, ABORTED not yet written |
+//! | `saga-before-step-persisted` | a saga step succeeded, its outcome is not yet durable |
+//! | `saga-after-step-persisted` | a saga step's outcome is durable, the next step not yet sent |
+//! | `saga-after-some-compensations` | a saga step other than the first was compensated, the rest not |
+//!
+//! Sagas also pass the points above that fit: `before-phase1-sent` (the
+//! first action), `after-some-phase1-sent` (the first step answered),
+//! `before-`/`after-decision-persisted` (completion), the abort ones
+//! (compensation).
 //!
 //! Two more make the log fail instead of aborting (see [`failing`]):
 //! `log-sync-fails` (a synced batch) and `checkpoint-fails` (the

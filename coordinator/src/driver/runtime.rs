@@ -47,6 +47,16 @@ enum Step {
 /// The steps of one engine step, to be run by [`Inner::perform`].
 pub struct Steps(Vec<Step>);
 
+/// A saga with a step done (for its crash points; a 2PC transaction
+/// never writes PREPARING).
+fn saga_step_done(txn: &Txn) -> bool {
+    txn.mode == engine::Mode::Saga
+        && txn
+            .branches
+            .iter()
+            .any(|b| b.state == engine::BranchState::Prepared)
+}
+
 /// Metrics of a transaction that just became final.
 fn record_finished(txn: &Txn, latencies: &super::latency::Latencies) {
     let since = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
@@ -309,6 +319,9 @@ impl Inner {
                         TxnState::Aborting | TxnState::Aborted => {
                             crate::crash_point!("before-abort-persisted")
                         }
+                        TxnState::Preparing if saga_step_done(&txn) => {
+                            crate::crash_point!("saga-before-step-persisted")
+                        }
                         _ => {}
                     }
                     Step::Durable(self.persist(slot, &mut txn)?, txn.state)
@@ -401,6 +414,9 @@ impl Inner {
                         }
                         TxnState::Aborting | TxnState::Aborted => {
                             crate::crash_point!("after-abort-persisted")
+                        }
+                        TxnState::Preparing if saga_step_done(&slot.lock()) => {
+                            crate::crash_point!("saga-after-step-persisted")
                         }
                         _ => {}
                     }
@@ -504,6 +520,12 @@ impl Inner {
                                 }
                                 if spec.branch == 0 && spec.call == CallKind::Rollback {
                                     crate::crash_point!("after-some-rollbacks-sent");
+                                }
+                                if spec.branch > 0
+                                    && spec.call == CallKind::Rollback
+                                    && spec.mode == engine::Mode::Saga
+                                {
+                                    crate::crash_point!("saga-after-some-compensations");
                                 }
                                 Event::Acked {
                                     branch: spec.branch,
