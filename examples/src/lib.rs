@@ -1,5 +1,7 @@
-//! The bank demo: an account service that takes part in transfers as a 2PC or
-//! TCC participant, and a `transfer` helper for the initiator side.
+//! The examples: the travel saga ([`travel`]), the bank on PostgreSQL
+//! ([`pg_bank`]) and, here, the bank demo: an account service that takes
+//! part in transfers as a 2PC or TCC participant, and a `transfer` helper
+//! for the initiator side.
 //!
 //! A branch payload is `"<account> <delta>"`: `"alice -30"` debits Alice 30,
 //! `"bob 30"` credits Bob 30. Debits are reserved in phase 1 (so two transfers
@@ -10,6 +12,7 @@
 //! remembered, so a try arriving after its cancel is refused.
 
 pub mod pg_bank;
+pub mod travel;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
