@@ -221,3 +221,64 @@ async fn steps_registered_one_by_one_run_when_committed() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn where_a_saga_is_shows_in_get_transaction_the_cli_and_the_watch_stream()
+-> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir()?;
+    let arbiter = arbiter(dir.path()).await?;
+    let client = arbiter.client().await?;
+    let (p, rec) = recorder_participant().await?;
+    let running = client
+        .execute(
+            Execute::saga()
+                .wait(false)
+                .timeout(Duration::from_secs(60))
+                .branch(Branch::new(p.endpoint(), "r1"))
+                .branch(Branch::new(p.endpoint(), "r2").payload("unavailable"))
+                .branch(Branch::new(p.endpoint(), "r3")),
+        )
+        .await?;
+    let id = running.txn_id.clone();
+    let txn = arbiter_tests::eventually("the saga is at step 2", || async {
+        let txn = client.get_transaction(&id).await.ok()?;
+        (txn.current_steps == ["2"]).then_some(txn)
+    })
+    .await;
+    assert_eq!(txn.state(), TxnState::Preparing, "running");
+
+    let out = std::process::Command::new(arbiter_tests::process::arbiter_bin()?)
+        .args(["txn", "show", &id, "--addr", &arbiter.endpoint])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("saga") && shown.contains("running: step 2"),
+        "{shown}"
+    );
+
+    // Abort it by hand: compensating, then compensated; the watch stream
+    // names the calls for sagas.
+    let mut watch = client.watch(&id).await?;
+    client.rollback(&id, "drill").await?;
+    let mut calls = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), watch.next()).await? {
+        let event = event?;
+        if !event.call.is_empty() {
+            calls.push(event.call.clone());
+        }
+        if event.r#final {
+            assert_eq!(event.state(), TxnState::Aborted);
+            break;
+        }
+    }
+    assert!(calls.iter().any(|c| c == "compensate"), "{calls:?}");
+    assert_eq!(
+        rec.branch_calls(&id, "3"),
+        Vec::<&str>::new(),
+        "step 3 never ran"
+    );
+    assert_eq!(rec.branch_calls(&id, "1").last(), Some(&"compensate"));
+    Ok(())
+}

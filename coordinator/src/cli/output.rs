@@ -158,6 +158,20 @@ pub fn state_name(state: i32) -> &'static str {
     })
 }
 
+/// For a saga: what its state means and where it is, e.g. "running: step 2"
+/// or "compensating: step 3"; `None` for 2PC and TCC.
+pub fn saga_position(txn: &pb::Transaction) -> Option<String> {
+    if txn.mode != pb::Mode::Saga as i32 {
+        return None;
+    }
+    let state = crate::server::convert::state_from_pb(txn.state).ok()?;
+    let mut text = state.saga_name().to_string();
+    if !txn.current_steps.is_empty() {
+        text.push_str(&format!(": step {}", txn.current_steps.join(", ")));
+    }
+    Some(text)
+}
+
 pub fn state_colour(state: i32) -> Option<&'static str> {
     match pb::TxnState::try_from(state) {
         Ok(pb::TxnState::Committed) => Some("32"),
@@ -177,6 +191,7 @@ pub fn mode_name(mode: i32) -> &'static str {
     match pb::Mode::try_from(mode) {
         Ok(pb::Mode::TwoPhase) => "2pc",
         Ok(pb::Mode::Tcc) => "tcc",
+        Ok(pb::Mode::Saga) => "saga",
         _ => "?",
     }
 }

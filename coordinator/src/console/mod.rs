@@ -393,6 +393,7 @@ async fn list(
         "" => None,
         "2pc" => Some(Mode::TwoPhase),
         "tcc" => Some(Mode::Tcc),
+        "saga" => Some(Mode::Saga),
         m => return bad(format!("unknown mode {m:?}")),
     };
     let older_than_ms = match q.older_than.trim() {

@@ -254,6 +254,7 @@ pub fn list(page: &super::ListPage, query: &str, session: &Session) -> Markup {
                     option value="" { "any" }
                     option value="2pc" selected[page.mode.as_deref() == Some("2pc")] { "2pc" }
                     option value="tcc" selected[page.mode.as_deref() == Some("tcc")] { "tcc" }
+                    option value="saga" selected[page.mode.as_deref() == Some("saga")] { "saga" }
                 } }
                 label { input type="checkbox" name="stuck" value="1" checked[page.stuck]; " stuck only" }
                 label { "Participant " input type="text" name="participant" value=(page.participant) placeholder="http://host:port"; }
@@ -308,6 +309,13 @@ pub fn detail(txn: &Txn, owner: &str, audit: &[AuditEntry], session: &Session) -
                     @if let Some(since) = txn.stuck_since_ms { " " span.state.bad { "STUCK" } " since " (when(Some(since))) }
                 }
                 dt { "Mode" } dd { (txn.mode.name()) }
+                @if txn.mode == crate::engine::Mode::Saga {
+                    dt { "Saga" } dd id="saga-position" {
+                        (txn.state.saga_name())
+                        @let steps = txn.current_steps();
+                        @if !steps.is_empty() { ": step " (steps.join(", ")) }
+                    }
+                }
                 @if !txn.reason.is_empty() { dt { "Reason" } dd { (txn.reason) } }
                 dt { "Created" } dd { (when(Some(txn.created_at_ms))) }
                 dt { "Decided" } dd { (when(txn.decided_at_ms)) }

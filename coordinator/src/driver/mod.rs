@@ -37,7 +37,7 @@ use slot::{Published, Slot};
 /// How long a `Commit`-like call holds the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// Until the decision is durable.
+    /// Until the decision is durable (a saga: until it runs, durably).
     Decided,
     /// Until the transaction is committed or aborted.
     Final,
@@ -576,9 +576,13 @@ impl Driver {
     ) -> Result<Outcome, DriverError> {
         let max = Instant::now() + self.inner.config.max_wait;
         let deadline = deadline.map_or(max, |d| d.min(max));
-        let done = match wait {
-            Wait::Decided => TxnState::is_decided,
-            Wait::Final => TxnState::is_final,
+        // A saga is decided only when it completes or turns back: without
+        // waiting, its caller hears once it runs (durably).
+        let saga = slot.lock().mode == Mode::Saga;
+        let done: fn(TxnState) -> bool = match (wait, saga) {
+            (Wait::Decided, false) => TxnState::is_decided,
+            (Wait::Decided, true) => |state| state.rank() >= 1,
+            (Wait::Final, _) => TxnState::is_final,
         };
         let published = self.inner.wait_for(slot, done, deadline).await;
         if slot.is_fenced() {

@@ -55,6 +55,18 @@ impl TxnState {
         }
     }
 
+    /// What the state means for a saga (README, "Sagas").
+    pub fn saga_name(self) -> &'static str {
+        match self {
+            TxnState::Active => "not started",
+            TxnState::Preparing => "running",
+            TxnState::Committing => "finishing (must-succeed steps)",
+            TxnState::Committed => "completed",
+            TxnState::Aborting => "compensating",
+            TxnState::Aborted => "compensated",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TxnState::Active => "ACTIVE",

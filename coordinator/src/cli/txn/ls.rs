@@ -25,6 +25,7 @@ pub enum ModeArg {
     #[value(name = "2pc")]
     TwoPhase,
     Tcc,
+    Saga,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +77,7 @@ pub async fn run(conn: &Conn, args: LsArgs) -> anyhow::Result<()> {
             None => pb::Mode::Unspecified,
             Some(ModeArg::TwoPhase) => pb::Mode::TwoPhase,
             Some(ModeArg::Tcc) => pb::Mode::Tcc,
+            Some(ModeArg::Saga) => pb::Mode::Saga,
         } as i32,
         stuck_only: args.stuck,
         older_than_ms: args.older_than.map_or(0, |d| d.as_millis() as u64),

@@ -42,6 +42,8 @@ fn to_json(txn: &pb::Transaction, details: &[pb::BranchDetail]) -> serde_json::V
         "stuck": txn.stuck,
         "mixed_branches": txn.mixed_branches,
         "owner_node": txn.owner_node,
+        "saga": output::saga_position(txn),
+        "current_steps": txn.current_steps,
         "stuck_since_ms": txn.stuck_since_ms,
         "timeout_ms": txn.timeout_ms,
         "created_at_ms": txn.created_at_ms,
@@ -95,6 +97,9 @@ fn print_table(txn: &pb::Transaction, details: &[pb::BranchDetail]) {
         "state        {}{stuck}{mixed}",
         output::state_name(txn.state)
     );
+    if let Some(saga) = output::saga_position(txn) {
+        say!("saga         {saga}");
+    }
     if !txn.reason.is_empty() {
         say!("reason       {}", txn.reason);
     }
