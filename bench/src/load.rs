@@ -83,6 +83,7 @@ pub async fn one_txn(
     let mode = match args.mode {
         ModeArg::TwoPhase => Mode::TwoPhase,
         ModeArg::Tcc => Mode::Tcc,
+        ModeArg::Saga => Mode::Saga,
     };
     let branch = |i: usize| {
         let marker: &[u8] = if abort && i == 0 {
@@ -98,10 +99,10 @@ pub async fn one_txn(
     };
     match args.api {
         Api::Execute => {
-            let mut txn = if mode == Mode::Tcc {
-                Execute::tcc()
-            } else {
-                Execute::two_phase()
+            let mut txn = match mode {
+                Mode::Tcc => Execute::tcc(),
+                Mode::Saga => Execute::saga(),
+                _ => Execute::two_phase(),
             };
             for i in 0..args.branches {
                 txn = txn.branch(branch(i));
@@ -234,6 +235,7 @@ pub async fn measure(
         mode: match args.mode {
             ModeArg::TwoPhase => "2pc",
             ModeArg::Tcc => "tcc",
+            ModeArg::Saga => "saga",
         },
         api: match args.api {
             Api::Execute => "execute",

@@ -55,6 +55,8 @@ pub enum ModeArg {
     #[value(name = "2pc")]
     TwoPhase,
     Tcc,
+    /// Each branch a step, one after another.
+    Saga,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,13 +1,14 @@
 //! The participants the bench serves from its own process: real SDK
-//! participants doing a tiny in-memory state change, counting every call,
-//! and able to pause phase 2 (for the recovery benchmark).
+//! participants (2PC, TCC and saga) doing a tiny in-memory state change,
+//! counting every call, and able to pause phase 2 (for the recovery
+//! benchmark).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use arbiter_sdk::{
-    CallContext, ParticipantError, ParticipantServer, RunningParticipant, TccHandler,
-    TwoPhaseHandler, Vote,
+    CallContext, ParticipantError, ParticipantServer, RunningParticipant, SagaHandler,
+    StepOutcome, TccHandler, TwoPhaseHandler, Vote,
 };
 
 pub const RESOURCE: &str = "bench";
@@ -70,6 +71,21 @@ impl TccHandler for Counter {
     }
 }
 
+impl SagaHandler for Counter {
+    async fn action(&self, _: &CallContext, payload: &[u8]) -> Result<StepOutcome, ParticipantError> {
+        Ok(match self.vote(payload)? {
+            Vote::No(reason) => StepOutcome::Failed(reason),
+            _ => {
+                self.balance.fetch_add(1, Ordering::Relaxed);
+                StepOutcome::Succeeded
+            }
+        })
+    }
+    async fn compensate(&self, _: &CallContext, _: &[u8]) -> Result<(), ParticipantError> {
+        self.finish(-1)
+    }
+}
+
 pub struct Participants {
     pub counters: Vec<Arc<Counter>>,
     pub servers: Vec<RunningParticipant>,
@@ -84,6 +100,7 @@ impl Participants {
             let server = ParticipantServer::new()
                 .two_phase(RESOURCE, counter.clone())
                 .tcc(RESOURCE, counter.clone())
+                .saga(RESOURCE, counter.clone())
                 .serve("127.0.0.1:0".parse()?)
                 .await?;
             counters.push(counter);
