@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use arbiter_sdk::{
-    CallContext, ParticipantError, ParticipantServer, RunningParticipant, SagaHandler,
-    StepOutcome, TccHandler, TwoPhaseHandler, Vote,
+    CallContext, ParticipantError, ParticipantServer, RunningParticipant, SagaHandler, StepOutcome,
+    TccHandler, TwoPhaseHandler, Vote,
 };
 
 pub const RESOURCE: &str = "bench";
@@ -72,7 +72,11 @@ impl TccHandler for Counter {
 }
 
 impl SagaHandler for Counter {
-    async fn action(&self, _: &CallContext, payload: &[u8]) -> Result<StepOutcome, ParticipantError> {
+    async fn action(
+        &self,
+        _: &CallContext,
+        payload: &[u8],
+    ) -> Result<StepOutcome, ParticipantError> {
         Ok(match self.vote(payload)? {
             Vote::No(reason) => StepOutcome::Failed(reason),
             _ => {

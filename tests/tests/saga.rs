@@ -261,7 +261,11 @@ async fn where_a_saga_is_shows_in_get_transaction_the_cli_and_the_watch_stream()
     // Abort it by hand: compensating, then compensated; the watch stream
     // names the calls for sagas.
     let mut watch = client.watch(&id).await?;
-    client.rollback(&id, "drill").await?;
+    let turned = client.rollback(&id, "drill").await?;
+    assert!(
+        matches!(turned, TxnState::Aborting | TxnState::Aborted),
+        "answered once the turn back is durable: {turned:?}"
+    );
     let mut calls = Vec::new();
     while let Some(event) = tokio::time::timeout(Duration::from_secs(30), watch.next()).await? {
         let event = event?;

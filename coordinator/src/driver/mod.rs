@@ -37,7 +37,10 @@ use slot::{Published, Slot};
 /// How long a `Commit`-like call holds the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// Until the decision is durable (a saga: until it runs, durably).
+    /// Until a saga runs, durably (what a saga's Commit without waiting
+    /// waits for).
+    Running,
+    /// Until the decision is durable.
     Decided,
     /// Until the transaction is committed or aborted.
     Final,
@@ -363,6 +366,12 @@ impl Driver {
     ) -> Result<Outcome, DriverError> {
         let steps = self.inner.apply(&slot, Event::Commit)?;
         self.inner.perform_detached(slot.clone(), steps);
+        // A saga is decided only when it completes or turns back: a caller
+        // that does not wait hears once it runs, durably.
+        let wait = match wait {
+            Wait::Decided if slot.lock().mode == Mode::Saga => Wait::Running,
+            other => other,
+        };
         self.wait(txn_id, &slot, wait, deadline).await
     }
 
@@ -576,13 +585,10 @@ impl Driver {
     ) -> Result<Outcome, DriverError> {
         let max = Instant::now() + self.inner.config.max_wait;
         let deadline = deadline.map_or(max, |d| d.min(max));
-        // A saga is decided only when it completes or turns back: without
-        // waiting, its caller hears once it runs (durably).
-        let saga = slot.lock().mode == Mode::Saga;
-        let done: fn(TxnState) -> bool = match (wait, saga) {
-            (Wait::Decided, false) => TxnState::is_decided,
-            (Wait::Decided, true) => |state| state.rank() >= 1,
-            (Wait::Final, _) => TxnState::is_final,
+        let done: fn(TxnState) -> bool = match wait {
+            Wait::Running => |state| state.rank() >= 1,
+            Wait::Decided => TxnState::is_decided,
+            Wait::Final => TxnState::is_final,
         };
         let published = self.inner.wait_for(slot, done, deadline).await;
         if slot.is_fenced() {

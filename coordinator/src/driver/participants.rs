@@ -352,7 +352,12 @@ fn step_vote(answer: pb::StepResult) -> Phase1Result {
 }
 
 /// A must-succeed step's answer to its action: done, or why it is retried.
+/// A success with an oversized result still counts (the result is dropped
+/// by the caller, as for an ack).
 fn step_done(answer: pb::StepResult) -> Result<Vec<u8>, String> {
+    if answer.outcome == StepOutcome::StepSucceeded as i32 {
+        return Ok(answer.result);
+    }
     match step_vote(answer) {
         (VoteResult::Yes, result) => Ok(result),
         (VoteResult::No(why) | VoteResult::Transient(why), _) => Err(format!(

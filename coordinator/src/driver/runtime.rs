@@ -47,6 +47,13 @@ enum Step {
 /// The steps of one engine step, to be run by [`Inner::perform`].
 pub struct Steps(Vec<Step>);
 
+/// Every mode, in the order of [`Inner::about_mode`].
+const MODES: [engine::Mode; 3] = [
+    engine::Mode::TwoPhase,
+    engine::Mode::Tcc,
+    engine::Mode::Saga,
+];
+
 /// A saga with a step done (for its crash points; a 2PC transaction
 /// never writes PREPARING).
 fn saga_step_done(txn: &Txn) -> bool {
@@ -102,7 +109,7 @@ pub struct Inner {
     /// Watch streams open at once (`max_watches`).
     pub watches: Arc<tokio::sync::Semaphore>,
     /// What feed items of each mode carry when nobody watches.
-    about_mode: [Arc<About>; 2],
+    about_mode: [Arc<About>; 3],
 }
 
 /// What watchers may filter the changes of `txn` by.
@@ -170,7 +177,7 @@ impl Inner {
             lapses_seen: AtomicU64::new(0),
             feed,
             watches: Arc::new(tokio::sync::Semaphore::new(max_watches)),
-            about_mode: [crate::engine::Mode::TwoPhase, crate::engine::Mode::Tcc].map(|mode| {
+            about_mode: MODES.map(|mode| {
                 Arc::new(About {
                     mode: Some(mode),
                     ..About::default()
@@ -238,7 +245,8 @@ impl Inner {
             record.about = if self.feed.watched() {
                 Arc::new(about(txn))
             } else {
-                self.about_mode[usize::from(txn.mode == crate::engine::Mode::Tcc)].clone()
+                let i = MODES.iter().position(|m| *m == txn.mode).unwrap_or(0);
+                self.about_mode[i].clone()
             };
         }
         if let Some(notify) = &self.notify {
@@ -381,11 +389,14 @@ impl Inner {
         }
         // A failure or an operator's action is written on its own (lazily),
         // so watchers see it though no record follows for a while. Not while
-        // undecided: PREPARING is never written.
+        // a 2PC or TCC transaction is undecided: PREPARING is never written
+        // (a running saga's is).
         let persisted = steps
             .iter()
             .any(|s| matches!(s, Step::Durable(..) | Step::Lazy(_)));
-        if !persisted && txn.state.is_decided() && txn.changes.iter().any(|c| c.kind.is_urgent()) {
+        let writable = txn.state.is_decided()
+            || (txn.mode == engine::Mode::Saga && txn.state == TxnState::Preparing);
+        if !persisted && writable && txn.changes.iter().any(|c| c.kind.is_urgent()) {
             steps.push(Step::Lazy(self.persist_lazy(slot, &mut txn)?));
         }
         Ok((Steps(steps), extra))

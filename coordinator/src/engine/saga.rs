@@ -135,6 +135,26 @@ fn succeeded(b: &Branch) -> bool {
     matches!(b.state, BranchState::Prepared | BranchState::Committed)
 }
 
+/// What a must-succeed step's dependents wait for: it succeeded, or an
+/// operator resolved it by hand (either way, it is done with).
+fn satisfied(b: &Branch) -> bool {
+    succeeded(b) || b.heuristic.is_some()
+}
+
+/// Every step that step `i` waits for is done with (forward).
+fn deps_done(txn: &Txn, i: usize) -> bool {
+    deps(txn, i).iter().all(|&j| satisfied(&txn.branches[j]))
+}
+
+/// Every step that waits for step `i` is compensated or never ran, and has
+/// no call out: `i`'s compensation may run.
+fn dependents_settled(txn: &Txn, i: usize) -> bool {
+    dependents(txn, i).iter().all(|&j| {
+        let b = &txn.branches[j];
+        !b.in_flight && !needs_compensation(b)
+    })
+}
+
 /// The client starts the saga: RUNNING is made durable, then the first
 /// steps start.
 pub(super) fn start(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
@@ -187,9 +207,7 @@ pub(super) fn advance(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
                 .into_iter()
                 .filter(|&i| {
                     let b = &txn.branches[i];
-                    !b.in_flight
-                        && b.phase_attempts == 0
-                        && deps(txn, i).iter().all(|&j| succeeded(&txn.branches[j]))
+                    !b.in_flight && b.phase_attempts == 0 && deps_done(txn, i)
                 })
                 .collect();
             ready
@@ -211,9 +229,7 @@ pub(super) fn advance(txn: &mut Txn, now_ms: u64) -> Vec<Action> {
                     needs_compensation(b)
                         && !b.in_flight
                         && b.phase_attempts == 0
-                        && dependents(txn, i)
-                            .iter()
-                            .all(|&j| settled(&txn.branches[j]))
+                        && dependents_settled(txn, i)
                 })
                 .collect();
             ready
@@ -460,16 +476,23 @@ pub(super) fn retry_due(txn: &mut Txn, i: usize, kind: CallKind, seq: u32) -> Ve
     }
 }
 
-/// The call the saga still owes step `i` and already started (for an
-/// operator's RetryNow and ResolveBranch).
+/// The call the saga owes step `i` now, in its order (for an operator's
+/// RetryNow and ResolveBranch): an action started and not answered yet, a
+/// must-succeed step whose dependencies are done, a compensation started
+/// or whose dependents are compensated. Never one the order holds back.
 pub(super) fn pending_call(txn: &Txn, i: usize) -> Option<CallKind> {
     let step = &txn.branches[i];
     match txn.state {
         TxnState::Preparing if step.prepare_sent && step.state == BranchState::Registered => {
             Some(CallKind::Prepare)
         }
-        TxnState::Committing if owed_forward(step) => Some(CallKind::Commit),
-        TxnState::Aborting if needs_compensation(step) => Some(CallKind::Rollback),
+        TxnState::Committing if owed_forward(step) && deps_done(txn, i) => Some(CallKind::Commit),
+        TxnState::Aborting
+            if needs_compensation(step)
+                && (step.phase_attempts > 0 || dependents_settled(txn, i)) =>
+        {
+            Some(CallKind::Rollback)
+        }
         _ => None,
     }
 }

@@ -271,13 +271,17 @@ impl Txn {
             .filter(|b| match self.state {
                 TxnState::Preparing => b.prepare_sent && b.state == BranchState::Registered,
                 TxnState::Committing => {
-                    b.must_succeed && b.prepare_sent && b.state != BranchState::Committed
+                    b.must_succeed
+                        && b.prepare_sent
+                        && b.heuristic.is_none()
+                        && b.state != BranchState::Committed
                 }
+                // Compensation started (an action still out is not one).
                 TxnState::Aborting => {
                     b.prepare_sent
                         && !b.must_succeed
                         && !matches!(b.state, BranchState::RolledBack | BranchState::Committed)
-                        && (b.in_flight || b.phase_attempts > 0)
+                        && b.phase_attempts > 0
                 }
                 _ => false,
             })

@@ -424,3 +424,68 @@ fn an_operator_can_retry_abort_and_resolve_a_saga() {
     );
     assert_eq!(resolved.first(), Some(&Persist(Durability::Flush)));
 }
+
+#[test]
+fn retry_now_keeps_the_compensation_order() {
+    let mut txn = saga(3);
+    must_step(&mut txn, Event::Commit);
+    ok(&mut txn, 0);
+    ok(&mut txn, 1);
+    failed(&mut txn, 2); // compensating step 3 first
+    must_step(
+        &mut txn,
+        Event::Phase2Failed {
+            branch: 2,
+            error: "down".into(),
+        },
+    );
+    assert_eq!(
+        calls(&must_step(&mut txn, Event::RetryNow)),
+        [(2, R)],
+        "steps 1 and 2 wait for step 3's compensation"
+    );
+}
+
+#[test]
+fn a_must_succeed_step_resolved_by_hand_lets_the_next_one_run() {
+    let mut txn = saga(1);
+    let mut second = branch("2");
+    second.must_succeed = true;
+    let mut third = branch("3");
+    third.must_succeed = true;
+    must_step(&mut txn, Event::Register(Box::new(second)));
+    must_step(&mut txn, Event::Register(Box::new(third)));
+    must_step(&mut txn, Event::Commit);
+    assert_eq!(calls(&ok(&mut txn, 0)), [(1, C)]);
+    must_step(
+        &mut txn,
+        Event::Phase2Failed {
+            branch: 1,
+            error: "smtp down".into(),
+        },
+    );
+    assert_eq!(
+        calls(&must_step(&mut txn, Event::RetryNow)),
+        [(1, C)],
+        "not step 3 before step 2"
+    );
+    must_step(
+        &mut txn,
+        Event::Phase2Failed {
+            branch: 1,
+            error: "smtp down".into(),
+        },
+    );
+    let resolved = must_step(
+        &mut txn,
+        Event::ResolveBranch {
+            branch: 1,
+            committed: false,
+            note: "sent by hand".into(),
+        },
+    );
+    assert_eq!(calls(&resolved), [(2, C)]);
+    assert_eq!(txn.current_steps(), ["3"]);
+    compensated(&mut txn, 2);
+    assert_eq!(txn.state, TxnState::Committed);
+}
