@@ -223,3 +223,37 @@ fn unknown_enum_numbers_are_damage_not_guesses() {
         "specs that do not start at the first branch"
     );
 }
+
+/// Format 4: a saga (mode 3) and its steps' order round-trip, and the bytes
+/// of a step's spec are frozen.
+#[test]
+fn a_saga_and_its_steps_order_round_trip_with_frozen_bytes() {
+    let mut txn = sample();
+    txn.mode = Mode::Saga;
+    txn.state = TxnState::Preparing;
+    txn.decided_at_ms = None;
+    txn.stuck_since_ms = None;
+    txn.branches[0].heuristic = None;
+    let mut second = Branch::new(
+        "2".into(),
+        "http://127.0.0.1:9".into(),
+        "hotel".into(),
+        vec![7],
+        1_000,
+    );
+    second.depends_on = vec!["1".into()];
+    let mut third = second.clone();
+    third.id = "3".into();
+    third.depends_on = Vec::new();
+    third.start_at_once = true;
+    third.must_succeed = true;
+    txn.branches.push(second.clone());
+    txn.branches.push(third);
+    assert_eq!(fold_ops("t-1", &ops_of(&txn)), Ok(txn));
+    let spec = BranchSpec::of(&second).encode_to_vec();
+    assert_eq!(
+        hex(&spec),
+        "0a01321212687474703a2f2f3132372e302e302e313a391a05686f74656c22010728e807320131"
+    );
+    assert_eq!(mode_of(3), Ok(Mode::Saga));
+}
