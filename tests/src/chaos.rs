@@ -11,6 +11,26 @@ use tokio::task::JoinHandle;
 
 use crate::eventually;
 
+/// The coordinator's settings for a chaos run: quick retries, calls that
+/// give up in time.
+pub const ARBITER_ARGS: [&str; 6] = [
+    "--retry-base-ms",
+    "20",
+    "--retry-max-ms",
+    "300",
+    "--call-timeout-ms",
+    "2000",
+];
+
+/// How many times to kill the coordinator: `ARBITER_CHAOS_KILLS`, or
+/// `default` (try 100 for a long run).
+pub fn kills(default: usize) -> usize {
+    std::env::var("ARBITER_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Transfer workers running in the background.
 pub struct Transfers {
     ids: Arc<Mutex<Vec<String>>>,

@@ -12,27 +12,16 @@ use std::sync::Arc;
 use arbiter_examples::{AccountRef, Bank, RESOURCE};
 use arbiter_sdk::{ParticipantServer, TxnState};
 use arbiter_tests::ArbiterProcess;
-use arbiter_tests::chaos::{final_state, kill_repeatedly, start_transfers};
+use arbiter_tests::chaos::{self, final_state, kill_repeatedly, start_transfers};
 
 const WORKERS: usize = 8;
 const START_BALANCE: i64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_survives_repeated_kill_9() -> anyhow::Result<()> {
-    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let kills = chaos::kills(10);
     let dir = tempfile::tempdir()?;
-    let args = [
-        "--retry-base-ms",
-        "20",
-        "--retry-max-ms",
-        "300",
-        "--call-timeout-ms",
-        "2000",
-    ];
-    let mut arbiter = ArbiterProcess::start(dir.path(), &args).await?;
+    let mut arbiter = ArbiterProcess::start(dir.path(), &chaos::ARBITER_ARGS).await?;
 
     let mut banks = Vec::new();
     let mut services = Vec::new();

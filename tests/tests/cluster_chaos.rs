@@ -88,10 +88,7 @@ async fn transfer(clients: &[Client], id: &str, accounts: &[AccountRef]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_keeps_the_bank_whole_under_kill_9() -> anyhow::Result<()> {
-    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let kills = arbiter_tests::chaos::kills(6);
     let cluster = PgCluster::start(64)?;
     cluster.create_database("arbiter").await?;
     let store = cluster.store_url("arbiter");

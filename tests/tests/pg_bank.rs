@@ -23,10 +23,7 @@ const START_BALANCE: i64 = 10_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_bank_survives_coordinator_kill_9() -> anyhow::Result<()> {
-    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let kills = arbiter_tests::chaos::kills(6);
     let cluster = PgCluster::start(64)?;
     let dir = tempfile::tempdir()?;
     let args = [

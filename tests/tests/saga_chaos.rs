@@ -14,7 +14,7 @@ use std::time::Duration;
 use arbiter_examples::travel::{BOOKING, Booking, Inventory, trip};
 use arbiter_sdk::{ParticipantServer, TxnState};
 use arbiter_tests::ArbiterProcess;
-use arbiter_tests::chaos::{final_state, kill_repeatedly};
+use arbiter_tests::chaos::{self, final_state, kill_repeatedly};
 
 const WORKERS: usize = 8;
 /// Less stock than trips, so some sagas fail and compensate.
@@ -22,20 +22,9 @@ const STOCK: [(&str, i64); 3] = [("LH123", 900), ("hotel-adlon", 500), ("compact
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trips_survive_repeated_kill_9() -> anyhow::Result<()> {
-    let kills: usize = std::env::var("ARBITER_CHAOS_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let kills = chaos::kills(10);
     let dir = tempfile::tempdir()?;
-    let args = [
-        "--retry-base-ms",
-        "20",
-        "--retry-max-ms",
-        "300",
-        "--call-timeout-ms",
-        "2000",
-    ];
-    let mut arbiter = ArbiterProcess::start(dir.path(), &args).await?;
+    let mut arbiter = ArbiterProcess::start(dir.path(), &chaos::ARBITER_ARGS).await?;
     let mut inventories = Vec::new();
     let mut services = Vec::new();
     let mut bookings = Vec::new();

@@ -497,7 +497,14 @@ fn acked(txn: &mut Txn, i: usize, output: Vec<u8>, now_ms: u64) -> Vec<Action> {
         TxnState::Aborting => branch.state = BranchState::RolledBack,
         _ => return Vec::new(),
     }
-    let branch = branch.id.clone();
+    note_acked(txn, i, call, output, now_ms);
+    maybe_finish(txn, now_ms)
+}
+
+/// Notes that branch `i` acknowledged `call`; a commit's result travels
+/// with the change.
+fn note_acked(txn: &mut Txn, i: usize, call: CallKind, output: Vec<u8>, now_ms: u64) {
+    let branch = branch_id(txn, i);
     let result = if call == CallKind::Commit {
         output
     } else {
@@ -512,7 +519,6 @@ fn acked(txn: &mut Txn, i: usize, output: Vec<u8>, now_ms: u64) -> Vec<Action> {
             result,
         },
     );
-    maybe_finish(txn, now_ms)
 }
 
 fn phase2_failed(

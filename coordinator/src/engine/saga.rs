@@ -429,21 +429,7 @@ pub(super) fn acked(txn: &mut Txn, i: usize, output: Vec<u8>, now_ms: u64) -> Ve
     } else {
         step.state = BranchState::RolledBack;
     }
-    let branch = step.id.clone();
-    let result = if call == CallKind::Commit {
-        output
-    } else {
-        Vec::new()
-    };
-    note(
-        txn,
-        now_ms,
-        ChangeKind::Acked {
-            branch,
-            call,
-            result,
-        },
-    );
+    note_acked(txn, i, call, output, now_ms);
     let mut actions = advance(txn, now_ms);
     if !txn.state.is_final() && !actions.is_empty() {
         // The next compensation (or step) starts only once this one's
