@@ -68,9 +68,11 @@ pub fn request_bytes(data: &[u8]) {
         let _ = validate::timeout("timeout_ms", ms, config.default_timeout, config.max_timeout);
     };
     let branch = |spec: pb::BranchSpec| {
-        let mut spec = convert::branch_spec(spec);
-        let _ = validate::branch(&config, &mut spec);
-        let _ = validate::endpoint(&spec.participant, true, &[]);
+        if let Ok(mut spec) = convert::branch_spec(spec) {
+            let _ = validate::branch(&config, &mut spec);
+            let _ = validate::endpoint(&spec.participant, true, &[]);
+            let _ = validate::http_base(&spec.participant, true, &[]);
+        }
     };
     if let Ok(req) = pb::ExecuteRequest::decode(data) {
         let _ = convert::mode_from_pb(req.mode);
@@ -92,6 +94,8 @@ pub fn request_bytes(data: &[u8]) {
             payload: req.payload,
             call_timeout_ms: req.call_timeout_ms,
             saga: req.saga,
+            protocol: req.protocol,
+            payload_as_json: req.payload_as_json,
         });
     }
     if let Ok(req) = pb::ListTransactionsRequest::decode(data) {
@@ -208,6 +212,8 @@ mod tests {
                         start_at_once: false,
                         must_succeed: true,
                     }),
+                    protocol: 1,
+                    payload_as_json: true,
                 }],
                 wait: true,
             }

@@ -146,8 +146,19 @@ pub fn transaction_finished(
 }
 
 pub fn branch_call(call: &'static str, code: &'static str, took: Duration) {
-    counter!("arbiter_branch_calls_total", "call" => call, "code" => code).increment(1);
-    histogram!("arbiter_branch_call_duration_seconds", "call" => call).record(took.as_secs_f64());
+    counter!("arbiter_branch_calls_total", "call" => call, "code" => code, "protocol" => "grpc")
+        .increment(1);
+    histogram!("arbiter_branch_call_duration_seconds", "call" => call, "protocol" => "grpc")
+        .record(took.as_secs_f64());
+}
+
+/// A call to an HTTP/JSON participant; `code` is `OK`, `HTTP_<status>` or
+/// `FAILED` (no answer).
+pub fn branch_call_http(call: &'static str, code: String, took: Duration) {
+    counter!("arbiter_branch_calls_total", "call" => call, "code" => code, "protocol" => "http")
+        .increment(1);
+    histogram!("arbiter_branch_call_duration_seconds", "call" => call, "protocol" => "http")
+        .record(took.as_secs_f64());
 }
 
 pub fn retry(call: &'static str) {

@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-pub use pb::{BranchResult, BranchState, Mode, SagaStep, Transaction, TxnState};
+pub use pb::{BranchResult, BranchState, Mode, Protocol, SagaStep, Transaction, TxnState};
 
 /// Errors of the initiator client, by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,10 @@ pub struct Branch {
     /// For a saga step: its order and whether it has a compensation
     /// ([`Branch::after`], [`Branch::at_once`], [`Branch::must_succeed`]).
     pub step: SagaStep,
+    /// gRPC (the default), or HTTP/JSON ([`Branch::http`]).
+    pub protocol: Protocol,
+    /// HTTP/JSON only: send the payload as JSON too (`payload_json`).
+    pub payload_as_json: bool,
 }
 
 impl Branch {
@@ -70,7 +74,25 @@ impl Branch {
             payload: Vec::new(),
             call_timeout: None,
             step: SagaStep::default(),
+            protocol: Protocol::Grpc,
+            payload_as_json: false,
         }
+    }
+
+    /// A branch at a plain HTTP/JSON participant: the coordinator POSTs each
+    /// call to `<base_url>/<call>` (README, "Participants over HTTP").
+    pub fn http(base_url: impl Into<String>, resource: impl Into<String>) -> Self {
+        Branch {
+            protocol: Protocol::HttpJson,
+            ..Branch::new(base_url, resource)
+        }
+    }
+
+    /// HTTP/JSON only: also send the payload as JSON (`payload_json`) when
+    /// it is valid JSON.
+    pub fn payload_as_json(mut self) -> Self {
+        self.payload_as_json = true;
+        self
     }
 
     /// A saga step that runs once these steps (branch ids: "1", "2", ... in
@@ -112,6 +134,8 @@ impl Branch {
             payload: self.payload.clone(),
             call_timeout_ms: self.call_timeout.map_or(0, |d| d.as_millis() as u64),
             saga: (self.step != SagaStep::default()).then(|| self.step.clone()),
+            protocol: self.protocol as i32,
+            payload_as_json: self.payload_as_json,
         }
     }
 }
@@ -424,6 +448,8 @@ impl Client {
                 call_timeout_ms: spec.call_timeout_ms,
                 branch_id: branch_id.to_string(),
                 saga: spec.saga,
+                protocol: spec.protocol,
+                payload_as_json: spec.payload_as_json,
             })
             .await?;
         Ok(response.into_inner().branch_id)

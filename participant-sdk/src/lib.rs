@@ -116,7 +116,7 @@ mod watch;
 
 pub use client::{
     Branch, BranchResult, BranchState, Client, ClientError, ConnectOptions, Credentials, Execute,
-    Mode, Outcome, RawClient, Resolution, SagaStep, Transaction, TxnState,
+    Mode, Outcome, Protocol, RawClient, Resolution, SagaStep, Transaction, TxnState,
 };
 
 /// TLS settings for [`ConnectOptions::tls`] and [`ParticipantServer::tls`].

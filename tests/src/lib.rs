@@ -6,6 +6,7 @@ pub mod certs;
 pub mod chaos;
 pub mod cli;
 pub mod http;
+pub mod http_participant;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

@@ -268,6 +268,7 @@ async fn tls_and_mutual_tls_both_ways() -> anyhow::Result<()> {
         tls: Tls {
             server: Some(server_tls(&ca, true)?),
             participants: Some(client_tls(&ca, Some("coordinator"))?),
+            ..Tls::default()
         },
         ..Config::default()
     };

@@ -394,6 +394,20 @@ impl ServeArgs {
             tls.server = Some(server);
         }
         if let Some(ca) = &self.participant_tls_ca {
+            let identity = match (&self.participant_tls_cert, &self.participant_tls_key) {
+                (Some(cert), Some(key)) => Some((
+                    pem(cert, "--participant-tls-cert")?,
+                    pem(key, "--participant-tls-key")?,
+                )),
+                _ => None,
+            };
+            tls.participants_http = Some(
+                crate::security::http_client_tls(
+                    &pem(ca, "--participant-tls-ca")?,
+                    identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                )
+                .map_err(|e| anyhow::anyhow!("HTTP participants' TLS: {e}"))?,
+            );
             let mut client = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(pem(ca, "--participant-tls-ca")?));
             if let (Some(cert), Some(key)) = (&self.participant_tls_cert, &self.participant_tls_key)

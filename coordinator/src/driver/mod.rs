@@ -6,6 +6,7 @@ mod admin;
 mod answer;
 mod backoff;
 mod error;
+pub mod http;
 pub mod ids;
 pub mod latency;
 mod notices;

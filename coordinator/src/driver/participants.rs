@@ -19,8 +19,9 @@ use arbiter_proto::v1::{BranchCall, StepOutcome, Vote, VoteKind};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use crate::driver::http::{self, HttpCaller};
 use crate::driver::validate;
-use crate::engine::{CallKind, MAX_RESULT, Mode, VoteResult};
+use crate::engine::{CallKind, MAX_RESULT, Mode, Protocol, VoteResult};
 
 /// Everything needed to make one call, copied out of the transaction.
 #[derive(Clone, Debug)]
@@ -37,6 +38,9 @@ pub struct CallSpec {
     pub attempt: u32,
     /// W3C trace context sent with the call.
     pub traceparent: String,
+    pub protocol: Protocol,
+    /// HTTP/JSON only: send the payload as JSON too.
+    pub json_payload: bool,
 }
 
 /// What came back from a phase-2 call.
@@ -55,6 +59,8 @@ pub struct Participants {
     idle: Duration,
     /// What "now" is measured from for `Cached::last_used`.
     epoch: Instant,
+    /// HTTP/JSON participants.
+    pub http: HttpCaller,
 }
 
 /// One cached channel, when it was last handed out (ms since `epoch`), and
@@ -103,13 +109,19 @@ impl Cached {
 }
 
 impl Participants {
-    pub fn new(tls: Option<ClientTlsConfig>, max_channels: usize, idle: Duration) -> Participants {
+    pub fn new(
+        tls: Option<ClientTlsConfig>,
+        http_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+        max_channels: usize,
+        idle: Duration,
+    ) -> Participants {
         Participants {
             channels: RwLock::default(),
             tls,
             max_channels: max_channels.max(1),
             idle,
             epoch: Instant::now(),
+            http: HttpCaller::new(http_tls),
         }
     }
 
@@ -209,8 +221,14 @@ impl Participants {
         request
     }
 
-    /// Prepare / try.
+    /// Prepare / try / a saga's action.
     pub async fn prepare(&self, spec: &CallSpec) -> Phase1Result {
+        if spec.protocol == Protocol::HttpJson {
+            let started = std::time::Instant::now();
+            let answer = self.http.call(spec).await;
+            record_http(spec, &answer, started);
+            return http::phase1(CallKind::Prepare.rpc_name(spec.mode), answer);
+        }
         let lent = match self.channel(&spec.participant) {
             Ok(lent) => lent,
             Err(NoChannel::Bad(e)) => return (VoteResult::No(e), Vec::new()),
@@ -251,8 +269,22 @@ impl Participants {
         }
     }
 
-    /// Commit / confirm or rollback / cancel.
+    /// Commit / confirm or rollback / cancel (a saga: a must-succeed step's
+    /// action, or a compensation).
     pub async fn finish(&self, spec: &CallSpec) -> Phase2Result {
+        if spec.protocol == Protocol::HttpJson {
+            let started = std::time::Instant::now();
+            let answer = self.http.call(spec).await;
+            record_http(spec, &answer, started);
+            let must_succeed = spec.mode == Mode::Saga && spec.call != CallKind::Rollback;
+            let rpc = spec.call.rpc_name(spec.mode);
+            return http::phase2(rpc, answer, must_succeed).map(|mut result| {
+                if result.len() > MAX_RESULT {
+                    result.clear(); // the ack counts; the result cannot travel
+                }
+                result
+            });
+        }
         let lent = self.channel(&spec.participant).map_err(|e| match e {
             NoChannel::Bad(e) | NoChannel::Busy(e) => e,
         })?;
@@ -381,6 +413,16 @@ fn record<T>(
     crate::metrics::branch_call(spec.call.rpc_name(spec.mode), code, started.elapsed());
 }
 
+/// Counts an HTTP call by its answer (`HTTP_503`, `FAILED`).
+fn record_http(spec: &CallSpec, answer: &http::Answer, started: std::time::Instant) {
+    let code = match answer {
+        http::Answer::Ok(_) => "OK".to_string(),
+        http::Answer::Status { code, .. } => format!("HTTP_{code}"),
+        http::Answer::Failed(_) => "FAILED".to_string(),
+    };
+    crate::metrics::branch_call_http(spec.call.rpc_name(spec.mode), code, started.elapsed());
+}
+
 fn vote_result(vote: Vote) -> Phase1Result {
     if vote.vote == VoteKind::VoteYes as i32 {
         if vote.result.len() > MAX_RESULT {
@@ -430,7 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_channel_cache_is_bounded_and_spares_busy_channels() {
-        let participants = Participants::new(None, 2, Duration::from_secs(60));
+        let participants = Participants::new(None, None, 2, Duration::from_secs(60));
         let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
         let used_at = |port: u16, ms: u64| {
             if let Some(cached) = participants

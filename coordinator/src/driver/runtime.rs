@@ -154,6 +154,7 @@ impl Inner {
     ) -> Inner {
         let participants = Participants::new(
             config.tls.participants.clone(),
+            config.tls.participants_http.clone(),
             config.connections.max_participant_channels,
             config.connections.idle_timeout,
         );
@@ -361,6 +362,8 @@ impl Inner {
                         call,
                         attempt,
                         traceparent: super::trace::child(&slot.trace_id),
+                        protocol: b.protocol,
+                        json_payload: b.json_payload,
                     })
                 }
                 Action::RetryLater {
@@ -568,6 +571,15 @@ impl Inner {
         delay: Duration,
     ) {
         crate::metrics::retry(call.name());
+        // An HTTP participant's Retry-After, within the backoff cap.
+        let hint = {
+            let txn = slot.lock();
+            txn.branches
+                .get(branch)
+                .filter(|b| b.protocol == engine::Protocol::HttpJson)
+                .and_then(|b| self.participants.http.take_hint(&txn.id, &b.id))
+        };
+        let delay = hint.map_or(delay, |hint| hint.min(self.config.retry_max).max(delay));
         let inner = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;

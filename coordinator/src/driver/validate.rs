@@ -24,6 +24,9 @@ pub struct BranchSpec {
     pub depends_on: Vec<String>,
     pub start_at_once: bool,
     pub must_succeed: bool,
+    pub protocol: crate::engine::Protocol,
+    /// HTTP/JSON only: send the payload as JSON too.
+    pub json_payload: bool,
 }
 
 /// Steps one saga step may name in `depends_on`.
@@ -42,6 +45,8 @@ impl BranchSpec {
         branch.depends_on = self.depends_on;
         branch.start_at_once = self.start_at_once;
         branch.must_succeed = self.must_succeed;
+        branch.protocol = self.protocol;
+        branch.json_payload = self.json_payload;
         branch
     }
 }
@@ -208,6 +213,30 @@ pub fn endpoint(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, Driv
     Ok(format!("{scheme}://{host}:{port}"))
 }
 
+/// An HTTP/JSON participant's base URL: an endpoint as [`endpoint`] checks
+/// it, and a path (no query or fragment) under which the calls are posted.
+pub fn http_base(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, DriverError> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e| invalid(format!("participant endpoint {uri:?} is not a URI: {e}")))?;
+    if parsed.query().is_some() || uri.contains('#') {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?} must not have a query or fragment"
+        )));
+    }
+    let path = parsed.path().trim_end_matches('/');
+    if path.split('/').any(|part| part == "..") || path.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?} has a path with '..' or control characters"
+        )));
+    }
+    let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
+        return endpoint(uri, tls, own); // says what is missing
+    };
+    let base = endpoint(&format!("{scheme}://{authority}"), tls, own)?;
+    Ok(format!("{base}{path}"))
+}
+
 /// Whether two endpoints name the same participant: equal once normalised
 /// (records written before endpoints were normalised hold them as given).
 pub fn same_endpoint(a: &str, b: &str) -> bool {
@@ -249,11 +278,18 @@ fn is_own(host: &str, port: u16, own: &[SocketAddr]) -> bool {
 
 /// Checks one branch and fills in its call timeout default.
 pub fn branch(config: &Config, spec: &mut BranchSpec) -> Result<(), DriverError> {
-    spec.participant = endpoint(
-        &spec.participant,
-        config.tls.participants.is_some(),
-        &config.own_addresses,
-    )?;
+    let tls = config.tls.participants.is_some();
+    spec.participant = match spec.protocol {
+        crate::engine::Protocol::Grpc => endpoint(&spec.participant, tls, &config.own_addresses)?,
+        crate::engine::Protocol::HttpJson => {
+            http_base(&spec.participant, tls, &config.own_addresses)?
+        }
+    };
+    if spec.json_payload && spec.protocol != crate::engine::Protocol::HttpJson {
+        return Err(invalid(
+            "payload_as_json is for PROTOCOL_HTTP_JSON branches".into(),
+        ));
+    }
     if !crate::security::allowed(&config.allow_participants, &spec.participant) {
         return Err(DriverError::PermissionDenied(format!(
             "participant endpoint {:?} is not in the allowlist (--allow-participant)",

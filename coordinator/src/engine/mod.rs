@@ -34,7 +34,7 @@ mod tests;
 pub use changes::{Change, ChangeKind, Vote};
 use changes::{branch_id, note, note_state};
 pub use types::{
-    Attempt, Branch, BranchState, CallKind, MAX_HISTORY, MAX_RESULT, Mode, Txn, TxnState,
+    Attempt, Branch, BranchState, CallKind, MAX_HISTORY, MAX_RESULT, Mode, Protocol, Txn, TxnState,
     VoteResult,
 };
 

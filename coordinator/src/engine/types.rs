@@ -23,6 +23,16 @@ impl Mode {
     }
 }
 
+/// How the coordinator calls a branch's participant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// The participant services of `participant.proto`, over gRPC.
+    #[default]
+    Grpc,
+    /// A POST of JSON to `<participant>/<call>` (`driver::http`).
+    HttpJson,
+}
+
 /// Where a transaction is in its life. See the diagram in `engine`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnState {
@@ -151,6 +161,9 @@ pub struct Branch {
     /// Saga steps only: has no compensation; retried until it succeeds, and
     /// runs only after every compensable step succeeded.
     pub must_succeed: bool,
+    pub protocol: Protocol,
+    /// HTTP/JSON only: send the payload as JSON too, when it is.
+    pub json_payload: bool,
 }
 
 /// The largest result a participant may send with a vote or ack.
@@ -186,6 +199,8 @@ impl Branch {
             depends_on: Vec::new(),
             start_at_once: false,
             must_succeed: false,
+            protocol: Protocol::Grpc,
+            json_payload: false,
         }
     }
 
@@ -198,6 +213,8 @@ impl Branch {
             && self.depends_on == other.depends_on
             && self.start_at_once == other.start_at_once
             && self.must_succeed == other.must_succeed
+            && self.protocol == other.protocol
+            && self.json_payload == other.json_payload
     }
 }
 

@@ -16,6 +16,47 @@ pub struct Tls {
     pub server: Option<ServerTlsConfig>,
     /// Trust and identity for `https://` participant endpoints.
     pub participants: Option<ClientTlsConfig>,
+    /// The same, for HTTP/JSON participants (built from the same files).
+    pub participants_http: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration for HTTP/JSON participants: trust `ca`, and
+/// present `identity` (certificate chain, key) when given. All PEM.
+pub fn http_client_tls(
+    ca: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        let cert = cert.map_err(|e| format!("--participant-tls-ca: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--participant-tls-ca: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--participant-tls-cert: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| format!("--participant-tls-key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("--participant-tls-cert and --participant-tls-key: {e}"))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Reads a PEM file named by the setting `what`; refuses anything else.

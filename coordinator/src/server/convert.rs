@@ -67,9 +67,16 @@ pub fn branch_state_to_pb(state: BranchState) -> pb::BranchState {
     }
 }
 
-pub fn branch_spec(spec: pb::BranchSpec) -> BranchSpec {
+/// A branch of a request; an unknown protocol is INVALID_ARGUMENT.
+pub fn branch_spec(spec: pb::BranchSpec) -> Result<BranchSpec, Status> {
     let step = spec.saga.unwrap_or_default();
-    BranchSpec {
+    let protocol = protocol_from_pb(spec.protocol).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown protocol {}; use PROTOCOL_GRPC or PROTOCOL_HTTP_JSON",
+            spec.protocol
+        ))
+    })?;
+    Ok(BranchSpec {
         participant: spec.participant,
         resource: spec.resource,
         payload: spec.payload,
@@ -77,6 +84,17 @@ pub fn branch_spec(spec: pb::BranchSpec) -> BranchSpec {
         depends_on: step.depends_on,
         start_at_once: step.start_at_once,
         must_succeed: step.must_succeed,
+        protocol,
+        json_payload: spec.payload_as_json,
+    })
+}
+
+/// An unknown protocol number reads as itself so validation can refuse it.
+fn protocol_from_pb(protocol: i32) -> Option<crate::engine::Protocol> {
+    match pb::Protocol::try_from(protocol) {
+        Ok(pb::Protocol::Grpc) => Some(crate::engine::Protocol::Grpc),
+        Ok(pb::Protocol::HttpJson) => Some(crate::engine::Protocol::HttpJson),
+        Err(_) => None,
     }
 }
 
@@ -103,6 +121,10 @@ fn branch_to_pb(b: &Branch) -> pb::Branch {
         heuristic: b.heuristic.clone().unwrap_or_default(),
         result: b.result.clone(),
         saga: step_to_pb(b),
+        protocol: match b.protocol {
+            crate::engine::Protocol::Grpc => pb::Protocol::Grpc,
+            crate::engine::Protocol::HttpJson => pb::Protocol::HttpJson,
+        } as i32,
     }
 }
 

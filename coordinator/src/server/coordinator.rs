@@ -83,7 +83,9 @@ impl Coordinator for CoordinatorService {
             payload: req.payload,
             call_timeout_ms: req.call_timeout_ms,
             saga: req.saga,
-        });
+            protocol: req.protocol,
+            payload_as_json: req.payload_as_json,
+        })?;
         match self
             .driver
             .register(&req.txn_id, spec, optional(req.branch_id))
@@ -164,7 +166,11 @@ impl Coordinator for CoordinatorService {
         let (metadata, _, req) = request.into_parts();
         let copy = self.driver.is_shared().then(|| req.clone());
         let mode = mode_from_pb(req.mode)?;
-        let branches = req.branches.into_iter().map(branch_spec).collect();
+        let branches = req
+            .branches
+            .into_iter()
+            .map(branch_spec)
+            .collect::<Result<Vec<_>, Status>>()?;
         let executed = trace::scope(
             trace_id,
             self.driver.execute(

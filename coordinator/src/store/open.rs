@@ -37,9 +37,9 @@ pub fn check_format(format: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Marks a checked log of an older format (2 or 3) as this binary's: format
-/// 3 only added key ranges and format 4 a mode and fields older records do
-/// not use, so nothing is rewritten. Returns whether it did.
+/// Marks a checked log of an older format (2 to 4) as this binary's: format
+/// 3 only added key ranges, formats 4 and 5 a mode and fields older records
+/// do not use, so nothing is rewritten. Returns whether it did.
 pub fn upgrade_format<K: Kv>(kv: &K, format: u64) -> Result<bool, StoreError> {
     if format >= FORMAT {
         return Ok(false);

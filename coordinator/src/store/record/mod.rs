@@ -43,7 +43,9 @@ pub use notice::{NOTICE_ENDED, NOTICE_STUCK, NoticeRecord, decode_notice, notice
 
 use prost::Message;
 
-use crate::engine::{Attempt, Branch, BranchState, CallKind, Change, Mode, Txn, TxnState};
+use crate::engine::{
+    Attempt, Branch, BranchState, CallKind, Change, Mode, Protocol, Txn, TxnState,
+};
 use crate::store::{AuditEntry, StoreError, keys};
 
 /// The log format this binary writes. Format 3 added the changes of each
@@ -51,7 +53,9 @@ use crate::store::{AuditEntry, StoreError, keys};
 /// format-2 binary would take those for damage. Format 4 added sagas (mode
 /// 3, and each step's order in its [`BranchSpec`]), which a format-3 binary
 /// would take for damage, or worse, run as if its steps had no order.
-pub const FORMAT: u64 = 4;
+/// Format 5 added HTTP/JSON participants (each branch's protocol in its
+/// [`BranchSpec`]), which a format-4 binary would call over gRPC.
+pub const FORMAT: u64 = 5;
 /// Version byte of every format-2 value.
 const VALUE_V2: u8 = 2;
 
@@ -182,6 +186,12 @@ pub struct BranchSpec {
     pub start_at_once: bool,
     #[prost(bool, tag = "8")]
     pub must_succeed: bool,
+    /// How to call the participant (format 5): absent (0) is gRPC.
+    #[prost(uint32, tag = "9")]
+    pub protocol: u32,
+    /// HTTP/JSON only: send the payload as JSON too.
+    #[prost(bool, tag = "10")]
+    pub json_payload: bool,
 }
 
 /// Where a branch is.
@@ -274,6 +284,21 @@ fn mode_of(code: u32) -> Result<Mode, String> {
         2 => Ok(Mode::Tcc),
         3 => Ok(Mode::Saga),
         other => Err(format!("unknown mode {other}")),
+    }
+}
+
+fn protocol_code(protocol: Protocol) -> u32 {
+    match protocol {
+        Protocol::Grpc => 0,
+        Protocol::HttpJson => 1,
+    }
+}
+
+fn protocol_of(code: u32) -> Result<Protocol, String> {
+    match code {
+        0 => Ok(Protocol::Grpc),
+        1 => Ok(Protocol::HttpJson),
+        other => Err(format!("unknown protocol {other}")),
     }
 }
 
@@ -373,6 +398,8 @@ impl BranchSpec {
             depends_on: branch.depends_on.clone(),
             start_at_once: branch.start_at_once,
             must_succeed: branch.must_succeed,
+            protocol: protocol_code(branch.protocol),
+            json_payload: branch.json_payload,
         }
     }
 }
@@ -454,6 +481,8 @@ pub fn fold(
         branch.depends_on = spec.depends_on;
         branch.start_at_once = spec.start_at_once;
         branch.must_succeed = spec.must_succeed;
+        branch.protocol = protocol_of(spec.protocol).map_err(&bad)?;
+        branch.json_payload = spec.json_payload;
         branch.state = branch_state_of(status.state).map_err(&bad)?;
         branch.attempts = status.attempts;
         branch.phase_attempts = status.phase_attempts;

@@ -1,0 +1,378 @@
+//! Participants over plain HTTP/JSON (branches registered with
+//! `PROTOCOL_HTTP_JSON`): each call is a POST of a JSON body to
+//! `<base>/<call>` (`prepare`, `commit`, `rollback`, `try`, `confirm`,
+//! `cancel`, `action`, `compensate`), and the answer's status and body are
+//! read by one table (README, "Participants over HTTP"), the same meanings
+//! as the gRPC one. One pooled client (connection reuse), the participant
+//! TLS settings for `https://`, the call timeout, and `Retry-After` kept as
+//! a hint for the next retry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use tokio_rustls::rustls;
+
+use super::participants::{CallSpec, Phase1Result, Phase2Result};
+use super::validate;
+use crate::engine::{MAX_RESULT, VoteResult};
+
+/// The largest answer body read; a larger one is a broken answer.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What an HTTP participant answered.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// A 2xx status: the body as JSON, `None` when empty, `Err` when it is
+    /// not JSON.
+    Ok(Option<Result<serde_json::Value, String>>),
+    /// Another status: what it said, and its `Retry-After`.
+    Status {
+        code: u16,
+        said: String,
+        retry_after: Option<Duration>,
+    },
+    /// No answer: unreachable, timed out, or cut off.
+    Failed(String),
+}
+
+pub struct HttpCaller {
+    /// `Err` says why the client could not be set up (every call fails
+    /// with it).
+    client: Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, String>,
+    /// `Retry-After` of the last refused call of a branch, taken by the
+    /// retry that follows it.
+    hints: Mutex<HashMap<(String, String), Duration>>,
+}
+
+/// A TLS configuration that trusts nothing: with no participant CA,
+/// `https://` endpoints are refused at registration anyway.
+fn untrusting() -> Result<rustls::ClientConfig, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        .map_err(|e| format!("cannot set up TLS for HTTP participants: {e}"))
+}
+
+impl HttpCaller {
+    /// A client; `tls` trusts the participant CA (and presents the
+    /// coordinator's certificate) for `https://` endpoints.
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> HttpCaller {
+        let client = tls
+            .map_or_else(untrusting, |c| Ok((*c).clone()))
+            .map(|config| {
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(Duration::from_secs(3)));
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(64)
+                    .build(https)
+            });
+        if let Err(e) = &client {
+            tracing::error!(error = %e, "HTTP participants cannot be called");
+        }
+        HttpCaller {
+            client,
+            hints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// POSTs the call to `<base>/<call>` and reads the answer, within the
+    /// call timeout.
+    pub async fn call(&self, spec: &CallSpec) -> Answer {
+        let rpc = spec.call.rpc_name(spec.mode);
+        let url = format!("{}/{rpc}", spec.participant.trim_end_matches('/'));
+        let mut body = serde_json::json!({
+            "txn_id": spec.txn_id,
+            "branch_id": spec.branch_id,
+            "resource": spec.resource,
+            "call": rpc,
+            "attempt": spec.attempt,
+            "payload": base64::engine::general_purpose::STANDARD.encode(&spec.payload),
+        });
+        if spec.json_payload
+            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&spec.payload)
+        {
+            body["payload_json"] = value;
+        }
+        let mut request = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "arbiter");
+        if !spec.traceparent.is_empty() {
+            request = request.header("traceparent", &spec.traceparent);
+        }
+        let request = match request.body(Full::new(Bytes::from(body.to_string()))) {
+            Ok(request) => request,
+            Err(e) => return Answer::Failed(format!("{rpc}: cannot make the request: {e}")),
+        };
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(why) => return Answer::Failed(why.clone()),
+        };
+        let exchange = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| format!("{rpc} to {url} failed: {}", error_chain(&e)))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    format!("{rpc}: the answer broke off or is over {MAX_BODY} bytes: {e}")
+                })?
+                .to_bytes();
+            Ok::<_, String>((status, retry_after, body))
+        };
+        let (status, retry_after, body) = match tokio::time::timeout(spec.timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Answer::Failed(e),
+            Err(_) => {
+                return Answer::Failed(format!(
+                    "{rpc} timed out after {} ms",
+                    spec.timeout.as_millis()
+                ));
+            }
+        };
+        if status.is_success() {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Answer::Ok(None);
+            }
+            return Answer::Ok(Some(
+                serde_json::from_slice(&body)
+                    .map_err(|e| format!("{rpc}: the answer is not JSON: {e}")),
+            ));
+        }
+        if let Some(after) = retry_after {
+            self.hints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((spec.txn_id.clone(), spec.branch_id.clone()), after);
+        }
+        Answer::Status {
+            code: status.as_u16(),
+            said: said(&body),
+            retry_after,
+        }
+    }
+
+    /// The `Retry-After` the last refused call of this branch asked for.
+    pub fn take_hint(&self, txn_id: &str, branch_id: &str) -> Option<Duration> {
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(txn_id.to_string(), branch_id.to_string()))
+    }
+}
+
+/// What a refusal's body says: its `reason` or `error`, or its text.
+fn said(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => ["reason", "error", "message"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(|s| s.as_str()).map(str::to_string))
+            .unwrap_or_else(|| v.to_string()),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    validate::truncated(text.trim().to_string())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// A 2xx body's `result` (a string), checked against the limit.
+fn result_of(body: &serde_json::Value) -> Result<Vec<u8>, usize> {
+    let result = match body.get("result") {
+        Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(serde_json::Value::Null) | None => Vec::new(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    if result.len() > MAX_RESULT {
+        return Err(result.len());
+    }
+    Ok(result)
+}
+
+/// A phase-1 call's (prepare, try, action) answer as a vote.
+pub fn phase1(rpc: &str, answer: Answer) -> Phase1Result {
+    let no = |why: String| (VoteResult::No(why), Vec::new());
+    match answer {
+        Answer::Ok(None) => (VoteResult::Yes, Vec::new()),
+        Answer::Ok(Some(Err(why))) => no(why),
+        Answer::Ok(Some(Ok(body))) => {
+            let vote = body
+                .get("vote")
+                .or_else(|| body.get("outcome"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("yes")
+                .to_ascii_lowercase();
+            let reason = || {
+                body.get("reason")
+                    .and_then(|r| r.as_str())
+                    .map(|r| validate::truncated(r.to_string()))
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "no reason given".to_string())
+            };
+            match vote.as_str() {
+                "yes" | "succeeded" => match result_of(&body) {
+                    Ok(result) => (VoteResult::Yes, result),
+                    Err(n) => no(format!(
+                        "{rpc} answered YES with a result of {n} bytes, over the {MAX_RESULT}-byte limit"
+                    )),
+                },
+                "read_only" => (VoteResult::ReadOnly, Vec::new()),
+                "no" | "failed" => no(reason()),
+                "retry" => (
+                    VoteResult::Transient(format!("{rpc} asked to retry: {}", reason())),
+                    Vec::new(),
+                ),
+                other => no(format!("{rpc} answered an unknown vote {other:?}")),
+            }
+        }
+        Answer::Status { code, said, .. } if matches!(code, 400 | 409 | 422) => {
+            no(format!("{rpc} answered HTTP {code}: {said}"))
+        }
+        Answer::Status { code, said, .. } => (
+            VoteResult::Transient(format!("{rpc} answered HTTP {code}: {said}")),
+            Vec::new(),
+        ),
+        Answer::Failed(why) => (VoteResult::Transient(why), Vec::new()),
+    }
+}
+
+/// A phase-2 call's (commit, confirm, rollback, cancel, compensate, or a
+/// must-succeed action's) answer: any 2xx acknowledges; anything else is
+/// retried. A must-succeed action must also not say it failed.
+pub fn phase2(rpc: &str, answer: Answer, must_succeed: bool) -> Phase2Result {
+    match answer {
+        Answer::Ok(body) => {
+            let body = body.and_then(Result::ok).unwrap_or(serde_json::Value::Null);
+            if must_succeed {
+                let (vote, result) = phase1(rpc, Answer::Ok(Some(Ok(body))));
+                return match vote {
+                    VoteResult::Yes | VoteResult::ReadOnly => Ok(result),
+                    VoteResult::No(why) | VoteResult::Transient(why) => Err(format!(
+                        "a must-succeed step's action did not succeed (retried): {why}"
+                    )),
+                };
+            }
+            Ok(result_of(&body).unwrap_or_default())
+        }
+        Answer::Status { code, said, .. } => Err(format!("{rpc} answered HTTP {code}: {said}")),
+        Answer::Failed(why) => Err(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(json: &str) -> Answer {
+        Answer::Ok(Some(serde_json::from_str(json).map_err(|e| e.to_string())))
+    }
+
+    fn status(code: u16) -> Answer {
+        Answer::Status {
+            code,
+            said: "busy".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_answer_table() {
+        use VoteResult::*;
+        let vote = |a| phase1("prepare", a).0;
+        assert_eq!(vote(Answer::Ok(None)), Yes);
+        assert_eq!(vote(ok(r#"{"vote":"yes"}"#)), Yes);
+        assert_eq!(vote(ok(r#"{}"#)), Yes);
+        assert_eq!(vote(ok(r#"{"vote":"read_only"}"#)), ReadOnly);
+        assert_eq!(
+            vote(ok(r#"{"vote":"no","reason":"funds"}"#)),
+            No("funds".into())
+        );
+        assert_eq!(
+            vote(ok(r#"{"outcome":"failed"}"#)),
+            No("no reason given".into())
+        );
+        assert!(matches!(vote(ok(r#"{"vote":"retry"}"#)), Transient(_)));
+        assert!(matches!(vote(ok(r#"{"vote":"maybe"}"#)), No(_)));
+        assert!(matches!(
+            vote(Answer::Ok(Some(Err("garbage".into())))),
+            No(_)
+        ));
+        for code in [400, 409, 422] {
+            assert!(matches!(vote(status(code)), No(_)), "{code}");
+        }
+        for code in [301, 401, 404, 408, 429, 500, 502, 503] {
+            assert!(matches!(vote(status(code)), Transient(_)), "{code}");
+        }
+        assert!(matches!(
+            vote(Answer::Failed("refused".into())),
+            Transient(_)
+        ));
+        let huge = format!(
+            r#"{{"vote":"yes","result":"{}"}}"#,
+            "x".repeat(MAX_RESULT + 1)
+        );
+        assert!(matches!(vote(ok(&huge)), No(_)));
+        assert_eq!(
+            phase1("try", ok(r#"{"vote":"yes","result":"r-17"}"#)).1,
+            b"r-17".to_vec()
+        );
+
+        assert_eq!(phase2("commit", Answer::Ok(None), false), Ok(Vec::new()));
+        assert_eq!(
+            phase2("commit", ok(r#"{"result":"receipt"}"#), false),
+            Ok(b"receipt".to_vec())
+        );
+        assert_eq!(
+            phase2("commit", Answer::Ok(Some(Err("garbage".into()))), false),
+            Ok(Vec::new()),
+            "a 2xx acknowledges whatever its body"
+        );
+        for code in [400, 409, 422, 500] {
+            assert!(phase2("rollback", status(code), false).is_err());
+        }
+        assert!(phase2("action", ok(r#"{"outcome":"failed"}"#), true).is_err());
+        assert!(phase2("action", ok(r#"{"outcome":"succeeded"}"#), true).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_says_what_its_body_says() {
+        assert_eq!(said(br#"{"error":"sold out"}"#), "sold out");
+        assert_eq!(said(b"plain text\n"), "plain text");
+    }
+}
