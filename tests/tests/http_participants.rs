@@ -301,3 +301,85 @@ async fn bad_http_endpoints_are_refused() -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_banks_stay_whole_when_the_coordinator_is_killed() -> anyhow::Result<()> {
+    use arbiter_tests::chaos::{self, final_state, kill_repeatedly};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !node_or_skip() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut arbiter = ArbiterProcess::start(dir.path(), &chaos::ARBITER_ARGS).await?;
+    let python = Arc::new(ExampleBank::start("python3", "bank.py", "bob=10000,dave=10000").await?);
+    let node = Arc::new(ExampleBank::start("node", "bank.js", "carol=10000,erin=10000").await?);
+    let client = arbiter.client().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, stop, ids) = (client.clone(), stop.clone(), ids.clone());
+            let (python, node) = (python.clone(), node.clone());
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    seq += 1;
+                    let id = format!("h{w}-{seq}");
+                    ids.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(id.clone());
+                    let amount = fastrand::i64(1..=300);
+                    let (from, to) = if fastrand::bool() {
+                        (
+                            http_leg(&python, ["bob", "dave"][w % 2], -amount),
+                            http_leg(&node, ["carol", "erin"][w % 2], amount),
+                        )
+                    } else {
+                        (
+                            http_leg(&node, ["carol", "erin"][w % 2], -amount),
+                            http_leg(&python, ["bob", "dave"][w % 2], amount),
+                        )
+                    };
+                    let txn = if fastrand::bool() {
+                        Execute::tcc()
+                    } else {
+                        Execute::two_phase()
+                    };
+                    let txn = txn
+                        .txn_id(id)
+                        .timeout(Duration::from_secs(5))
+                        .branch(from)
+                        .branch(to);
+                    let answered =
+                        tokio::time::timeout(Duration::from_secs(15), client.execute(txn)).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    kill_repeatedly(&mut arbiter, chaos::kills(4), 200..700).await?;
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await?;
+    }
+    let ids = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut committed = 0;
+    for id in &ids {
+        if final_state(&client, id).await == Some(TxnState::Committed) {
+            committed += 1;
+        }
+    }
+    let total: i64 = python.balances().await?.values().sum::<i64>()
+        + node.balances().await?.values().sum::<i64>();
+    println!("http chaos: {} transfers, {committed} committed", ids.len());
+    assert_eq!(total, 40_000, "money was created or destroyed");
+    assert_eq!(
+        (python.held().await?, node.held().await?),
+        (0, 0),
+        "holds left behind"
+    );
+    assert!(committed > 0);
+    Ok(())
+}

@@ -4,7 +4,7 @@
 use prost::Message;
 
 use super::*;
-use crate::engine::{Attempt, Branch, BranchState, CallKind, Mode, Txn, TxnState};
+use crate::engine::{Attempt, Branch, BranchState, CallKind, Mode, Protocol, Txn, TxnState};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -256,4 +256,19 @@ fn a_saga_and_its_steps_order_round_trip_with_frozen_bytes() {
         "0a01321212687474703a2f2f3132372e302e302e313a391a05686f74656c22010728e807320131"
     );
     assert_eq!(mode_of(3), Ok(Mode::Saga));
+}
+
+/// Format 5: an HTTP/JSON branch round-trips; an unknown protocol is damage.
+#[test]
+fn an_http_branch_round_trips_and_an_unknown_protocol_is_damage() {
+    let mut txn = sample();
+    txn.branches[0].protocol = Protocol::HttpJson;
+    txn.branches[0].json_payload = true;
+    txn.branches[0].participant = "http://orders:8080/arbiter".into();
+    assert_eq!(fold_ops("t-1", &ops_of(&txn)), Ok(txn.clone()));
+    let mut spec = BranchSpec::of(&txn.branches[0]);
+    assert_eq!((spec.protocol, spec.json_payload), (1, true));
+    spec.protocol = 9;
+    let specs = BranchSpecs { specs: vec![spec] };
+    assert!(fold("t-1", TxnRecord::of(&txn), vec![(0, specs)]).is_err());
 }
