@@ -11,7 +11,7 @@ use arbiter_sdk::{Branch, Client, Execute, Mode, TxnState};
 use crate::child::{self, Server};
 use crate::participants::{Participants, RESOURCE};
 use crate::report::{Report, percentiles};
-use crate::{Api, ModeArg, RunArgs, echo};
+use crate::{Api, ModeArg, Protocol, RunArgs, echo};
 
 /// The coordinator nodes (started, or one given) and the participants.
 pub struct Setup {
@@ -95,7 +95,12 @@ pub async fn one_txn(
         };
         let mut payload = marker.to_vec();
         payload.resize(args.payload_bytes.max(marker.len()), b'.');
-        Branch::new(&endpoints[i % endpoints.len()], RESOURCE).payload(payload)
+        let endpoint = &endpoints[i % endpoints.len()];
+        match args.protocol {
+            Protocol::Grpc => Branch::new(endpoint, RESOURCE),
+            Protocol::Http => Branch::http(endpoint, RESOURCE),
+        }
+        .payload(payload)
     };
     match args.api {
         Api::Execute => {
@@ -163,7 +168,10 @@ pub async fn measure(
         admins.push(AdminClient::connect(endpoint.clone()).await?);
     }
     let pg = crate::cluster::PgStats::of(&args.arbiter_args).await;
-    let endpoints = Arc::new(setup.participants.endpoints());
+    let endpoints = Arc::new(match args.protocol {
+        Protocol::Grpc => setup.participants.endpoints(),
+        Protocol::Http => setup.participants.http_endpoints(),
+    });
     let args_shared = Arc::new(args.clone());
     let start = Instant::now();
     let measure_from = start + args.warmup;

@@ -59,6 +59,14 @@ pub enum ModeArg {
     Saga,
 }
 
+/// How the coordinator calls the benchmark's participants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Grpc,
+    /// HTTP/JSON (README, "Participants over HTTP").
+    Http,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Api {
     /// One Execute call per transaction.
@@ -98,6 +106,9 @@ pub struct RunArgs {
     pub participants: usize,
     #[arg(long, global = true, value_enum, default_value_t = Api::Execute)]
     pub api: Api,
+    /// How the coordinator calls the participants.
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Grpc)]
+    pub protocol: Protocol,
     /// Wait for the final state (true) or only the durable decision (false).
     #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set)]
     pub wait: bool,

@@ -90,15 +90,72 @@ impl SagaHandler for Counter {
     }
 }
 
+/// One counter served over HTTP/JSON (README, "Participants over HTTP"):
+/// phase 1 votes as the gRPC one does (the payload's marker, read from its
+/// base64), phase 2 acknowledges.
+async fn serve_http(
+    counter: Arc<Counter>,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::extract::{Path, State};
+    async fn call(
+        State(counter): State<Arc<Counter>>,
+        Path(call): Path<String>,
+        body: axum::body::Bytes,
+    ) -> (axum::http::StatusCode, String) {
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let payload = body["payload"].as_str().unwrap_or("");
+        // "no" and "ro" in base64.
+        let marker: &[u8] = if payload.starts_with("bm8") {
+            b"no"
+        } else if payload.starts_with("cm8") {
+            b"ro"
+        } else {
+            b"+1"
+        };
+        let unavailable = (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "{}".to_string(),
+        );
+        let answer = match call.as_str() {
+            "prepare" | "try" | "action" => match counter.vote(marker) {
+                Ok(Vote::No(_)) => r#"{"vote":"no","reason":"bench abort"}"#,
+                Ok(Vote::ReadOnly) => r#"{"vote":"read_only"}"#,
+                _ => r#"{"vote":"yes"}"#,
+            },
+            "commit" | "confirm" => match counter.finish(1) {
+                Ok(()) => "{}",
+                Err(_) => return unavailable,
+            },
+            _ => match counter.finish(0) {
+                Ok(()) => "{}",
+                Err(_) => return unavailable,
+            },
+        };
+        (axum::http::StatusCode::OK, answer.to_string())
+    }
+    let app = axum::Router::new()
+        .route("/{call}", axum::routing::post(call))
+        .with_state(counter);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}"), task))
+}
+
 pub struct Participants {
     pub counters: Vec<Arc<Counter>>,
     pub servers: Vec<RunningParticipant>,
+    /// The same counters over HTTP/JSON: base URLs, and their servers.
+    pub http: Vec<(String, tokio::task::JoinHandle<()>)>,
 }
 
 impl Participants {
     pub async fn start(n: usize) -> anyhow::Result<Participants> {
         let mut counters = Vec::new();
         let mut servers = Vec::new();
+        let mut http = Vec::new();
         for _ in 0..n.max(1) {
             let counter = Arc::new(Counter::default());
             let server = ParticipantServer::new()
@@ -107,10 +164,20 @@ impl Participants {
                 .saga(RESOURCE, counter.clone())
                 .serve("127.0.0.1:0".parse()?)
                 .await?;
+            http.push(serve_http(counter.clone()).await?);
             counters.push(counter);
             servers.push(server);
         }
-        Ok(Participants { counters, servers })
+        Ok(Participants {
+            counters,
+            servers,
+            http,
+        })
+    }
+
+    /// The HTTP/JSON base URLs of the same participants.
+    pub fn http_endpoints(&self) -> Vec<String> {
+        self.http.iter().map(|(url, _)| url.clone()).collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
