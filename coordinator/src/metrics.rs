@@ -74,7 +74,7 @@ fn describe() {
     );
     describe_counter!(
         "arbiter_branch_calls_total",
-        "Calls to participants, by call and result code (OK, a gRPC code, or TIMEOUT)."
+        "Calls to participants, by call, result code (OK, a gRPC code, or TIMEOUT; over HTTP: OK, HTTP_<status> or FAILED) and protocol (grpc, http)."
     );
     describe_histogram!(
         "arbiter_branch_call_duration_seconds",

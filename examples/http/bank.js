@@ -5,9 +5,10 @@
 //
 // - 2PC (prepare/commit/rollback), TCC (try/confirm/cancel) and saga steps
 //   (action/compensate) under one base URL;
-// - a branch's payload is JSON: {"account": "alice", "delta": -30}; debits
-//   are reserved in phase 1, credits land in phase 2; a saga action applies
-//   the change at once and its compensation undoes it;
+// - a branch's payload is JSON: {"account": "alice", "delta": -30} (an
+//   integer delta); debits are reserved in phase 1, credits land in phase
+//   2; a saga action applies the change at once and its compensation undoes
+//   it, whatever happened since (a compensation must not fail);
 // - every call is idempotent, keyed by (txn_id, branch_id).
 //
 //   node bank.js --port 9200 --accounts alice=100,bob=50
@@ -37,8 +38,8 @@ function phase1(key, name, payload) {
     return { vote: 'yes' };
   }
   const account = payload.account;
-  const delta = Number.parseInt(payload.delta, 10);
-  if (!Number.isInteger(delta)) throw new Error('delta is not an integer');
+  const delta = payload.delta;
+  if (!Number.isSafeInteger(delta)) throw new Error('delta is not an integer');
   if (!balances.has(account)) {
     const reason = `no account ${account}`;
     branches.set(key, { state: 'refused', reason });
@@ -102,18 +103,18 @@ const server = http.createServer((req, res) => {
   req.on('data', (chunk) => chunks.push(chunk));
   req.on('end', () => {
     let call;
-    let payload;
     try {
       call = JSON.parse(Buffer.concat(chunks).toString('utf8'));
       if (typeof call.txn_id !== 'string' || typeof call.branch_id !== 'string') throw new Error('no txn_id/branch_id');
-      payload = payloadOf(call);
     } catch (e) {
       return answer(res, 400, { error: `bad call: ${e.message}` });
     }
     const key = `${call.txn_id}\u0000${call.branch_id}`;
     if (PHASE1.has(name)) {
+      // Only phase 1 reads the payload: phase 2 needs the ids alone, so a
+      // bad payload can never block a rollback.
       try {
-        return answer(res, 200, phase1(key, name, payload));
+        return answer(res, 200, phase1(key, name, payloadOf(call)));
       } catch (e) {
         return answer(res, 422, { error: `bad payload: ${e.message}` });
       }

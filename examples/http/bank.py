@@ -5,9 +5,12 @@ Python standard library only.
 
 It serves 2PC (prepare/commit/rollback), TCC (try/confirm/cancel) and saga
 steps (action/compensate) under one base URL. A branch's payload is JSON:
-{"account": "alice", "delta": -30}. Debits are reserved in phase 1 (so no
-account is ever overdrawn), credits land in phase 2; a saga action applies
-the change at once and its compensation undoes it.
+{"account": "alice", "delta": -30} (an integer delta). In 2PC and TCC,
+debits are reserved in phase 1 (so no transfer overdraws an account) and
+credits land in phase 2. A saga action applies the change at once and its
+compensation undoes it, whatever happened since (a spent saga credit is
+taken back even if the account goes below zero: a compensation must not
+fail).
 
 Every call is idempotent, keyed by (txn_id, branch_id): a repeat answers as
 the first did, a rollback/cancel/compensation with nothing to undo is
@@ -50,7 +53,9 @@ def phase1(key, name, payload):
         if seen["state"] == "refused":
             return {"vote": "no", "reason": seen["reason"]}
         return {"vote": "yes"}
-    account, delta = payload["account"], int(payload["delta"])
+    account, delta = payload["account"], payload["delta"]
+    if type(delta) is not int:
+        raise ValueError("delta must be an integer")
     if account not in BALANCES:
         BRANCHES[key] = {"state": "refused", "reason": f"no account {account}"}
         return {"vote": "no", "reason": f"no account {account}"}
@@ -123,16 +128,17 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         try:
             call = json.loads(self.rfile.read(length))
-            key = (call["txn_id"], call["branch_id"])
-            payload = payload_of(call)
-        except (ValueError, KeyError) as e:
+            key = (str(call["txn_id"]), str(call["branch_id"]))
+        except (ValueError, KeyError, TypeError) as e:
             self.answer(400, {"error": f"bad call: {e}"})
             return
         with LOCK:
             if name in PHASE1:
+                # Only phase 1 reads the payload: phase 2 needs the ids
+                # alone, so a bad payload can never block a rollback.
                 try:
-                    self.answer(200, phase1(key, name, payload))
-                except (KeyError, ValueError, TypeError) as e:
+                    self.answer(200, phase1(key, name, payload_of(call)))
+                except (KeyError, ValueError, TypeError, OverflowError) as e:
                     self.answer(422, {"error": f"bad payload: {e}"})
             elif name in SETTLE:
                 done = settle(key)

@@ -138,18 +138,40 @@ pub struct Scripted {
 
 impl Scripted {
     pub async fn start() -> anyhow::Result<Scripted> {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS with `config` (which may require client certificates).
+    pub async fn start_tls(
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> anyhow::Result<Scripted> {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<Scripted> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let script: Script = Arc::default();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let (s, r) = (script.clone(), received.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, s.clone(), r.clone()));
+                let (s, r, tls) = (s.clone(), r.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(stream, s, r).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, s, r).await;
+                            }
+                        }
+                    }
+                });
             }
         });
         Ok(Scripted {
-            addr,
+            addr: format!("{scheme}://{addr}"),
             script,
             received,
             task,
@@ -157,7 +179,7 @@ impl Scripted {
     }
 
     pub fn base(&self) -> String {
-        format!("http://{}/arbiter", self.addr)
+        format!("{}/arbiter", self.addr)
     }
 
     /// The next calls named `call` get `replies`, in order.
@@ -203,7 +225,7 @@ impl Drop for Scripted {
 }
 
 async fn serve(
-    mut stream: tokio::net::TcpStream,
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     script: Script,
     received: Arc<Mutex<Vec<Received>>>,
 ) {
@@ -268,7 +290,7 @@ async fn serve(
 }
 
 /// Sends `reply`; false when the connection is done with.
-async fn answer(stream: &mut tokio::net::TcpStream, mut reply: Reply) -> bool {
+async fn answer(stream: &mut (impl tokio::io::AsyncWrite + Unpin), mut reply: Reply) -> bool {
     loop {
         match reply {
             Reply::After(pause, next) => {

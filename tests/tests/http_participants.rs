@@ -106,6 +106,16 @@ async fn transactions_mix_grpc_python_and_node_participants() -> anyhow::Result<
         )
         .await?;
     assert_eq!(failed.state, TxnState::Aborted, "{failed:?}");
+    // A payload the banks cannot read (a fractional amount) is refused
+    // (422), and its rollback still goes through: nothing stuck.
+    for bank in [&python, &node] {
+        let bad = Branch::http(bank.base(), "account")
+            .payload(r#"{"account":"bob","delta":1.5}"#)
+            .payload_as_json();
+        let refused = client.execute(Execute::two_phase().branch(bad)).await?;
+        assert_eq!(refused.state, TxnState::Aborted, "{refused:?}");
+        assert!(refused.reason.contains("HTTP 422"), "{}", refused.reason);
+    }
 
     let bob = python.balances().await?["bob"];
     let carol = node.balances().await?["carol"];
@@ -189,6 +199,12 @@ async fn every_row_of_the_answer_table_against_a_real_coordinator() -> anyhow::R
         assert_eq!(p.calls(&no.txn_id), ["prepare", "rollback"]);
     }
 
+    // READ_ONLY: no phase 2 for it.
+    p.script("prepare", vec![Reply::ok(r#"{"vote":"read_only"}"#)]);
+    let read_only = scripted_txn(&client, &p, long).await?;
+    assert_eq!(read_only.state, TxnState::Committed);
+    assert_eq!(p.calls(&read_only.txn_id), ["prepare"]);
+
     // Transient: 503, 429, 408, a dropped connection, an answer too slow
     // for the call timeout; then YES.
     p.script(
@@ -199,6 +215,7 @@ async fn every_row_of_the_answer_table_against_a_real_coordinator() -> anyhow::R
             Reply::status(408, "timeout"),
             Reply::Hangup,
             Reply::After(Duration::from_secs(2), Box::new(Reply::ok("{}"))),
+            Reply::ok(r#"{"vote":"retry","reason":"warming up"}"#),
         ],
     );
     let retried = scripted_txn(&client, &p, long).await?;
@@ -206,7 +223,7 @@ async fn every_row_of_the_answer_table_against_a_real_coordinator() -> anyhow::R
     assert_eq!(
         p.calls(&retried.txn_id),
         [
-            "prepare", "prepare", "prepare", "prepare", "prepare", "prepare", "commit"
+            "prepare", "prepare", "prepare", "prepare", "prepare", "prepare", "prepare", "commit"
         ]
     );
 
@@ -281,6 +298,9 @@ async fn bad_http_endpoints_are_refused() -> anyhow::Result<()> {
         "http://127.0.0.1:9/../x",
         "ftp://127.0.0.1:9/",
         "https://127.0.0.1:9/", // no --participant-tls-ca
+        "http://127.0.0.1:9/a/%2e%2e/b",
+        "http://127.0.0.1:9/a/./b",
+        "http://user@127.0.0.1:9/a",
     ] {
         let bad = client
             .execute(Execute::two_phase().branch(Branch::http(base, "r")))
@@ -290,6 +310,14 @@ async fn bad_http_endpoints_are_refused() -> anyhow::Result<()> {
             "{base}: {bad:?}"
         );
     }
+    let long = format!("http://127.0.0.1:9/{}", "a".repeat(3000));
+    let too_long = client
+        .execute(Execute::two_phase().branch(Branch::http(long, "r")))
+        .await;
+    assert!(matches!(
+        too_long,
+        Err(arbiter_sdk::ClientError::InvalidArgument(_))
+    ));
     let grpc_json = client
         .execute(
             Execute::two_phase().branch(Branch::new("http://127.0.0.1:9", "r").payload_as_json()),
@@ -381,5 +409,81 @@ async fn http_banks_stay_whole_when_the_coordinator_is_killed() -> anyhow::Resul
         "holds left behind"
     );
     assert!(committed > 0);
+    Ok(())
+}
+
+/// A TLS server configuration for the scripted participant: the test CA's
+/// server certificate, and client certificates signed by the CA required.
+fn participant_tls(
+    ca: &arbiter_tests::certs::TestCa,
+) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let server = ca.server()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.cert().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()?;
+    let chain =
+        CertificateDer::pem_slice_iter(server.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+#[tokio::test]
+async fn https_participants_with_client_certificates_and_the_allowlist() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = arbiter_tests::certs::TestCa::new()?;
+    let client_cert = ca.client("coordinator")?;
+    let files = [
+        ("ca.pem", ca.cert()),
+        ("client.pem", client_cert.cert.clone()),
+        ("client.key", client_cert.key.clone()),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.path().join(name), text)?;
+    }
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let p = Scripted::start_tls(participant_tls(&ca)?).await?;
+    let port = p.addr.rsplit(':').next().unwrap_or_default().to_string();
+    let arbiter = ArbiterProcess::start(
+        &dir.path().join("log"),
+        &[
+            "--participant-tls-ca",
+            &path("ca.pem"),
+            "--participant-tls-cert",
+            &path("client.pem"),
+            "--participant-tls-key",
+            &path("client.key"),
+            "--allow-participant",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .await?;
+    let client = arbiter.client().await?;
+    assert!(p.base().starts_with("https://"));
+    let done = client
+        .execute(Execute::two_phase().branch(Branch::http(p.base(), "stock")))
+        .await?;
+    assert_eq!(done.state, TxnState::Committed, "{done:?}");
+    assert_eq!(p.calls(&done.txn_id), ["prepare", "commit"]);
+
+    // Not in the allowlist: refused before any call.
+    let elsewhere = client
+        .execute(Execute::two_phase().branch(Branch::http("https://127.0.0.1:1/x", "stock")))
+        .await;
+    assert!(
+        matches!(&elsewhere, Err(arbiter_sdk::ClientError::Other(s)) if s.code() == tonic::Code::PermissionDenied),
+        "{elsewhere:?}"
+    );
     Ok(())
 }

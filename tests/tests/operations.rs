@@ -217,14 +217,14 @@ async fn metrics_count_transactions_calls_and_flushes() -> anyhow::Result<()> {
     assert!(
         sample(
             &text,
-            "arbiter_branch_calls_total{call=\"prepare\",code=\"OK\"}"
+            "arbiter_branch_calls_total{call=\"prepare\",code=\"OK\",protocol=\"grpc\"}"
         ) >= 8.0,
         "{text}"
     );
     assert!(
         sample(
             &text,
-            "arbiter_branch_calls_total{call=\"commit\",code=\"OK\"}"
+            "arbiter_branch_calls_total{call=\"commit\",code=\"OK\",protocol=\"grpc\"}"
         ) >= 6.0
     );
     assert!(sample(&text, "arbiter_log_flush_seconds_count") >= 4.0);

@@ -27,6 +27,13 @@ use crate::engine::{MAX_RESULT, VoteResult};
 
 /// The largest answer body read; a larger one is a broken answer.
 const MAX_BODY: usize = 64 * 1024;
+/// `Retry-After` hints held at most (a bound, should retries never come).
+const MAX_HINTS: usize = 100_000;
+
+/// A status that is a definitive NO in phase 1.
+fn definitive(code: u16) -> bool {
+    matches!(code, 400 | 409 | 422)
+}
 
 /// What an HTTP participant answered.
 #[derive(Debug, PartialEq)]
@@ -82,6 +89,8 @@ impl HttpCaller {
                     .enable_http1()
                     .wrap_connector(http);
                 Client::builder(TokioExecutor::new())
+                    // Without a timer idle connections would never expire.
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(64)
                     .build(https)
@@ -139,13 +148,12 @@ impl HttpCaller {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| {
-                    format!("{rpc}: the answer broke off or is over {MAX_BODY} bytes: {e}")
-                })?
-                .to_bytes();
+            let body = match Limited::new(response.into_body(), MAX_BODY).collect().await {
+                Ok(body) => Ok(body.to_bytes()),
+                Err(e) => Err(format!(
+                    "{rpc}: the answer broke off or is over {MAX_BODY} bytes: {e}"
+                )),
+            };
             Ok::<_, String>((status, retry_after, body))
         };
         let (status, retry_after, body) = match tokio::time::timeout(spec.timeout, exchange).await {
@@ -159,6 +167,12 @@ impl HttpCaller {
             }
         };
         if status.is_success() {
+            // A 2xx whose body cannot be read still says the call was
+            // done; phase 1 reads it as no vote.
+            let body = match body {
+                Ok(body) => body,
+                Err(why) => return Answer::Ok(Some(Err(why))),
+            };
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Answer::Ok(None);
             }
@@ -167,17 +181,33 @@ impl HttpCaller {
                     .map_err(|e| format!("{rpc}: the answer is not JSON: {e}")),
             ));
         }
-        if let Some(after) = retry_after {
-            self.hints
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((spec.txn_id.clone(), spec.branch_id.clone()), after);
+        let body = match body {
+            Ok(body) => body,
+            Err(why) => return Answer::Failed(why),
+        };
+        let code = status.as_u16();
+        // Kept only where a retry follows (not for a definitive NO), and
+        // dropped with the transaction (`forget`).
+        if let Some(after) = retry_after.filter(|_| !definitive(code)) {
+            let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+            if hints.len() >= MAX_HINTS {
+                hints.clear();
+            }
+            hints.insert((spec.txn_id.clone(), spec.branch_id.clone()), after);
         }
         Answer::Status {
-            code: status.as_u16(),
+            code,
             said: said(&body),
             retry_after,
         }
+    }
+
+    /// Drops the hints of a transaction that is done with.
+    pub fn forget(&self, txn_id: &str) {
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(txn, _), _| txn != txn_id);
     }
 
     /// The `Retry-After` the last refused call of this branch asked for.
@@ -232,12 +262,20 @@ pub fn phase1(rpc: &str, answer: Answer) -> Phase1Result {
         Answer::Ok(None) => (VoteResult::Yes, Vec::new()),
         Answer::Ok(Some(Err(why))) => no(why),
         Answer::Ok(Some(Ok(body))) => {
-            let vote = body
-                .get("vote")
-                .or_else(|| body.get("outcome"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("yes")
-                .to_ascii_lowercase();
+            if !body.is_object() {
+                return no(format!(
+                    "{rpc} answered JSON that is not an object: no vote"
+                ));
+            }
+            let vote = match body.get("vote").or_else(|| body.get("outcome")) {
+                None => "yes".to_string(),
+                Some(serde_json::Value::String(v)) => v.to_ascii_lowercase(),
+                Some(other) => {
+                    return no(format!(
+                        "{rpc} answered a vote that is not a string: {other}"
+                    ));
+                }
+            };
             let reason = || {
                 body.get("reason")
                     .and_then(|r| r.as_str())
@@ -261,7 +299,7 @@ pub fn phase1(rpc: &str, answer: Answer) -> Phase1Result {
                 other => no(format!("{rpc} answered an unknown vote {other:?}")),
             }
         }
-        Answer::Status { code, said, .. } if matches!(code, 400 | 409 | 422) => {
+        Answer::Status { code, said, .. } if definitive(code) => {
             no(format!("{rpc} answered HTTP {code}: {said}"))
         }
         Answer::Status { code, said, .. } => (
@@ -278,16 +316,20 @@ pub fn phase1(rpc: &str, answer: Answer) -> Phase1Result {
 pub fn phase2(rpc: &str, answer: Answer, must_succeed: bool) -> Phase2Result {
     match answer {
         Answer::Ok(body) => {
-            let body = body.and_then(Result::ok).unwrap_or(serde_json::Value::Null);
             if must_succeed {
-                let (vote, result) = phase1(rpc, Answer::Ok(Some(Ok(body))));
+                // A success with an oversized result still counts (the
+                // result is dropped); anything else is retried.
+                let oversized = matches!(&body, Some(Ok(b)) if result_of(b).is_err());
+                let (vote, result) = phase1(rpc, Answer::Ok(body));
                 return match vote {
                     VoteResult::Yes | VoteResult::ReadOnly => Ok(result),
+                    VoteResult::No(_) if oversized => Ok(Vec::new()),
                     VoteResult::No(why) | VoteResult::Transient(why) => Err(format!(
                         "a must-succeed step's action did not succeed (retried): {why}"
                     )),
                 };
             }
+            let body = body.and_then(Result::ok).unwrap_or(serde_json::Value::Null);
             Ok(result_of(&body).unwrap_or_default())
         }
         Answer::Status { code, said, .. } => Err(format!("{rpc} answered HTTP {code}: {said}")),
@@ -368,6 +410,30 @@ mod tests {
         }
         assert!(phase2("action", ok(r#"{"outcome":"failed"}"#), true).is_err());
         assert!(phase2("action", ok(r#"{"outcome":"succeeded"}"#), true).is_ok());
+        assert!(
+            phase2("action", Answer::Ok(Some(Err("garbage".into()))), true).is_err(),
+            "a must-succeed step needs a readable success"
+        );
+        let huge_success = format!(
+            r#"{{"outcome":"succeeded","result":"{}"}}"#,
+            "x".repeat(MAX_RESULT + 1)
+        );
+        assert_eq!(
+            phase2("action", ok(&huge_success), true),
+            Ok(Vec::new()),
+            "an oversized result is dropped, the success counts"
+        );
+        for not_a_vote in [
+            r#""no""#,
+            "false",
+            "0",
+            "[]",
+            "null",
+            r#"{"vote":false}"#,
+            r#"{"vote":0}"#,
+        ] {
+            assert!(matches!(vote(ok(not_a_vote)), No(_)), "{not_a_vote}");
+        }
     }
 
     #[test]

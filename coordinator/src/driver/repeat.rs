@@ -11,6 +11,7 @@ pub(super) struct Wanted<'a> {
     resource: &'a str,
     payload: &'a [u8],
     step: (&'a [String], bool, bool),
+    protocol: (crate::engine::Protocol, bool),
 }
 
 impl<'a> From<&'a BranchSpec> for Wanted<'a> {
@@ -20,6 +21,7 @@ impl<'a> From<&'a BranchSpec> for Wanted<'a> {
             resource: &spec.resource,
             payload: &spec.payload,
             step: (&spec.depends_on, spec.start_at_once, spec.must_succeed),
+            protocol: (spec.protocol, spec.json_payload),
         }
     }
 }
@@ -35,6 +37,7 @@ impl<'a> From<&'a Branch> for Wanted<'a> {
                 branch.start_at_once,
                 branch.must_succeed,
             ),
+            protocol: (branch.protocol, branch.json_payload),
         }
     }
 }
@@ -60,6 +63,7 @@ pub(super) fn repeated_begin(
                     && b.resource == w.resource
                     && b.payload == w.payload
                     && Wanted::from(b).step == w.step
+                    && Wanted::from(b).protocol == w.protocol
             }));
     let different = if existing.mode != mode {
         "mode"

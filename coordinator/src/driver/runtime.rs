@@ -631,6 +631,7 @@ impl Inner {
             let txn = slot.lock();
             (txn.id.clone(), txn.state)
         };
+        self.participants.http.forget(&id);
         match state {
             TxnState::Committed => self.committed.fetch_add(1, Ordering::Relaxed),
             _ => self.aborted.fetch_add(1, Ordering::Relaxed),

@@ -29,6 +29,9 @@ pub struct BranchSpec {
     pub json_payload: bool,
 }
 
+/// The longest HTTP/JSON participant base URL.
+const MAX_HTTP_BASE: usize = 2048;
+
 /// Steps one saga step may name in `depends_on`.
 const MAX_DEPENDS_ON: usize = 64;
 
@@ -224,10 +227,23 @@ pub fn http_base(uri: &str, tls: bool, own: &[SocketAddr]) -> Result<String, Dri
             "participant endpoint {uri:?} must not have a query or fragment"
         )));
     }
-    let path = parsed.path().trim_end_matches('/');
-    if path.split('/').any(|part| part == "..") || path.chars().any(char::is_control) {
+    if uri.len() > MAX_HTTP_BASE {
         return Err(invalid(format!(
-            "participant endpoint {uri:?} has a path with '..' or control characters"
+            "participant endpoint is {} bytes; the limit is {MAX_HTTP_BASE}",
+            uri.len()
+        )));
+    }
+    let path = parsed.path().trim_end_matches('/');
+    let lower = path.to_ascii_lowercase();
+    if path.split('/').any(|part| part == ".." || part == ".")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || path.contains('\\')
+        || !path.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(invalid(format!(
+            "participant endpoint {uri:?}: a base path is plain ASCII segments, \
+             without '.', '..', backslashes or encoded dots and slashes"
         )));
     }
     let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {

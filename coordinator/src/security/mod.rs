@@ -42,7 +42,7 @@ pub fn http_client_tls(
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("TLS: {e}"))?
     .with_root_certificates(roots);
-    let mut config = match identity {
+    let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = CertificateDer::pem_slice_iter(cert)
@@ -55,7 +55,7 @@ pub fn http_client_tls(
                 .map_err(|e| format!("--participant-tls-cert and --participant-tls-key: {e}"))?
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN is left to the HTTP connector (it refuses a preset one).
     Ok(std::sync::Arc::new(config))
 }
 
