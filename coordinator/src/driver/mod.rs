@@ -5,6 +5,7 @@
 mod admin;
 mod answer;
 mod backoff;
+mod calls;
 mod error;
 pub mod http;
 pub mod ids;
