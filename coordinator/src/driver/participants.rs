@@ -417,7 +417,13 @@ fn record<T>(
 fn record_http(spec: &CallSpec, answer: &http::Answer, started: std::time::Instant) {
     let code = match answer {
         http::Answer::Ok(_) => "OK".to_string(),
-        http::Answer::Status { code, .. } => format!("HTTP_{code}"),
+        // The participant picks the status: common ones by name, the rest
+        // by class, so the label stays low-cardinality.
+        http::Answer::Status { code, .. } => match code {
+            400 | 401 | 403 | 404 | 405 | 408 | 409 | 410 | 413 | 422 | 425 | 429 | 500 | 501
+            | 502 | 503 | 504 => format!("HTTP_{code}"),
+            _ => format!("HTTP_{}xx", code / 100),
+        },
         http::Answer::Failed(_) => "FAILED".to_string(),
     };
     crate::metrics::branch_call_http(spec.call.rpc_name(spec.mode), code, started.elapsed());
