@@ -58,7 +58,16 @@ pub struct HttpCaller {
     /// `Retry-After` of the last refused call of a branch, taken by the
     /// retry that follows it.
     hints: Mutex<HashMap<(String, String), Duration>>,
+    /// Calls in flight to each participant host (`host:port`), at most
+    /// [`PER_HOST`]: a slow participant cannot make the coordinator open a
+    /// socket per call without bound.
+    per_host: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    limit: usize,
 }
+
+/// Calls in flight to one participant host at most; more wait (within
+/// the call timeout) and are then retried.
+const PER_HOST: usize = 256;
 
 /// A TLS configuration that trusts nothing: with no participant CA,
 /// `https://` endpoints are refused at registration anyway.
@@ -76,6 +85,12 @@ impl HttpCaller {
     /// A client; `tls` trusts the participant CA (and presents the
     /// coordinator's certificate) for `https://` endpoints.
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> HttpCaller {
+        Self::with_limit(tls, PER_HOST)
+    }
+
+    /// Like [`HttpCaller::new`], with `per_host` calls in flight to one
+    /// host at most.
+    pub fn with_limit(tls: Option<Arc<rustls::ClientConfig>>, per_host: usize) -> HttpCaller {
         let client = tls
             .map_or_else(untrusting, |c| Ok((*c).clone()))
             .map(|config| {
@@ -101,6 +116,8 @@ impl HttpCaller {
         HttpCaller {
             client,
             hints: Mutex::new(HashMap::new()),
+            per_host: Mutex::new(HashMap::new()),
+            limit: per_host.max(1),
         }
     }
 
@@ -136,6 +153,16 @@ impl HttpCaller {
             Ok(client) => client,
             Err(why) => return Answer::Failed(why.clone()),
         };
+        let started = tokio::time::Instant::now();
+        let Ok(Ok(_turn)) =
+            tokio::time::timeout(spec.timeout, self.host(&url).acquire_owned()).await
+        else {
+            return Answer::Failed(format!(
+                "{rpc}: {} calls to this participant are already in flight; retried",
+                self.limit
+            ));
+        };
+        let left = spec.timeout.saturating_sub(started.elapsed());
         let exchange = async {
             let response = client
                 .request(request)
@@ -156,7 +183,7 @@ impl HttpCaller {
             };
             Ok::<_, String>((status, retry_after, body))
         };
-        let (status, retry_after, body) = match tokio::time::timeout(spec.timeout, exchange).await {
+        let (status, retry_after, body) = match tokio::time::timeout(left, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return Answer::Failed(e),
             Err(_) => {
@@ -200,6 +227,24 @@ impl HttpCaller {
             said: said(&body),
             retry_after,
         }
+    }
+
+    /// The in-flight bound of the host (`host:port`) of `url`. Hosts with
+    /// nothing in flight are let go of once many are held.
+    fn host(&self, url: &str) -> Arc<tokio::sync::Semaphore> {
+        let host = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.as_str().to_string()))
+            .unwrap_or_default();
+        let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.len() >= 4096 {
+            hosts.retain(|_, s| s.available_permits() < self.limit);
+        }
+        hosts
+            .entry(host)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.limit)))
+            .clone()
     }
 
     /// Drops the hints of a transaction that is done with.
@@ -434,6 +479,55 @@ mod tests {
         ] {
             assert!(matches!(vote(ok(not_a_vote)), No(_)), "{not_a_vote}");
         }
+    }
+
+    #[tokio::test]
+    async fn calls_to_one_host_are_bounded() -> Result<(), Box<dyn std::error::Error>> {
+        // A participant that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let caller = HttpCaller::with_limit(None, 1);
+        let spec = CallSpec {
+            txn_id: "t".into(),
+            mode: crate::engine::Mode::TwoPhase,
+            branch: 0,
+            branch_id: "1".into(),
+            participant: format!("http://{addr}"),
+            resource: "r".into(),
+            payload: Vec::new(),
+            timeout: Duration::from_millis(300),
+            call: crate::engine::CallKind::Prepare,
+            attempt: 1,
+            traceparent: String::new(),
+            protocol: crate::engine::Protocol::HttpJson,
+            json_payload: false,
+        };
+        // The second gives up waiting for its turn long before the first
+        // (which holds the only one) times out.
+        let hasty = CallSpec {
+            timeout: Duration::from_millis(100),
+            ..spec.clone()
+        };
+        let (first, second) = tokio::join!(caller.call(&spec), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            caller.call(&hasty).await
+        });
+        assert!(
+            matches!(&first, Answer::Failed(why) if why.contains("timed out")),
+            "{first:?}"
+        );
+        assert!(
+            matches!(&second, Answer::Failed(why) if why.contains("already in flight")),
+            "{second:?}"
+        );
+        held.abort();
+        Ok(())
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub async fn run(
     let limits = limits.clone();
     config.own_addresses = listener.local_addr().into_iter().collect();
     config.own_addresses.extend(config.metrics_listen);
+    config
+        .own_addresses
+        .extend(config.console.as_ref().map(|c| c.listen));
     tracing::debug!(?fd_limit, ?limits, "connection limits");
     // Everything that can fail on bad settings, before the log is opened.
     let keepalive = limits.idle_timeout / 3;
