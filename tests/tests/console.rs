@@ -399,3 +399,31 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_saga_page_says_which_step_it_is_at() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let console = start(dir.path()).await?;
+    let client = console.client().await?;
+    let ops = console.login(ADMIN).await?;
+    let (p, _rec) = recorder_participant().await?;
+    let saga = client
+        .execute(
+            Execute::saga()
+                .wait(false)
+                .timeout(std::time::Duration::from_secs(60))
+                .branch(Branch::new(p.endpoint(), "r1"))
+                .branch(Branch::new(p.endpoint(), "r2").payload("unavailable")),
+        )
+        .await?;
+    let id = saga.txn_id.clone();
+    let page = eventually("the saga page shows step 2 running", || async {
+        let page = console.get(&format!("/txns/{id}"), Some(&ops)).await.ok()?;
+        page.body.contains("running: step 2").then_some(page)
+    })
+    .await;
+    assert!(page.body.contains("saga"), "the mode is shown");
+    let listed = console.get("/txns?mode=saga", Some(&ops)).await?;
+    assert!(listed.body.contains(&id), "the mode filter lists sagas");
+    Ok(())
+}
