@@ -484,3 +484,49 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         rss_bytes: rss_kb * 1024,
     })
 }
+
+/// After a scenario that may hit a `return` failpoint: checks that
+/// `arbiter` died by the failpoint (SIGABRT) exactly when `expect_crash`,
+/// restarts it without failpoints if it did, and waits until `txn_id` is
+/// final. Returns whether it crashed, and the final transaction.
+pub async fn crash_restart_final(
+    arbiter: &mut ArbiterProcess,
+    expect_crash: bool,
+    txn_id: &str,
+    answered: &dyn std::fmt::Debug,
+) -> anyhow::Result<(bool, arbiter_sdk::Transaction)> {
+    use std::os::unix::process::ExitStatusExt;
+    let crashed = match arbiter
+        .exited_within(Duration::from_secs(if expect_crash { 20 } else { 1 }))
+        .await?
+    {
+        Some(status) => {
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGABRT),
+                "{txn_id}: died by the failpoint, not otherwise"
+            );
+            true
+        }
+        None => false,
+    };
+    assert_eq!(
+        crashed, expect_crash,
+        "{txn_id}: crash expected = {expect_crash}, answer {answered:?}"
+    );
+    if crashed {
+        arbiter.set_failpoints(None);
+        arbiter.restart().await?;
+    }
+    let client = arbiter.client().await?;
+    let txn = crate::eventually(&format!("{txn_id} is final after the restart"), || async {
+        let txn = client.get_transaction(txn_id).await.ok()?;
+        matches!(
+            txn.state(),
+            arbiter_sdk::TxnState::Committed | arbiter_sdk::TxnState::Aborted
+        )
+        .then_some(txn)
+    })
+    .await;
+    Ok((crashed, txn))
+}

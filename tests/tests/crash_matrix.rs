@@ -6,11 +6,11 @@
 //! - every participant saw a consistent outcome, and none saw commit/confirm
 //!   for a transaction that ended aborted.
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use arbiter_sdk::{Branch, Mode, TxnState};
-use arbiter_tests::{ArbiterProcess, PATIENCE, Recorder, eventually, recorder_participant};
+use arbiter_tests::process::crash_restart_final;
+use arbiter_tests::{ArbiterProcess, PATIENCE, Recorder, recorder_participant};
 
 /// Where the crash happens relative to the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,35 +83,8 @@ async fn scenario(point: &str, kind: Point, mode: Mode, commit: bool) -> anyhow:
         Point::BeforeCommitDecision | Point::AfterCommitDecision => commit,
         Point::AbortPath => !commit,
     };
-    let crashed = match arbiter
-        .exited_within(Duration::from_secs(if expect_crash { 20 } else { 1 }))
-        .await?
-    {
-        Some(status) => {
-            assert_eq!(
-                status.signal(),
-                Some(libc::SIGABRT),
-                "{txn_id}: died by the failpoint, not otherwise"
-            );
-            true
-        }
-        None => false,
-    };
-    assert_eq!(
-        crashed, expect_crash,
-        "{txn_id}: crash expected = {expect_crash}, answer {answered:?}"
-    );
-    if crashed {
-        arbiter.set_failpoints(None);
-        arbiter.restart().await?;
-    }
-
-    let client = arbiter.client().await?;
-    let txn = eventually(&format!("{txn_id} is final after the restart"), || async {
-        let txn = client.get_transaction(&txn_id).await.ok()?;
-        matches!(txn.state(), TxnState::Committed | TxnState::Aborted).then_some(txn)
-    })
-    .await;
+    let (crashed, txn) =
+        crash_restart_final(&mut arbiter, expect_crash, &txn_id, &answered).await?;
     let expected = if commit && (kind == Point::AfterCommitDecision || !crashed) {
         TxnState::Committed
     } else {

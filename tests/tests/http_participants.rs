@@ -191,6 +191,7 @@ async fn every_row_of_the_answer_table_against_a_real_coordinator() -> anyhow::R
         (Reply::status(422, "unprocessable"), "HTTP 422"),
         (Reply::status(400, "bad"), "HTTP 400"),
         (Reply::ok("<html>oops</html>"), "not JSON"),
+        (Reply::ok(&"x".repeat(100_000)), "over 65536 bytes"),
     ] {
         p.script("prepare", vec![reply]);
         let no = scripted_txn(&client, &p, long).await?;

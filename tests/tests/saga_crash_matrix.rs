@@ -7,11 +7,11 @@
 //! - a completed saga's steps saw no compensation; a compensated saga's
 //!   steps that ran were each compensated last, in reverse step order.
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use arbiter_sdk::{Branch, Mode, TxnState};
-use arbiter_tests::{ArbiterProcess, PATIENCE, Recorder, eventually, recorder_participant};
+use arbiter_tests::process::crash_restart_final;
+use arbiter_tests::{ArbiterProcess, PATIENCE, Recorder, recorder_participant};
 
 /// A point, whether the saga passes it when every step succeeds, and when
 /// the last step fails.
@@ -67,31 +67,7 @@ async fn scenario(
     };
     let answered = tokio::time::timeout(PATIENCE, run).await?;
     let expect_crash = if fail { crash_backward } else { crash_forward };
-    let crashed = match arbiter
-        .exited_within(Duration::from_secs(if expect_crash { 20 } else { 1 }))
-        .await?
-    {
-        Some(status) => {
-            assert_eq!(
-                status.signal(),
-                Some(libc::SIGABRT),
-                "{txn_id}: died by the failpoint"
-            );
-            true
-        }
-        None => false,
-    };
-    assert_eq!(crashed, expect_crash, "{txn_id}: answer {answered:?}");
-    if crashed {
-        arbiter.set_failpoints(None);
-        arbiter.restart().await?;
-    }
-    let client = arbiter.client().await?;
-    let txn = eventually(&format!("{txn_id} is final after the restart"), || async {
-        let txn = client.get_transaction(&txn_id).await.ok()?;
-        matches!(txn.state(), TxnState::Committed | TxnState::Aborted).then_some(txn)
-    })
-    .await;
+    let (_, txn) = crash_restart_final(&mut arbiter, expect_crash, &txn_id, &answered).await?;
     let never_started = matches!(point, "after-begin-persisted" | "after-branch-persisted");
     let expected = if fail || never_started {
         TxnState::Aborted

@@ -5,6 +5,85 @@
 
 use super::*;
 
+/// Records a phase-1 answer (a vote, or a saga action's outcome) on branch
+/// `i`: its history, state, result and error. Returns the change to note,
+/// or `None` for a stale answer (no call out, or already answered). For a
+/// saga, YES reads "succeeded" and NO "failed", and READ_ONLY counts as YES.
+pub(super) fn take_answer(
+    txn: &mut Txn,
+    i: usize,
+    result: &VoteResult,
+    output: Vec<u8>,
+    now_ms: u64,
+) -> Option<ChangeKind> {
+    let saga = txn.mode == Mode::Saga;
+    let branch = txn.branches.get_mut(i)?;
+    if !branch.in_flight || branch.state != BranchState::Registered {
+        return None;
+    }
+    branch.in_flight = false;
+    let (yes, no) = if saga {
+        ("succeeded", "failed")
+    } else {
+        ("voted YES", "voted NO")
+    };
+    let id = branch.id.clone();
+    let seen = match result {
+        VoteResult::Yes | VoteResult::ReadOnly if saga || *result == VoteResult::Yes => {
+            remember(branch, CallKind::Prepare, true, yes.to_string(), now_ms);
+            branch.state = BranchState::Prepared;
+            branch.result = output.clone();
+            ChangeKind::Voted {
+                branch: id,
+                vote: Vote::Yes,
+                detail: String::new(),
+                result: output,
+            }
+        }
+        VoteResult::Yes | VoteResult::ReadOnly => {
+            remember(
+                branch,
+                CallKind::Prepare,
+                true,
+                "voted READ_ONLY".into(),
+                now_ms,
+            );
+            branch.state = BranchState::ReadOnly;
+            ChangeKind::Voted {
+                branch: id,
+                vote: Vote::ReadOnly,
+                detail: String::new(),
+                result: Vec::new(),
+            }
+        }
+        VoteResult::No(reason) => {
+            let what = format!("{no}: {reason}");
+            remember(branch, CallKind::Prepare, true, what.clone(), now_ms);
+            branch.state = BranchState::Rejected;
+            branch.last_error = Some(what);
+            ChangeKind::Voted {
+                branch: id,
+                vote: Vote::No,
+                detail: reason.clone(),
+                result: Vec::new(),
+            }
+        }
+        VoteResult::Transient(error) => {
+            remember(branch, CallKind::Prepare, false, error.clone(), now_ms);
+            branch.last_error = Some(error.clone());
+            branch.failing_since_ms.get_or_insert(now_ms);
+            return Some(ChangeKind::CallFailed {
+                branch: id,
+                call: CallKind::Prepare,
+                attempt: branch.phase_attempts,
+                error: error.clone(),
+            });
+        }
+    };
+    branch.failing_since_ms = None;
+    Some(seen)
+}
+
 pub(super) fn voted(
     txn: &mut Txn,
     i: usize,
@@ -12,64 +91,9 @@ pub(super) fn voted(
     output: Vec<u8>,
     now_ms: u64,
 ) -> Vec<Action> {
-    let Some(branch) = txn.branches.get_mut(i) else {
-        return Vec::new();
-    };
-    if !branch.in_flight || branch.state != BranchState::Registered {
+    let Some(seen) = take_answer(txn, i, &result, output, now_ms) else {
         return Vec::new(); // stale answer
-    }
-    branch.in_flight = false;
-    let (ok, what) = match &result {
-        VoteResult::Yes => (true, "voted YES".to_string()),
-        VoteResult::ReadOnly => (true, "voted READ_ONLY".to_string()),
-        VoteResult::No(reason) => (true, format!("voted NO: {reason}")),
-        VoteResult::Transient(error) => (false, error.clone()),
     };
-    remember(branch, CallKind::Prepare, ok, what, now_ms);
-    let seen = match &result {
-        VoteResult::Yes => ChangeKind::Voted {
-            branch: branch.id.clone(),
-            vote: Vote::Yes,
-            detail: String::new(),
-            result: output.clone(),
-        },
-        VoteResult::ReadOnly => ChangeKind::Voted {
-            branch: branch.id.clone(),
-            vote: Vote::ReadOnly,
-            detail: String::new(),
-            result: Vec::new(),
-        },
-        VoteResult::No(reason) => ChangeKind::Voted {
-            branch: branch.id.clone(),
-            vote: Vote::No,
-            detail: reason.clone(),
-            result: Vec::new(),
-        },
-        VoteResult::Transient(error) => ChangeKind::CallFailed {
-            branch: branch.id.clone(),
-            call: CallKind::Prepare,
-            attempt: branch.phase_attempts,
-            error: error.clone(),
-        },
-    };
-    match &result {
-        VoteResult::Yes => {
-            branch.state = BranchState::Prepared;
-            branch.result = output;
-        }
-        VoteResult::ReadOnly => branch.state = BranchState::ReadOnly,
-        VoteResult::No(reason) => {
-            branch.state = BranchState::Rejected;
-            branch.last_error = Some(format!("voted NO: {reason}"));
-        }
-        VoteResult::Transient(error) => {
-            branch.last_error = Some(error.clone());
-            branch.failing_since_ms.get_or_insert(now_ms);
-        }
-    }
-    if !matches!(result, VoteResult::Transient(_)) {
-        branch.failing_since_ms = None;
-    }
     note(txn, now_ms, seen);
     match txn.state {
         TxnState::Preparing => match result {

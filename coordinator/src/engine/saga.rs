@@ -306,55 +306,8 @@ pub(super) fn voted(
     output: Vec<u8>,
     now_ms: u64,
 ) -> Vec<Action> {
-    let Some(step) = txn.branches.get_mut(i) else {
-        return Vec::new();
-    };
-    if !step.in_flight || step.state != BranchState::Registered {
+    let Some(seen) = take_answer(txn, i, &result, output, now_ms) else {
         return Vec::new(); // stale answer
-    }
-    step.in_flight = false;
-    let seen = match &result {
-        VoteResult::Yes | VoteResult::ReadOnly => {
-            remember(step, CallKind::Prepare, true, "succeeded".into(), now_ms);
-            step.state = BranchState::Prepared;
-            step.result = output.clone();
-            step.failing_since_ms = None;
-            ChangeKind::Voted {
-                branch: step.id.clone(),
-                vote: Vote::Yes,
-                detail: String::new(),
-                result: output,
-            }
-        }
-        VoteResult::No(reason) => {
-            remember(
-                step,
-                CallKind::Prepare,
-                true,
-                format!("failed: {reason}"),
-                now_ms,
-            );
-            step.state = BranchState::Rejected;
-            step.last_error = Some(format!("failed: {reason}"));
-            step.failing_since_ms = None;
-            ChangeKind::Voted {
-                branch: step.id.clone(),
-                vote: Vote::No,
-                detail: reason.clone(),
-                result: Vec::new(),
-            }
-        }
-        VoteResult::Transient(error) => {
-            remember(step, CallKind::Prepare, false, error.clone(), now_ms);
-            step.last_error = Some(error.clone());
-            step.failing_since_ms.get_or_insert(now_ms);
-            ChangeKind::CallFailed {
-                branch: step.id.clone(),
-                call: CallKind::Prepare,
-                attempt: step.phase_attempts,
-                error: error.clone(),
-            }
-        }
     };
     note(txn, now_ms, seen);
     match txn.state {
